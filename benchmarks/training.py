@@ -1,0 +1,274 @@
+"""Training throughput, side by side: stock Keras, PyTorch ``nn.LSTM`` and textgen's fast path.
+
+Every contender trains the same network (Embedding -> LSTM layers -> Linear) with Adam and
+softmax cross-entropy on the same batches, and is timed for ``--seconds`` after a warm-up.
+Other processes share the CPU, so compare the ratios of one run rather than absolute numbers
+across runs.
+
+    python benchmarks/training.py --seconds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+CORPUS = REPO.parent / "shared" / "corpora" / "tinyshakespeare.txt"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20.0, help="seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="measurements per contender")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
+    parser.add_argument("--embedding", type=int, default=64)
+    parser.add_argument("--units", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--seq", type=int, default=100)
+    parser.add_argument("--dropout", type=float, default=0.0)
+    parser.add_argument("--vocab", type=int, default=65, help="vocabulary size for random data")
+    parser.add_argument(
+        "--data", choices=("auto", "random"), default="auto", help="auto: corpus if present"
+    )
+    parser.add_argument(
+        "--only",
+        default="keras,torch,fast",
+        help="comma-separated subset of keras, torch, fast",
+    )
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for each framework")
+    return parser.parse_args(argv)
+
+
+def make_batches(args: argparse.Namespace, count: int = 16) -> tuple[np.ndarray, int, str]:
+    """Return ``count`` (inputs, targets) pairs stacked as (count, 2, batch, seq) and the vocab."""
+    rng = np.random.default_rng(0)
+    if args.data == "auto" and CORPUS.exists():
+        text = CORPUS.read_text(encoding="utf-8")
+        chars = sorted(set(text))
+        lookup = {ch: i for i, ch in enumerate(chars)}
+        ids = np.fromiter((lookup[ch] for ch in text), dtype=np.int32, count=len(text))
+        vocab, source = len(chars), f"{CORPUS.name} ({len(text):,} chars)"
+    else:
+        ids = rng.integers(0, args.vocab, size=1_000_000, dtype=np.int32)
+        vocab, source = args.vocab, "random ids"
+    starts = rng.integers(0, len(ids) - args.seq - 1, size=(count, args.batch))
+    windows = np.stack([ids[s : s + args.seq + 1] for s in starts.ravel()])
+    windows = windows.reshape(count, args.batch, args.seq + 1)
+    batches = np.stack([windows[:, :, :-1], windows[:, :, 1:]], axis=1)
+    return batches, vocab, source
+
+
+class Stepper:
+    """Times a ``step(i)`` function; the step index keeps counting across measurements."""
+
+    def __init__(self, step: Callable[[int], None], chars_per_step: int) -> None:
+        self.step = step
+        self.chars_per_step = chars_per_step
+        self.done = 0
+
+    def __call__(self, seconds: float, warmup: int = 1) -> float:
+        """Run ``warmup`` untimed steps, then steps for ``seconds``; return chars/s."""
+        for _ in range(warmup):
+            self.step(self.done)
+            self.done += 1
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            self.step(self.done)
+            self.done += 1
+            count += 1
+        return count * self.chars_per_step / (time.perf_counter() - start)
+
+
+def build_keras(args: argparse.Namespace, batches: np.ndarray, vocab: int) -> Callable:
+    """Stock Keras: ``model.fit`` over a repeating dataset, stopped by a timing callback."""
+    import keras
+    import tensorflow as tf
+
+    from textgen.model import build_model
+
+    model = build_model(
+        vocab,
+        embedding_dim=args.embedding,
+        units=args.units,
+        num_layers=args.layers,
+        dropout=args.dropout,
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=False,
+    )
+    data = tf.data.Dataset.from_tensor_slices((batches[:, 0], batches[:, 1])).repeat()
+
+    class Timer(keras.callbacks.Callback):
+        """Starts the clock after ``warmup`` batches and stops fit after ``seconds``."""
+
+        def __init__(self, seconds: float, warmup: int) -> None:
+            super().__init__()
+            self.seconds, self.warmup = seconds, warmup
+            self.start, self.steps = 0.0, 0
+
+        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            if batch + 1 == self.warmup:
+                self.start = time.perf_counter()
+            elif batch + 1 > self.warmup:
+                self.steps += 1
+                if time.perf_counter() - self.start >= self.seconds:
+                    self.model.stop_training = True
+
+    def run(seconds: float, warmup: int = 1) -> float:
+        timer = Timer(seconds, max(warmup, 1))
+        model.fit(data, epochs=1, steps_per_epoch=10**9, callbacks=[timer], verbose=0)
+        return timer.steps * args.batch * args.seq / (time.perf_counter() - timer.start)
+
+    return run
+
+
+def build_torch(args: argparse.Namespace, batches: np.ndarray, vocab: int) -> Callable | None:
+    """PyTorch: Embedding -> ``nn.LSTM`` -> Linear with Adam, in a plain training loop."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Embedding(vocab, args.embedding)
+            self.lstm = torch.nn.LSTM(
+                args.embedding, args.units, num_layers=args.layers, batch_first=True
+            )
+            self.drop = torch.nn.Dropout(args.dropout)
+            self.out = torch.nn.Linear(args.units, vocab)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            x, _ = self.lstm(self.embed(ids))
+            return self.out(self.drop(x))
+
+    net = Net()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    data = torch.from_numpy(batches.astype(np.int64))
+
+    def step(i: int) -> None:
+        inputs, targets = data[i % len(data), 0], data[i % len(data), 1]
+        optimizer.zero_grad(set_to_none=True)
+        logits = net(inputs)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1))
+        loss.backward()
+        optimizer.step()
+
+    return Stepper(step, args.batch * args.seq)
+
+
+def make_fast_step(model, optimizer, dropout: float) -> Callable:
+    """Build the compiled textgen fast-path train step: (inputs, targets, seed) -> loss."""
+    import tensorflow as tf
+
+    from textgen.fast_lstm import forward_logits
+
+    optimizer.build(model.trainable_variables)
+    spec = tf.TensorSpec([None, None], tf.int32)
+
+    @tf.function(input_signature=[spec, spec, tf.TensorSpec([2], tf.int32)])
+    def step(inputs: tf.Tensor, targets: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            logits = forward_logits(model, inputs, training=True, dropout_rate=dropout, seed=seed)
+            loss = tf.reduce_mean(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+            )
+        variables = model.trainable_variables
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
+        return loss
+
+    return step
+
+
+def build_fast(args: argparse.Namespace, batches: np.ndarray, vocab: int) -> Callable:
+    """textgen's fast path: a ``tf.function`` step over ``forward_logits`` with Keras Adam."""
+    import keras
+    import tensorflow as tf
+
+    from textgen.model import build_model
+
+    model = build_model(
+        vocab,
+        embedding_dim=args.embedding,
+        units=args.units,
+        num_layers=args.layers,
+        dropout=args.dropout,
+    )
+    step_fn = make_fast_step(model, keras.optimizers.Adam(), args.dropout)
+    data = [(tf.constant(b[0]), tf.constant(b[1])) for b in batches]
+
+    def step(i: int) -> None:
+        inputs, targets = data[i % len(data)]
+        step_fn(inputs, targets, tf.constant([i, 0], tf.int32)).numpy()
+
+    return Stepper(step, args.batch * args.seq)
+
+
+CONTENDERS = {
+    "keras": ("stock Keras LSTM (model.fit)", build_keras),
+    "torch": ("PyTorch nn.LSTM", build_torch),
+    "fast": ("textgen fast_lstm", build_fast),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the selected contenders in interleaved rounds and print chars/s and ratios."""
+    args = parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.path.insert(0, str(REPO))
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+
+    batches, vocab, source = make_batches(args)
+    print(
+        f"config: embedding {args.embedding}, LSTM {args.units} x {args.layers}, "
+        f"batch {args.batch}, seq {args.seq}, vocab {vocab}, dropout {args.dropout}; "
+        f"data: {source}; {args.rounds} rounds of {args.seconds:g}s per contender, "
+        f"{args.threads} threads"
+    )
+    runners: dict[str, Callable] = {}
+    for key in args.only.split(","):
+        name, build = CONTENDERS[key]
+        runner = build(args, batches, vocab)
+        if runner is None:
+            print(f"{name}: skipped (import torch failed; torch is not a textgen dependency)")
+            continue
+        runner(0.0, warmup=args.warmup)
+        runners[name] = runner
+
+    # Interleaving the rounds spreads slow spells caused by other processes over every contender.
+    rates: dict[str, list[float]] = {name: [] for name in runners}
+    for round_no in range(args.rounds):
+        for name, runner in runners.items():
+            rates[name].append(runner(args.seconds))
+        line = ", ".join(f"{name} {r[-1]:,.0f}" for name, r in rates.items())
+        print(f"round {round_no + 1}: {line}", flush=True)
+
+    medians = {name: float(np.median(r)) for name, r in rates.items()}
+    torch_rate = medians.get(CONTENDERS["torch"][0])
+    keras_rate = medians.get(CONTENDERS["keras"][0])
+    print(f"\n{'name':<30} {'chars/s':>10} {'vs PyTorch':>11} {'vs Keras':>9}  (medians)")
+    for name, rate in medians.items():
+        vs_torch = f"{rate / torch_rate:.2f}x" if torch_rate else "-"
+        vs_keras = f"{rate / keras_rate:.2f}x" if keras_rate else "-"
+        print(f"{name:<30} {rate:>10,.0f} {vs_torch:>11} {vs_keras:>9}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+import numpy as np
+import pytest
+
+from textgen import Sampler, TextgenError, Tokenizer, VocabularyError, build_model
+from textgen.sampler import draw, filter_logits
+
+TEXT = "abcdefg hij\n"
+
+
+def _model(cell="lstm", layers=1, seed=0):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    tok = Tokenizer.from_text(TEXT)
+    model = build_model(tok.vocab_size, embedding_dim=3, units=5, num_layers=layers, cell=cell)
+    # Larger weights than the default initialisers make the check sensitive to any mistake.
+    for var in model.trainable_variables:
+        var.assign(np.random.default_rng(seed).normal(0, 0.7, var.shape).astype(np.float32))
+    return model, tok
+
+
+@pytest.mark.parametrize("engine", ["numpy", "keras"])
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "simple"])
+def test_stepwise_logits_equal_full_sequence_model(engine, layers, cell):
+    model, tok = _model(cell, layers)
+    ids = np.random.default_rng(1).integers(0, tok.vocab_size, size=25)
+    expected = np.asarray(model(ids[None, :].astype(np.int32)))[0]  # (T, vocab)
+    sampler = Sampler(model, tok, engine=engine)
+    sampler.reset()
+    got = np.stack([sampler.step(int(i)) for i in ids])
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+
+
+def test_reset_restarts_the_state():
+    model, tok = _model()
+    sampler = Sampler(model, tok)
+    first = sampler.step(1)
+    sampler.step(2)
+    assert not np.allclose(sampler.step(1), first)
+    sampler.reset()
+    np.testing.assert_allclose(sampler.step(1), first, atol=1e-6)
+
+
+def test_generate_length_seed_and_prime():
+    model, tok = _model()
+    sampler = Sampler(model, tok)
+    a = sampler.generate(40, temperature=1.0, prime="abc", seed=7)
+    assert len(a) == 40 and set(a) <= set(TEXT)
+    assert sampler.generate(40, temperature=1.0, prime="abc", seed=7) == a
+    assert sampler.generate(40, temperature=1.0, prime="abc", seed=8) != a
+    assert "".join(sampler.stream(40, temperature=1.0, prime="abc", seed=7)) == a
+    assert sampler.generate(0) == ""
+
+
+def test_greedy_is_argmax_of_the_logits():
+    model, tok = _model()
+    sampler = Sampler(model, tok)
+    text = sampler.generate(10, temperature=0, prime="a")
+    sampler.reset()
+    logits = sampler.step(int(tok.encode("a")[0]))
+    expected = []
+    for _ in range(10):
+        nxt = int(np.argmax(logits))
+        expected.append(tok.chars[nxt])
+        logits = sampler.step(nxt)
+    assert text == "".join(expected)
+
+
+def test_bad_sampling_arguments():
+    model, tok = _model()
+    sampler = Sampler(model, tok)
+    for temperature in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(TextgenError, match="temperature"):
+            sampler.generate(5, temperature=temperature)
+    with pytest.raises(TextgenError, match="length"):
+        sampler.generate(-1)
+    with pytest.raises(VocabularyError, match="'Z'"):
+        sampler.generate(5, prime="aZ")
+    assert len(sampler.generate(5, prime="aZ", drop_unknown=True)) == 5
+    with pytest.raises(TextgenError, match="top-k"):
+        sampler.generate(5, top_k=0)
+    with pytest.raises(TextgenError, match="top-p"):
+        sampler.generate(5, top_p=1.5)
+
+
+def test_draws_follow_the_softmax():
+    logits = np.array([[2.0, 1.0, 0.0, -1.0, 0.5]])
+    temperature = 0.8
+    probs = filter_logits(logits, temperature)[0]
+    expected = np.exp(logits[0] / temperature)
+    np.testing.assert_allclose(probs, expected / expected.sum(), rtol=1e-12)
+    n = 40_000
+    rng = np.random.default_rng(123)
+    ids = draw(np.repeat(probs[None], n, axis=0), rng.random(n))
+    counts = np.bincount(ids, minlength=5)
+    chi2 = (((counts - n * probs) ** 2) / (n * probs)).sum()
+    assert chi2 < 18.5  # the 0.1% critical value for 4 degrees of freedom
+
+
+def test_top_k_and_top_p_limit_the_choice():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(200, 12)) * 2
+    probs = filter_logits(logits, 1.0, top_k=3)
+    top3 = np.argsort(-logits, axis=1)[:, :3]
+    for row, allowed in zip(probs, top3):
+        assert set(np.nonzero(row)[0]) <= set(allowed)
+    p = 0.6
+    probs = filter_logits(logits, 1.0, top_p=p)
+    full = filter_logits(logits, 1.0)
+    for row, ref in zip(probs, full):
+        order = np.argsort(-ref)
+        needed = int(np.searchsorted(np.cumsum(ref[order]), p) + 1)
+        assert set(np.nonzero(row)[0]) == set(order[:needed])
+
+
+def test_top_k_never_emits_outside_the_k_most_likely():
+    model, tok = _model()
+    sampler = Sampler(model, tok)
+    for pieces_ids in [sampler.generate(60, temperature=2.0, top_k=1, seed=3)]:
+        greedy = sampler.generate(60, temperature=0)
+        assert pieces_ids == greedy  # top-1 is greedy whatever the temperature
+
+
+def test_batch_is_reproducible_and_streams_differ():
+    model, tok = _model()
+    sampler = Sampler(model, tok)
+    a = sampler.generate_batch(4, 30, temperature=1.0, seed=5)
+    assert len(a) == 4 and all(len(t) == 30 for t in a)
+    assert sampler.generate_batch(4, 30, temperature=1.0, seed=5) == a
+    assert len(set(a)) > 1
+
+
+def test_stop_strings_end_the_sample():
+    model, tok = _model()
+    sampler = Sampler(model, tok)
+    full = sampler.generate(200, temperature=1.5, seed=11)
+    stop = full[50:52]
+    cut = sampler.generate(200, temperature=1.5, seed=11, stop=[stop])
+    assert cut == full[: full.index(stop)]

@@ -1,0 +1,364 @@
+"""The ``textgen`` command: a thin layer that parses options, calls the library and prints.
+
+TensorFlow is imported only inside the commands that train or evaluate, so ``--help``, usage
+errors and ``textgen sample`` (numpy only) answer without its start-up cost.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
+
+import click
+
+from textgen.errors import TextgenError
+
+# Quiet TensorFlow's C++ start-up log for command-line users, unless they chose a level.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+DEFAULT_CORPUS = "pydocs"
+_DURATION = re.compile(
+    r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$"
+)
+
+
+class Duration(click.ParamType):
+    """A wall-clock budget: ``90`` or ``90s`` (seconds), ``10m``, ``1h``, ``1h30m``."""
+
+    name = "duration"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)):
+            return float(value)
+        match = _DURATION.match(str(value))
+        if not match or not any(match.groups()):
+            self.fail(f"{value!r} is not a duration like 90s, 10m or 1h30m", param, ctx)
+        hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+        total = hours * 3600 + minutes * 60 + seconds
+        if total <= 0:
+            self.fail("the duration must be positive", param, ctx)
+        return total
+
+
+def _run(action: Callable[[], object]) -> object:
+    """Turn library errors into a one-line message and a non-zero exit, without a traceback."""
+    try:
+        return action()
+    except TextgenError as err:
+        raise click.ClickException(str(err)) from None
+
+
+def _finite(ctx, param, value):
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter("must be a finite number")
+    return value
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="textgen")
+def main() -> None:
+    """Train a character-level LSTM on any text, then generate text in its style."""
+
+
+def _train_defaults() -> dict:
+    from textgen.training import TrainConfig
+
+    return {f.name: f.default for f in fields(TrainConfig)}
+
+
+_D = None  # filled lazily; only used to show defaults in --help
+
+
+def _default(name: str) -> str:
+    global _D
+    if _D is None:
+        _D = _train_defaults()
+    return f" [default: {_D[name]}]"
+
+
+@main.command()
+@click.argument("corpus", required=False)
+@click.option(
+    "--epochs", type=click.IntRange(min=1), help="Epochs to train in total." + _default("epochs")
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), help="Windows per batch." + _default("batch_size")
+)
+@click.option(
+    "--seq-length",
+    type=click.IntRange(min=1),
+    help="Characters per window." + _default("seq_length"),
+)
+@click.option(
+    "--embedding-dim",
+    type=click.IntRange(min=1),
+    help="Embedding size." + _default("embedding_dim"),
+)
+@click.option(
+    "--units", type=click.IntRange(min=1), help="Units per recurrent layer." + _default("units")
+)
+@click.option(
+    "--layers",
+    "num_layers",
+    type=click.IntRange(min=1),
+    help="Recurrent layers." + _default("num_layers"),
+)
+@click.option(
+    "--cell",
+    type=click.Choice(["lstm", "gru", "simple"]),
+    help="Recurrent cell." + _default("cell"),
+)
+@click.option(
+    "--dropout",
+    type=click.FloatRange(0, 1, max_open=True),
+    help="Dropout rate." + _default("dropout"),
+)
+@click.option(
+    "--learning-rate",
+    type=click.FloatRange(0, min_open=True),
+    callback=_finite,
+    help="Adam's peak learning rate." + _default("learning_rate"),
+)
+@click.option(
+    "--lr-schedule",
+    type=click.Choice(["cosine", "constant"]),
+    help="Learning-rate schedule." + _default("lr_schedule"),
+)
+@click.option(
+    "--clip-norm",
+    type=click.FloatRange(0),
+    callback=_finite,
+    help="Clip gradients to this global norm; 0 disables." + _default("clip_norm"),
+)
+@click.option(
+    "--validation-split",
+    type=click.FloatRange(0, 1, max_open=True),
+    help="Fraction held out from the end of the text." + _default("validation_split"),
+)
+@click.option(
+    "--seed", type=int, help="Random seed (weights, data order, dropout)." + _default("seed")
+)
+@click.option("--max-time", type=Duration(), help="Wall-clock budget for this run, e.g. 10m.")
+@click.option(
+    "--patience",
+    type=click.IntRange(min=1),
+    help="Stop after this many epochs without a better validation loss.",
+)
+@click.option(
+    "--max-vocab",
+    type=click.IntRange(min=1),
+    help="Keep the N most frequent characters; map the rest to one unknown id.",
+)
+@click.option("--encoding", help="Text encoding of the corpus files. [default: utf-8]")
+@click.option(
+    "--errors",
+    type=click.Choice(["strict", "replace"]),
+    help="Undecodable bytes: error (strict) or replace. [default: strict]",
+)
+@click.option(
+    "--checkpoint-dir",
+    type=click.Path(file_okay=False),
+    help="Run directory. [default: checkpoints/<corpus name>]",
+)
+@click.option("--resume", is_flag=True, help="Continue the run in the run directory.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(corpus, checkpoint_dir, resume, quiet, **options) -> None:
+    """Train a model on CORPUS: a text file, folder, glob or corpus name (default: pydocs)."""
+    settings = {k: v for k, v in options.items() if v is not None}
+    if settings.get("clip_norm") == 0:
+        settings["clip_norm"] = None
+
+    def action():
+        from textgen.training import TrainingInterrupted, train
+
+        source = corpus
+        if source is None and resume and checkpoint_dir:
+            from textgen.checkpoint import read_config
+
+            source = read_config(Path(checkpoint_dir))["corpus"]["source"]
+        source = _resolve(source or DEFAULT_CORPUS)
+        run_dir = checkpoint_dir
+        if run_dir is None:
+            from textgen.training import default_run_dir
+
+            run_dir = default_run_dir(corpus or DEFAULT_CORPUS)
+        try:
+            result = train(
+                source,
+                run_dir=run_dir,
+                resume=resume,
+                progress=not quiet,
+                echo=lambda line: click.echo(line),
+                **settings,
+            )
+        except TrainingInterrupted as stop:
+            click.echo(f"textgen: {stop}", err=True)
+            sys.exit(130)
+        best = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.4f} nats"
+        click.echo(
+            f"{result.stopped.replace('_', ' ')} after {result.epochs_done:.2f} epochs; "
+            f"best loss {best}; run saved in {result.run_dir}"
+        )
+
+    _run(action)
+
+
+def _resolve(spec: str) -> str:
+    """A corpus name or path -> something ``read_corpus`` accepts."""
+    if Path(spec).exists() or any(ch in spec for ch in "*?["):
+        return spec
+    from textgen.corpora import resolve_corpus
+
+    return str(resolve_corpus(spec))
+
+
+def _pick_run(checkpoint: str | None) -> Path:
+    from textgen.checkpoint import find_latest_run
+
+    return Path(checkpoint) if checkpoint else find_latest_run()
+
+
+@main.command()
+@click.option(
+    "--checkpoint",
+    type=click.Path(),
+    help="Run directory. [default: the newest under checkpoints/]",
+)
+@click.option(
+    "--temperature", type=float, default=1.0, show_default=True, help="Randomness; 0 is greedy."
+)
+@click.option("--top-k", type=int, help="Draw only from the K most likely characters.")
+@click.option("--top-p", type=float, help="Draw only from the smallest set reaching probability P.")
+@click.option(
+    "--length",
+    type=int,
+    default=500,
+    show_default=True,
+    help="Characters per sample; 0 streams until Ctrl-C.",
+)
+@click.option("--prime", default="", help="Text to start from (fed through the model first).")
+@click.option(
+    "--drop-unknown",
+    is_flag=True,
+    help="Drop prime characters the model never saw instead of failing.",
+)
+@click.option("--seed", type=int, help="Random seed; the same seed gives the same text.")
+@click.option(
+    "--num-samples",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Samples, generated together as one batch.",
+)
+@click.option(
+    "--stop", multiple=True, help="End a sample when it produces this string (repeatable)."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "jsonl"]),
+    default="text",
+    show_default=True,
+    help="Output format.",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Write the samples to this file (atomically) instead of stdout.",
+)
+@click.option(
+    "--which",
+    type=click.Choice(["best", "latest"]),
+    default="best",
+    show_default=True,
+    help="Which checkpoint of the run.",
+)
+def sample(
+    checkpoint,
+    temperature,
+    top_k,
+    top_p,
+    length,
+    prime,
+    drop_unknown,
+    seed,
+    num_samples,
+    stop,
+    fmt,
+    output,
+    which,
+) -> None:
+    """Generate text from a trained run, printed as it is produced."""
+    from textgen.sampler import check_sampling
+
+    _run(lambda: check_sampling(temperature, top_k, top_p))
+    if length < 0:
+        raise click.BadParameter("must be >= 0", param_hint="--length")
+    if num_samples < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--num-samples")
+
+    def action():
+        from textgen.output import write_samples
+        from textgen.sampler import Sampler
+
+        sampler = Sampler.from_checkpoint(_pick_run(checkpoint), which=which)
+        pieces = sampler.stream_batch(
+            num_samples,
+            length or None,
+            temperature=temperature,
+            prime=prime,
+            seed=seed,
+            top_k=top_k,
+            top_p=top_p,
+            stop=stop,
+            drop_unknown=drop_unknown,
+        )
+        write_samples(pieces, num_samples, prime=prime, fmt=fmt, output=output)
+
+    _run(action)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path())
+def info(run_dir) -> None:
+    """Show a run's settings, vocabulary, progress and model summary."""
+
+    def action():
+        from textgen.report import describe_run
+
+        click.echo(describe_run(Path(run_dir)))
+
+    _run(action)
+
+
+@main.command(name="eval")
+@click.argument("run_dir", type=click.Path())
+@click.argument("text_file", type=click.Path())
+@click.option("--which", type=click.Choice(["best", "latest"]), default="best", show_default=True)
+def evaluate(run_dir, text_file, which) -> None:
+    """Report a run's loss on TEXT_FILE in nats and bits per character."""
+
+    def action():
+        from textgen.evaluation import evaluate_file
+
+        loss = evaluate_file(Path(run_dir), text_file, which=which)
+        click.echo(json.dumps({"loss_nats": round(loss, 6), "bpc": round(loss / math.log(2), 6)}))
+
+    _run(action)
+
+
+def _register_corpus_group() -> None:
+    try:
+        from textgen.cli_corpus import corpus
+    except ImportError:
+        return
+    main.add_command(corpus)
+
+
+_register_corpus_group()

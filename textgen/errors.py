@@ -1,0 +1,17 @@
+"""The one exception family for mistakes a user can make."""
+
+
+class TextgenError(Exception):
+    """A problem the user can act on; its message is one line that says what to do."""
+
+
+class CorpusError(TextgenError):
+    """The corpus cannot be read or is unfit for training."""
+
+
+class VocabularyError(TextgenError):
+    """Text holds characters the vocabulary does not know."""
+
+
+class CheckpointError(TextgenError):
+    """A run directory is missing, incomplete, damaged or incompatible."""

@@ -1,0 +1,363 @@
+"""Step a trained network one character at a time in plain numpy, for sampling.
+
+Importing TensorFlow costs seconds and calling it once per character costs far more than the
+arithmetic, so sampling runs on the weight dict from :func:`textgen.model.get_weights` (see that
+module for the names) with the exact Keras cell formulas: ``LSTMCell``, ``GRUCell`` with
+``reset_after=True`` and ``SimpleRNNCell`` (default activations).
+
+Internally every per-stream quantity is stored transposed, as ``(features, batch)``: OpenBLAS
+multiplies ``(gates*units, units) @ (units, batch)`` noticeably faster than the row layout, and
+each gate is then a contiguous block of rows. Sigmoid gates have their weights pre-scaled by 0.5
+so one ``tanh`` over the whole gate block yields them via ``sigmoid(x) = 0.5 * tanh(x / 2) + 0.5``.
+This module must not import TensorFlow or Keras.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from textgen.errors import TextgenError
+
+__all__ = ["RecurrentStack", "sample_ids"]
+
+_GATES = {"lstm": 4, "gru": 3, "simple": 1}
+_STATE_SIZE = {"lstm": 2, "gru": 1, "simple": 1}
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+class RecurrentStack:
+    """Embedding -> recurrent layers -> Dense, stepped one id per stream per call.
+
+    Args:
+        weights: name -> array dict as produced by ``textgen.model.get_weights``; the number of
+            layers is the number of consecutive ``rnn_{i}/kernel`` entries.
+        cell: ``"lstm"``, ``"gru"`` or ``"simple"``, as given to ``build_model``.
+
+    Raises:
+        TextgenError: unknown cell, or weights missing or shaped inconsistently.
+
+    The stack starts with one stream in the zero state; call :meth:`reset` to change that.
+    """
+
+    def __init__(self, weights: Mapping[str, np.ndarray], cell: str = "lstm") -> None:
+        if cell not in _GATES:
+            raise TextgenError(f"unknown cell {cell!r}; choose one of {', '.join(_GATES)}")
+        self.cell = cell
+        gates = _GATES[cell]
+        num_layers = 0
+        while f"rnn_{num_layers}/kernel" in weights:
+            num_layers += 1
+        if num_layers == 0:
+            raise TextgenError("the weights hold no recurrent layer (expected rnn_0/kernel)")
+        needed = ["embedding", "dense/kernel", "dense/bias"]
+        for i in range(num_layers):
+            needed += [f"rnn_{i}/kernel", f"rnn_{i}/recurrent_kernel", f"rnn_{i}/bias"]
+        missing = [name for name in needed if name not in weights]
+        if missing:
+            raise TextgenError(f"the weights are missing {', '.join(missing)}")
+
+        w = {name: np.asarray(weights[name], dtype=np.float64) for name in needed}
+        vocab, emb_dim = w["embedding"].shape
+        units = w["rnn_0/recurrent_kernel"].shape[0]
+        expected = {"embedding": (vocab, emb_dim)}
+        for i in range(num_layers):
+            expected[f"rnn_{i}/kernel"] = (emb_dim if i == 0 else units, gates * units)
+            expected[f"rnn_{i}/recurrent_kernel"] = (units, gates * units)
+            expected[f"rnn_{i}/bias"] = (2, 3 * units) if cell == "gru" else (gates * units,)
+        expected["dense/kernel"] = (units, vocab)
+        expected["dense/bias"] = (vocab,)
+        for name, shape in expected.items():
+            if w[name].shape != shape:
+                raise TextgenError(
+                    f"weight {name} has shape {w[name].shape}, expected {shape} for a "
+                    f"{num_layers}-layer {cell} network with vocabulary {vocab}, "
+                    f"embedding {emb_dim} and {units} units"
+                )
+
+        self.num_layers = num_layers
+        self.units = units
+        self.vocab_size = vocab
+        self.embedding_dim = emb_dim
+        self._prepare(w)
+        self._batch = -1
+        self.reset(1)
+
+    # -- weight preparation -------------------------------------------------------------------
+
+    def _prepare(self, w: dict[str, np.ndarray]) -> None:
+        """Reorder, scale and transpose the weights into the layout the step loop wants."""
+        n, cell = self.units, self.cell
+        self._layer_weights = []
+        for i in range(self.num_layers):
+            kernel = w[f"rnn_{i}/kernel"]
+            recurrent = w[f"rnn_{i}/recurrent_kernel"]
+            bias = w[f"rnn_{i}/bias"]
+            rec_bias_h = None
+            if cell == "lstm":
+                # Keras order is i, f, c, o; putting o before c makes the sigmoid gates one block.
+                order = np.r_[0 : 2 * n, 3 * n : 4 * n, 2 * n : 3 * n]
+                kernel, recurrent, bias = kernel[:, order], recurrent[:, order], bias[order]
+                scale = np.r_[np.full(3 * n, 0.5), np.ones(n)]
+            elif cell == "gru":
+                # Recurrent z/r biases simply add to the input ones; the candidate's recurrent
+                # bias sits inside r * (...) so it has to stay separate.
+                rec_bias_h = bias[1, 2 * n :].copy()
+                bias = bias[0] + np.r_[bias[1, : 2 * n], np.zeros(n)]
+                scale = np.r_[np.full(2 * n, 0.5), np.ones(n)]
+            else:
+                scale = np.ones(n)
+            kernel, recurrent, bias = kernel * scale, recurrent * scale, bias * scale
+            self._layer_weights.append((kernel, recurrent, bias, rec_bias_h))
+
+        kernel0, recurrent0, bias0, _ = self._layer_weights[0]
+        # Layer 0 sees only embedding rows, so its whole input projection is a table lookup.
+        self._table = _f32((w["embedding"] @ kernel0 + bias0).T)  # (gates*units, vocab)
+        self._recurrent0 = _f32(recurrent0.T)
+        self._deep = []
+        for kernel, recurrent, bias, rec_bias_h in self._layer_weights[1:]:
+            if cell == "gru":
+                mats = (_f32(kernel.T), _f32(recurrent.T))
+            else:
+                # Input and recurrent kernels stacked: the layer below's h and this layer's h
+                # are adjacent rows of the state buffer, so one matmul covers both.
+                mats = (_f32(np.concatenate([kernel, recurrent]).T),)
+            extra = None if rec_bias_h is None else _f32(rec_bias_h[:, None])
+            self._deep.append((mats, _f32(bias[:, None]), extra))
+        self._gru_bias0 = _f32(self._layer_weights[0][3][:, None]) if cell == "gru" else None
+        self._dense_kernel = _f32(w["dense/kernel"])
+        self._dense_bias = _f32(w["dense/bias"])
+        del self._layer_weights
+
+    # -- state ----------------------------------------------------------------------------------
+
+    @property
+    def batch_size(self) -> int:
+        """Number of streams stepped together."""
+        return self._batch
+
+    def reset(self, batch_size: int = 1) -> None:
+        """Set ``batch_size`` streams, all in the zero state."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if batch_size != self._batch:
+            self._allocate(batch_size)
+        self._h.fill(0.0)
+        if self._c is not None:
+            self._c.fill(0.0)
+
+    def _allocate(self, batch: int) -> None:
+        n, layers, gates = self.units, self.num_layers, _GATES[self.cell]
+        self._batch = batch
+        self._h = np.zeros((layers * n, batch), np.float32)
+        self._c = np.zeros((layers * n, batch), np.float32) if self.cell == "lstm" else None
+        self._g = np.empty((gates * n, batch), np.float32)
+        self._x = np.empty((gates * n, batch), np.float32)
+        self._logits = np.empty((batch, self.vocab_size), np.float32)
+        self._h_top_t = self._h[(layers - 1) * n :].T
+        # Per-layer views, built once so the step loop does no slicing.
+        self._plan = []
+        for i in range(layers):
+            h = self._h[i * n : (i + 1) * n]
+            c = None if self._c is None else self._c[i * n : (i + 1) * n]
+            if i == 0:
+                mats, inp, bias, extra = (self._recurrent0,), h, self._x, self._gru_bias0
+            else:
+                mats, bias, extra = self._deep[i - 1]
+                below = self._h[(i - 1) * n : i * n]
+                inp = self._h[(i - 1) * n : (i + 1) * n] if self.cell != "gru" else below
+            self._plan.append((mats, inp, bias, extra, h, c))
+        g = self._g
+        self._views = tuple(g[k * n : (k + 1) * n] for k in range(gates))
+
+    @property
+    def state(self) -> np.ndarray:
+        """A copy of the state, shape ``(num_layers, k, batch, units)``; k is 2 for LSTM (h, c).
+
+        Assigning an array of that shape (any batch size) replaces the state, which allows
+        priming one stream and then ``np.repeat(state, n, axis=2)`` to fork it into n streams.
+        """
+        n, layers = self.units, self.num_layers
+        out = np.empty((layers, _STATE_SIZE[self.cell], self._batch, n), np.float32)
+        for i in range(layers):
+            out[i, 0] = self._h[i * n : (i + 1) * n].T
+            if self._c is not None:
+                out[i, 1] = self._c[i * n : (i + 1) * n].T
+        return out
+
+    @state.setter
+    def state(self, value: np.ndarray) -> None:
+        value = np.asarray(value, dtype=np.float32)
+        k = _STATE_SIZE[self.cell]
+        if (
+            value.ndim != 4
+            or value.shape[:2] != (self.num_layers, k)
+            or value.shape[3] != self.units
+        ):
+            raise ValueError(
+                f"state must have shape ({self.num_layers}, {k}, batch, {self.units}), "
+                f"got {value.shape}"
+            )
+        if value.shape[2] != self._batch:
+            self._allocate(value.shape[2])
+        n = self.units
+        for i in range(self.num_layers):
+            self._h[i * n : (i + 1) * n] = value[i, 0].T
+            if self._c is not None:
+                self._c[i * n : (i + 1) * n] = value[i, 1].T
+
+    # -- stepping -------------------------------------------------------------------------------
+
+    def step(self, ids: np.ndarray) -> np.ndarray:
+        """Advance every stream by one input id and return the next-id logits.
+
+        Args:
+            ids: integer array of shape ``(batch_size,)``, each in ``[0, vocab_size)``. Ids are
+                not range-checked here (out-of-range ids are clipped); :meth:`feed` checks them.
+
+        Returns:
+            float32 logits of shape ``(batch_size, vocab_size)``. This is an internal buffer
+            that the next ``step``/``feed``/``reset`` overwrites; copy it to keep it.
+        """
+        np.take(self._table, ids, axis=1, out=self._x, mode="clip")
+        if self.cell == "lstm":
+            self._step_lstm()
+        elif self.cell == "gru":
+            self._step_gru()
+        else:
+            self._step_simple()
+        logits = self._logits
+        np.matmul(self._h_top_t, self._dense_kernel, out=logits)
+        np.add(logits, self._dense_bias, out=logits)
+        return logits
+
+    def feed(self, ids: np.ndarray) -> np.ndarray:
+        """Step through ids of shape ``(batch_size, time)`` and return the last step's logits.
+
+        Raises:
+            ValueError: wrong shape, empty sequence or an id outside the vocabulary.
+        """
+        ids = np.asarray(ids)
+        if ids.ndim != 2 or ids.shape[0] != self._batch or ids.shape[1] == 0:
+            raise ValueError(f"ids must have shape ({self._batch}, time>0), got {ids.shape}")
+        if ids.min() < 0 or ids.max() >= self.vocab_size:
+            raise ValueError(f"ids must lie in [0, {self.vocab_size})")
+        columns = np.ascontiguousarray(ids.T)
+        for t in range(columns.shape[0]):
+            logits = self.step(columns[t])
+        return logits
+
+    def _step_lstm(self) -> None:
+        g = self._g
+        i_gate, f_gate, o_gate, candidate = self._views
+        sigmoids = g[: 3 * self.units]
+        for mats, inp, bias, _, h, c in self._plan:
+            np.matmul(mats[0], inp, out=g)
+            np.add(g, bias, out=g)
+            np.tanh(g, out=g)
+            np.multiply(sigmoids, 0.5, out=sigmoids)
+            np.add(sigmoids, 0.5, out=sigmoids)
+            np.multiply(c, f_gate, out=c)
+            np.multiply(i_gate, candidate, out=i_gate)
+            np.add(c, i_gate, out=c)
+            np.tanh(c, out=i_gate)
+            np.multiply(o_gate, i_gate, out=h)
+
+    def _step_gru(self) -> None:
+        g, x, n = self._g, self._x, 2 * self.units
+        z_gate, r_gate, candidate = self._views
+        zr, x_zr, x_h = g[:n], x[:n], x[n:]
+        for mats, inp, bias, extra, h, _ in self._plan:
+            if len(mats) == 2:  # deeper layer: input projection from the layer below
+                np.matmul(mats[0], inp, out=x)
+                np.add(x, bias, out=x)
+            np.matmul(mats[-1], h, out=g)
+            np.add(zr, x_zr, out=zr)
+            np.tanh(zr, out=zr)
+            np.multiply(zr, 0.5, out=zr)
+            np.add(zr, 0.5, out=zr)
+            np.add(candidate, extra, out=candidate)
+            np.multiply(candidate, r_gate, out=candidate)
+            np.add(candidate, x_h, out=candidate)
+            np.tanh(candidate, out=candidate)
+            # z * h + (1 - z) * hh == hh + z * (h - hh)
+            np.subtract(h, candidate, out=h)
+            np.multiply(h, z_gate, out=h)
+            np.add(h, candidate, out=h)
+
+    def _step_simple(self) -> None:
+        g = self._g
+        for mats, inp, bias, _, h, _ in self._plan:
+            np.matmul(mats[0], inp, out=g)
+            np.add(g, bias, out=g)
+            np.tanh(g, out=h)
+
+
+def sample_ids(
+    logits: np.ndarray,
+    rng: np.random.Generator | Sequence[np.random.Generator],
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> np.ndarray:
+    """Draw one id per row of ``logits`` (shape ``(batch, vocab)``); ``logits`` is not modified.
+
+    Uses the exponential-race form of Gumbel-max, ``argmax(logits / T - log(E))`` with
+    ``E ~ Exp(1)``, which needs no softmax. Each call draws exactly ``vocab`` exponentials per
+    row, so passing one Generator per row (a sequence of ``batch`` Generators) makes a stream's
+    ids independent of which other streams share the batch; a single Generator is faster.
+
+    Args:
+        logits: float array ``(batch, vocab)``.
+        rng: one Generator for the batch, or one per row.
+        temperature: divides the logits; 0 means greedy argmax (no randomness is drawn).
+        top_k: keep only the k most likely ids (ties at the k-th logit are kept).
+        top_p: keep the smallest set of most likely ids whose probability reaches ``top_p``.
+
+    Returns:
+        int64 ids, shape ``(batch,)``.
+    """
+    if temperature == 0:
+        return np.argmax(logits, axis=1)
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    batch, vocab = logits.shape
+    z = np.multiply(logits, np.float32(1.0 / temperature), dtype=np.float32)
+    if top_k is not None and top_k < vocab:
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        kth = np.partition(z, vocab - top_k, axis=1)[:, vocab - top_k, None]
+        z[z < kth] = -np.inf
+    if top_p is not None and top_p < 1.0:
+        if top_p <= 0.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        _mask_top_p(z, top_p)
+    noise = np.empty((batch, vocab), np.float32)
+    if isinstance(rng, np.random.Generator):
+        rng.standard_exponential(dtype=np.float32, out=noise)
+    else:
+        if len(rng) != batch:
+            raise ValueError(f"need one Generator per row ({batch}), got {len(rng)}")
+        for row, gen in zip(noise, rng, strict=True):
+            gen.standard_exponential(dtype=np.float32, out=row)
+    # float32 exponentials can be exactly 0; log(0) would beat even masked (-inf) ids.
+    np.maximum(noise, np.float32(1e-30), out=noise)
+    np.log(noise, out=noise)
+    np.subtract(z, noise, out=z)
+    return np.argmax(z, axis=1)
+
+
+def _mask_top_p(z: np.ndarray, top_p: float) -> None:
+    """Set to -inf, in place, every logit outside each row's nucleus of mass ``top_p``."""
+    ordered = -np.sort(-z, axis=1)  # descending
+    probs = np.exp(ordered - ordered[:, :1])
+    probs /= probs.sum(axis=1, keepdims=True)
+    # An id is kept if the mass strictly before it is still short of top_p.
+    keep = np.count_nonzero(np.cumsum(probs, axis=1) - probs < top_p, axis=1)
+    threshold = ordered[np.arange(z.shape[0]), keep - 1, None]
+    z[z < threshold] = -np.inf

@@ -1,0 +1,149 @@
+"""Character-level tokenizer: text <-> integer ids, with a stable, saved vocabulary."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from textgen.errors import CheckpointError, TextgenError, VocabularyError
+
+UNKNOWN_CHAR = "\ufffd"  # what an unknown id decodes to
+
+
+def _codepoints(text: str) -> np.ndarray:
+    """The text's code points as a uint32 array, without a Python loop over characters."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+def _describe(chars: Iterable[str], limit: int = 10) -> str:
+    chars = sorted(set(chars))
+    shown = ", ".join(repr(c) for c in chars[:limit])
+    more = f" and {len(chars) - limit} more" if len(chars) > limit else ""
+    return f"{shown}{more}"
+
+
+class Tokenizer:
+    """Maps each character to an id; ids follow the characters' code point order.
+
+    Sorting by code point (not by first appearance or frequency) makes the vocabulary a pure
+    function of the set of characters, so the same corpus always gives the same ids.
+
+    With ``unknown=True`` one extra id (the last) stands for every character outside the
+    vocabulary; it is used when a corpus has more distinct characters than ``max_vocab``.
+    """
+
+    def __init__(self, chars: Sequence[str], *, unknown: bool = False) -> None:
+        chars = list(chars)
+        if any(len(c) != 1 for c in chars):
+            raise TextgenError("a vocabulary entry must be exactly one character")
+        if len(set(chars)) != len(chars):
+            raise TextgenError("the vocabulary has a repeated character")
+        self.chars: list[str] = sorted(chars)
+        self.unknown = unknown
+        self._points = np.array([ord(c) for c in self.chars], dtype=np.uint32)
+        self._index = {c: i for i, c in enumerate(self.chars)}
+
+    @classmethod
+    def from_text(cls, text: str, *, max_vocab: int | None = None) -> Tokenizer:
+        """Build the vocabulary of ``text``; with ``max_vocab`` keep only the most frequent chars.
+
+        Characters beyond ``max_vocab`` (ties broken by code point) share one unknown id, so
+        ``max_vocab`` counts the known characters only.
+        """
+        points, counts = np.unique(_codepoints(text), return_counts=True)
+        if max_vocab is not None and len(points) > max_vocab:
+            if max_vocab < 1:
+                raise TextgenError("max_vocab must be at least 1")
+            order = np.lexsort((points, -counts))[:max_vocab]
+            return cls([chr(p) for p in points[order]], unknown=True)
+        return cls([chr(p) for p in points])
+
+    @classmethod
+    def from_counts(cls, counts: collections.Counter, *, max_vocab: int | None = None) -> Tokenizer:
+        """Build the vocabulary from character counts (for corpora read in chunks)."""
+        if max_vocab is not None and len(counts) > max_vocab:
+            kept = sorted(counts, key=lambda c: (-counts[c], ord(c)))[:max_vocab]
+            return cls(kept, unknown=True)
+        return cls(list(counts))
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, including the unknown id if there is one."""
+        return len(self.chars) + int(self.unknown)
+
+    @property
+    def unknown_id(self) -> int | None:
+        """The id of unknown characters, or None when every character is known."""
+        return len(self.chars) if self.unknown else None
+
+    def unknown_chars(self, text: str) -> list[str]:
+        """The distinct characters of ``text`` that are not in the vocabulary, sorted."""
+        return sorted(set(text) - self._index.keys())
+
+    def encode(self, text: str, *, drop_unknown: bool = False) -> np.ndarray:
+        """Return the ids of ``text`` as an int32 array.
+
+        A character outside the vocabulary maps to the unknown id when the tokenizer has one;
+        otherwise it is dropped with ``drop_unknown=True``, or raises VocabularyError naming it.
+        """
+        points = _codepoints(text)
+        if len(self._points) == 0:
+            positions = np.zeros(len(points), dtype=np.intp)
+            known = np.zeros(len(points), dtype=bool)
+        else:
+            positions = np.searchsorted(self._points, points)
+            clipped = np.minimum(positions, len(self._points) - 1)
+            known = self._points[clipped] == points
+            positions = clipped
+        ids = positions.astype(np.int32)
+        if known.all():
+            return ids
+        if self.unknown:
+            ids[~known] = self.unknown_id
+            return ids
+        if drop_unknown:
+            return ids[known]
+        missing = {chr(p) for p in np.unique(points[~known])}
+        raise VocabularyError(f"characters not in the vocabulary: {_describe(missing)}")
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Return the text for a sequence of ids; the unknown id decodes to U+FFFD."""
+        table = self.chars + ([UNKNOWN_CHAR] if self.unknown else [])
+        try:
+            return "".join(table[i] for i in np.asarray(ids, dtype=np.int64).ravel())
+        except IndexError:
+            raise TextgenError(f"id out of range for a vocabulary of {self.vocab_size}") from None
+
+    def to_json(self) -> dict:
+        """The tokenizer as a JSON-ready dict."""
+        return {"chars": "".join(self.chars), "unknown": self.unknown}
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the vocabulary to a JSON file."""
+        Path(path).write_text(json.dumps(self.to_json(), ensure_ascii=True), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Tokenizer:
+        """Read a vocabulary written by ``save``."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            return cls(list(data["chars"]), unknown=bool(data.get("unknown", False)))
+        except FileNotFoundError:
+            raise CheckpointError(f"no tokenizer file at {path}") from None
+        except (ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"damaged tokenizer file {path}: {err}") from None
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Tokenizer)
+            and self.chars == other.chars
+            and self.unknown == other.unknown
+        )
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(vocab_size={self.vocab_size})"
