@@ -340,7 +340,7 @@ def test_unknown_spec_lists_known_names(cdir):
     with pytest.raises(CorpusError) as caught:
         corpora.resolve_corpus("no/such/file.txt")
     message = str(caught.value)
-    assert message.startswith("'no/such/file.txt' is neither a file nor a known corpus")
+    assert message.startswith("no such file or known corpus: no/such/file.txt")
     assert "pydocs, pysource, tinyshakespeare" in message
 
 
@@ -534,7 +534,7 @@ def test_cli_errors_are_one_line(cdir, catalogue, server):
 
     result = CliRunner().invoke(corpus, ["info", "no-such-corpus"])
     assert result.exit_code == 1
-    assert result.output.startswith("Error: 'no-such-corpus' is neither a file nor a known corpus")
+    assert result.output.startswith("Error: no such file or known corpus: no-such-corpus")
 
 
 # --- package data --------------------------------------------------------------------------------

@@ -198,6 +198,15 @@ def test_top_k_and_top_p_restrict_support() -> None:
     assert np.count_nonzero(frequencies(ROW, 20_000, top_k=3, top_p=0.95)) == 3
 
 
+def test_excluded_ids_are_never_drawn() -> None:
+    assert not frequencies(ROW, 20_000, exclude=[0, 2])[[0, 2]].any()
+    assert not frequencies(ROW, 20_000, exclude=[0], top_k=2)[[0, 3, 4, 5]].any()
+    logits = np.repeat(ROW[None], 3, axis=0)
+    np.testing.assert_array_equal(
+        sample_ids(logits, np.random.default_rng(0), temperature=0, exclude=[0]), [1, 1, 1]
+    )
+
+
 def test_per_row_generators_make_streams_independent_of_batch() -> None:
     logits = np.random.default_rng(3).standard_normal((4, VOCAB)).astype(np.float32)
     before = logits.copy()
@@ -210,8 +219,9 @@ def test_per_row_generators_make_streams_independent_of_batch() -> None:
 def test_sampling_rejects_bad_arguments() -> None:
     logits = np.zeros((2, VOCAB), np.float32)
     rng = np.random.default_rng(0)
-    with pytest.raises(ValueError, match="temperature"):
-        sample_ids(logits, rng, temperature=-1)
+    for temperature in (-1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="temperature"):
+            sample_ids(logits, rng, temperature=temperature)
     with pytest.raises(ValueError, match="top_k"):
         sample_ids(logits, rng, top_k=0)
     with pytest.raises(ValueError, match="top_p"):

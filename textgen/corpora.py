@@ -163,7 +163,7 @@ def resolve_corpus(spec: str, *, download: bool = True, progress: bool = True) -
     if given.is_dir():
         raise CorpusError(f"{spec} is a directory; give a text file or a corpus name")
     raise CorpusError(
-        f"{spec!r} is neither a file nor a known corpus; known corpora: {', '.join(known_names())}"
+        f"no such file or known corpus: {spec} (known corpora: {', '.join(known_names())})"
     )
 
 

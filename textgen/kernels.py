@@ -92,7 +92,7 @@ class RecurrentStack:
     def _prepare(self, w: dict[str, np.ndarray]) -> None:
         """Reorder, scale and transpose the weights into the layout the step loop wants."""
         n, cell = self.units, self.cell
-        self._layer_weights = []
+        prepared = []
         for i in range(self.num_layers):
             kernel = w[f"rnn_{i}/kernel"]
             recurrent = w[f"rnn_{i}/recurrent_kernel"]
@@ -112,14 +112,15 @@ class RecurrentStack:
             else:
                 scale = np.ones(n)
             kernel, recurrent, bias = kernel * scale, recurrent * scale, bias * scale
-            self._layer_weights.append((kernel, recurrent, bias, rec_bias_h))
+            prepared.append((kernel, recurrent, bias, rec_bias_h))
 
-        kernel0, recurrent0, bias0, _ = self._layer_weights[0]
+        kernel0, recurrent0, bias0, rec_bias_h0 = prepared[0]
         # Layer 0 sees only embedding rows, so its whole input projection is a table lookup.
-        self._table = _f32((w["embedding"] @ kernel0 + bias0).T)  # (gates*units, vocab)
+        self._table = _f32(w["embedding"] @ kernel0 + bias0)  # (vocab, gates*units)
+        self._table_t = _f32(self._table.T)
         self._recurrent0 = _f32(recurrent0.T)
         self._deep = []
-        for kernel, recurrent, bias, rec_bias_h in self._layer_weights[1:]:
+        for kernel, recurrent, bias, rec_bias_h in prepared[1:]:
             if cell == "gru":
                 mats = (_f32(kernel.T), _f32(recurrent.T))
             else:
@@ -128,10 +129,9 @@ class RecurrentStack:
                 mats = (_f32(np.concatenate([kernel, recurrent]).T),)
             extra = None if rec_bias_h is None else _f32(rec_bias_h[:, None])
             self._deep.append((mats, _f32(bias[:, None]), extra))
-        self._gru_bias0 = _f32(self._layer_weights[0][3][:, None]) if cell == "gru" else None
+        self._gru_bias0 = None if rec_bias_h0 is None else _f32(rec_bias_h0[:, None])
         self._dense_kernel = _f32(w["dense/kernel"])
         self._dense_bias = _f32(w["dense/bias"])
-        del self._layer_weights
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -156,7 +156,13 @@ class RecurrentStack:
         self._h = np.zeros((layers * n, batch), np.float32)
         self._c = np.zeros((layers * n, batch), np.float32) if self.cell == "lstm" else None
         self._g = np.empty((gates * n, batch), np.float32)
-        self._x = np.empty((gates * n, batch), np.float32)
+        if batch == 1:
+            # A single stream gathers one contiguous table row, seen as a (features, 1) column.
+            self._gather = (self._table, 0, np.empty((1, gates * n), np.float32))
+            self._x = self._gather[2].T
+        else:
+            self._x = np.empty((gates * n, batch), np.float32)
+            self._gather = (self._table_t, 1, self._x)
         self._logits = np.empty((batch, self.vocab_size), np.float32)
         self._h_top_t = self._h[(layers - 1) * n :].T
         # Per-layer views, built once so the step loop does no slicing.
@@ -220,10 +226,12 @@ class RecurrentStack:
                 not range-checked here (out-of-range ids are clipped); :meth:`feed` checks them.
 
         Returns:
-            float32 logits of shape ``(batch_size, vocab_size)``. This is an internal buffer
-            that the next ``step``/``feed``/``reset`` overwrites; copy it to keep it.
+            float32 logits of shape ``(batch_size, vocab_size)``, C-contiguous. This is an
+            internal buffer, overwritten in place by the next ``step``/``feed``; copy it to keep
+            it. (Changing the batch size via ``reset`` or ``state`` allocates a new buffer.)
         """
-        np.take(self._table, ids, axis=1, out=self._x, mode="clip")
+        table, axis, out = self._gather
+        np.take(table, ids, axis=axis, out=out, mode="clip")
         if self.cell == "lstm":
             self._step_lstm()
         elif self.cell == "gru":
@@ -304,6 +312,7 @@ def sample_ids(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
+    exclude: Sequence[int] | np.ndarray | None = None,
 ) -> np.ndarray:
     """Draw one id per row of ``logits`` (shape ``(batch, vocab)``); ``logits`` is not modified.
 
@@ -317,17 +326,28 @@ def sample_ids(
         rng: one Generator for the batch, or one per row.
         temperature: divides the logits; 0 means greedy argmax (no randomness is drawn).
         top_k: keep only the k most likely ids (ties at the k-th logit are kept).
-        top_p: keep the smallest set of most likely ids whose probability reaches ``top_p``.
+        top_p: keep the smallest set of most likely ids whose probability reaches ``top_p``
+            (applied after top-k).
+        exclude: ids never drawn, greedy included (e.g. the unknown-character id).
 
     Returns:
         int64 ids, shape ``(batch,)``.
+
+    Raises:
+        ValueError: a setting out of range, or a Generator sequence of the wrong length.
     """
+    if not np.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
     if temperature == 0:
-        return np.argmax(logits, axis=1)
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if exclude is None:
+            return np.argmax(logits, axis=1)
+        z = np.array(logits, dtype=np.float32)
+        z[:, exclude] = -np.inf
+        return np.argmax(z, axis=1)
     batch, vocab = logits.shape
     z = np.multiply(logits, np.float32(1.0 / temperature), dtype=np.float32)
+    if exclude is not None:
+        z[:, exclude] = -np.inf
     if top_k is not None and top_k < vocab:
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")

@@ -1,0 +1,162 @@
+import csv
+import json
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+from conftest import TINY, make_text
+
+from textgen import CheckpointError, Sampler, build_model
+from textgen import checkpoint as ckpt
+from textgen.model import set_weights
+from textgen.training import TrainingInterrupted, train
+
+
+def _quiet(**kw):
+    return dict(progress=False, echo=lambda _: None, **kw)
+
+
+def test_run_directory_is_self_contained(trained_run):
+    names = {p.name for p in trained_run.iterdir()}
+    assert {"config.json", "tokenizer.json", "latest.npz", "best.npz", "history.csv"} <= names
+    config = json.loads((trained_run / "config.json").read_text())
+    assert config["model"]["units"] == TINY["units"]
+    assert config["training"]["seq_length"] == TINY["seq_length"]
+    rows = list(csv.DictReader((trained_run / "history.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert float(rows[1]["val_bpc"]) == pytest.approx(float(rows[1]["val_loss"]) / np.log(2), 1e-4)
+    assert not [p for p in trained_run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_checkpoint_loads_into_a_stock_keras_model_with_identical_predictions(trained_run):
+    config = json.loads((trained_run / "config.json").read_text())["model"]
+    saved = ckpt.load_checkpoint(trained_run / "best.npz")
+    model = build_model(
+        config["vocab_size"],
+        embedding_dim=config["embedding_dim"],
+        units=config["units"],
+        num_layers=config["num_layers"],
+    )
+    set_weights(model, saved.weights)
+    sampler = Sampler.from_checkpoint(trained_run)
+    ids = sampler.tokenizer.encode("The quick brown fox")
+    expected = np.asarray(model(ids[None, :]))[0]
+    sampler.reset()
+    got = np.stack([sampler.step(int(i)) for i in ids])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    text = sampler.generate(50, temperature=0.5, seed=1)
+    assert len(text) == 50
+
+
+def _interrupt_after_first_epoch(line: str) -> None:
+    """Play the user pressing Ctrl-C as the first epoch's summary appears."""
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def _assert_same_checkpoint(a_path, b_path):
+    a, b = ckpt.load_checkpoint(a_path), ckpt.load_checkpoint(b_path)
+    assert a.state["step"] == b.state["step"]
+    for name, value in a.weights.items():
+        np.testing.assert_allclose(b.weights[name], value, atol=1e-5, err_msg=name)
+    for x, y in zip(a.optimizer, b.optimizer):
+        np.testing.assert_allclose(x, y, atol=1e-5)
+
+
+def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, corpus):
+    settings = {**TINY, "epochs": 3}
+    train(corpus, run_dir=tmp_path / "straight", **_quiet(**settings))
+    with pytest.raises(TrainingInterrupted):
+        train(
+            corpus,
+            run_dir=tmp_path / "split",
+            progress=False,
+            echo=_interrupt_after_first_epoch,
+            **settings,
+        )
+    assert ckpt.load_checkpoint(tmp_path / "split" / "latest.npz").state["epoch"] == 1
+    result = train(corpus, run_dir=tmp_path / "split", resume=True, **_quiet())
+    assert result.epochs_done == 3
+    rows = list(csv.DictReader((tmp_path / "split" / "history.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    _assert_same_checkpoint(tmp_path / "straight" / "latest.npz", tmp_path / "split" / "latest.npz")
+
+
+def test_interrupt_mid_epoch_resumes_at_the_same_batch(tmp_path, corpus):
+    corpus.write_text(make_text(1500))
+    settings = {**TINY, "epochs": 2}
+    started = time.monotonic()
+    train(corpus, run_dir=tmp_path / "straight", **_quiet(**settings))
+    duration = time.monotonic() - started
+    previous = signal.signal(signal.SIGALRM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    signal.setitimer(signal.ITIMER_REAL, duration * 0.6)  # lands somewhere inside the run
+    try:
+        with pytest.raises(TrainingInterrupted):
+            train(corpus, run_dir=tmp_path / "split", **_quiet(**settings))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    state = ckpt.load_checkpoint(tmp_path / "split" / "latest.npz").state
+    assert state["step"] > 0
+    train(corpus, run_dir=tmp_path / "split", resume=True, **_quiet())
+    _assert_same_checkpoint(tmp_path / "straight" / "latest.npz", tmp_path / "split" / "latest.npz")
+
+
+def test_resume_refuses_a_different_shape(tmp_path, corpus):
+    train(corpus, run_dir=tmp_path / "run", **_quiet(**{**TINY, "epochs": 1}))
+    before = (tmp_path / "run" / "latest.npz").read_bytes()
+    with pytest.raises(CheckpointError, match="units"):
+        train(corpus, run_dir=tmp_path / "run", resume=True, **_quiet(units=16, epochs=2))
+    other = tmp_path / "other.txt"
+    other.write_text(make_text() + "Zebra #42!\n")
+    with pytest.raises(CheckpointError, match="vocabulary"):
+        train(other, run_dir=tmp_path / "run", resume=True, **_quiet(epochs=2))
+    assert (tmp_path / "run" / "latest.npz").read_bytes() == before
+
+
+def test_existing_run_is_never_overwritten(tmp_path, corpus):
+    train(corpus, run_dir=tmp_path / "run", **_quiet(**{**TINY, "epochs": 1}))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        train(corpus, run_dir=tmp_path / "run", **_quiet(**TINY))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        train(corpus, run_dir=tmp_path / "fresh", resume=True, **_quiet())
+
+
+def test_unwritable_run_directory_is_a_clear_error(tmp_path, corpus):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(CheckpointError, match="cannot write"):
+        train(corpus, run_dir=blocker / "run", **_quiet(**TINY))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_read_only_run_directory(tmp_path, corpus):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(CheckpointError, match="cannot write"):
+            train(corpus, run_dir=ro / "run", **_quiet(**TINY))
+    finally:
+        ro.chmod(0o755)
+
+
+def test_damaged_checkpoints_are_reported(tmp_path, trained_run):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(trained_run, run)
+    data = (run / "best.npz").read_bytes()
+    (run / "best.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="damaged"):
+        Sampler.from_checkpoint(run)
+    (run / "best.npz").write_bytes(b"garbage" * 100)
+    with pytest.raises(CheckpointError, match="damaged"):
+        Sampler.from_checkpoint(run)
+    with pytest.raises(CheckpointError, match="not a run directory"):
+        Sampler.from_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="no such run"):
+        Sampler.from_checkpoint(tmp_path / "missing")
