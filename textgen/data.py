@@ -8,8 +8,10 @@ resume at the exact batch where it stopped.
 
 from __future__ import annotations
 
+import codecs
 import glob
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,8 @@ import numpy as np
 from textgen.errors import CorpusError
 
 DOCUMENT_SEPARATOR = "\n\n"
-_BINARY_PROBE = 8192
+CHUNK_BYTES = 8 << 20
+_NUL_PROBE = 8192
 
 
 def corpus_files(spec: str | os.PathLike) -> list[Path]:
@@ -41,37 +44,55 @@ def corpus_files(spec: str | os.PathLike) -> list[Path]:
     raise CorpusError(f"no such file: {path}")
 
 
-def _read_one(path: Path, encoding: str, errors: str) -> str:
-    try:
-        raw = path.read_bytes()
-    except PermissionError:
-        raise CorpusError(f"cannot read {path}: permission denied") from None
-    except OSError as err:
-        raise CorpusError(f"cannot read {path}: {err.strerror}") from None
-    if b"\x00" in raw[:_BINARY_PROBE] and encoding.lower().replace("-", "") in ("utf8", "ascii"):
-        raise CorpusError(f"{path} looks like a binary file (it contains NUL bytes), not text")
-    try:
-        return raw.decode(encoding, errors)
-    except LookupError:
-        raise CorpusError(f"unknown encoding {encoding!r}") from None
-    except UnicodeDecodeError as err:
-        line = raw.count(b"\n", 0, err.start) + 1
-        raise CorpusError(
-            f"{path} is not valid {encoding}: bad byte at offset {err.start} (line {line}); "
-            "give the right --encoding, or --errors replace"
-        ) from None
+def decoded_chunks(files: list[Path], encoding: str, errors: str) -> Iterator[str]:
+    """Yield the text of ``files`` in pieces (never all at once), separated as documents."""
+    text_like = codecs.lookup(encoding).name in ("utf-8", "ascii")
+    for n, path in enumerate(files):
+        if n:
+            yield DOCUMENT_SEPARATOR
+        decoder = codecs.getincrementaldecoder(encoding)(errors)
+        offset = 0
+        try:
+            handle = path.open("rb")
+        except OSError as err:
+            raise CorpusError(f"cannot read {path}: {err.strerror}") from None
+        with handle:
+            while True:
+                raw = handle.read(CHUNK_BYTES)
+                if offset == 0 and text_like and b"\x00" in raw[:_NUL_PROBE]:
+                    raise CorpusError(
+                        f"{path} looks like a binary file (it contains NUL bytes), not text"
+                    )
+                pending = len(decoder.getstate()[0])  # bytes held over from the last chunk
+                try:
+                    piece = decoder.decode(raw, final=not raw)
+                except UnicodeDecodeError as err:
+                    raise CorpusError(
+                        f"{path} is not valid {encoding}: bad byte at offset "
+                        f"{offset - pending + err.start}; give the right --encoding, "
+                        "or --errors replace"
+                    ) from None
+                offset += len(raw)
+                if piece:
+                    yield piece
+                if not raw:
+                    break
 
 
 def read_corpus(spec: str | os.PathLike, *, encoding: str = "utf-8", errors: str = "strict") -> str:
-    """Read a corpus (file, folder or glob) as one string, checking that it is usable text.
+    """Read a small corpus (file, folder or glob) as one string, checking that it is text.
 
     Files of a folder or glob are joined in sorted path order with a blank line between them.
+    Large corpora go through ``textgen.prepare``, which never holds the whole text.
     """
-    parts = [_read_one(p, encoding, errors) for p in corpus_files(spec)]
-    text = DOCUMENT_SEPARATOR.join(parts)
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise CorpusError(f"unknown encoding {encoding!r}") from None
+    text = "".join(decoded_chunks(corpus_files(spec), encoding, errors))
     if not text.strip():
         raise CorpusError(f"{spec} is empty (or only whitespace); there is nothing to learn")
-    if len(set(text[:100_000])) < 2 and len(set(text)) < 2:
+    if len(set(text)) < 2:
         raise CorpusError(f"{spec} has only one distinct character; there is nothing to learn")
     return text
 
@@ -132,22 +153,30 @@ def steps_per_epoch(n_ids: int, seq_length: int, batch_size: int) -> int:
     return max(1, -(-count // batch_size))
 
 
-def window_dataset(ids_tensor, starts: np.ndarray, seq_length: int, batch_size: int):
-    """A ``tf.data`` pipeline of (inputs, targets) int32 batches cut from ``ids_tensor``."""
+def window_dataset(ids: np.ndarray, starts: np.ndarray, seq_length: int, batch_size: int):
+    """A ``tf.data`` pipeline of (inputs, targets) int32 batches cut from ``ids``.
+
+    ``ids`` may be a memory map: each batch gathers only its own windows from it, so a corpus
+    much larger than memory trains without being loaded.
+    """
     from textgen.backend import tf
 
-    offsets = tf.range(seq_length + 1, dtype=tf.int64)
+    offsets = np.arange(seq_length + 1)
 
-    def cut(batch_starts):
-        windows = tf.cast(tf.gather(ids_tensor, batch_starts[:, None] + offsets), tf.int32)
+    def cut(batch_starts: np.ndarray) -> np.ndarray:
+        return ids[batch_starts[:, None] + offsets].astype(np.int32)  # (B, T + 1)
+
+    def to_pair(batch_starts):
+        windows = tf.numpy_function(cut, [batch_starts], tf.int32, stateful=False)
+        windows.set_shape([None, seq_length + 1])
         return windows[:, :-1], windows[:, 1:]  # (B, T) inputs, (B, T) targets
 
-    ds = tf.data.Dataset.from_tensor_slices(starts).batch(batch_size)
-    return ds.map(cut, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    ds = tf.data.Dataset.from_tensor_slices(np.asarray(starts, dtype=np.int64)).batch(batch_size)
+    return ds.map(to_pair, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def validation_dataset(ids_tensor, n_ids: int, seq_length: int, batch_size: int):
-    """Consecutive non-overlapping windows over the validation ids, in order."""
-    count = (n_ids - 1) // seq_length
+def validation_dataset(ids: np.ndarray, seq_length: int, batch_size: int):
+    """Consecutive non-overlapping windows over ``ids``, in order."""
+    count = (len(ids) - 1) // seq_length
     starts = np.arange(count, dtype=np.int64) * seq_length
-    return window_dataset(ids_tensor, starts, seq_length, batch_size)
+    return window_dataset(ids, starts, seq_length, batch_size)

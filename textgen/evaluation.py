@@ -29,7 +29,7 @@ def evaluate_ids(model, ids: np.ndarray, seq_length: int = 100, batch_size: int 
         ), tf.size(y)
 
     total, count = 0.0, 0
-    for x, y in validation_dataset(tf.constant(ids), len(ids), seq_length, batch_size):
+    for x, y in validation_dataset(ids, seq_length, batch_size):
         s, n = losses(x, y)
         total += float(s)
         count += int(n)

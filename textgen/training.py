@@ -22,19 +22,20 @@ import numpy as np
 
 from textgen import checkpoint as ckpt
 from textgen.data import (
-    compact_ids,
+    corpus_files,
     epoch_starts,
-    read_corpus,
     split_ids,
     steps_per_epoch,
     validation_dataset,
     window_dataset,
 )
-from textgen.errors import CheckpointError, TextgenError
+from textgen.errors import CheckpointError, TextgenError, VocabularyError
 from textgen.model import build_model, get_weights, set_weights
+from textgen.prepare import prepare_corpus
 from textgen.tokenizer import Tokenizer
 
 LN2 = math.log(2.0)
+CACHE_DIR = ".cache"  # id arrays of prepared corpora, shared by the runs in one folder
 # Settings that fix the network's shape or the data order: a resumed run must keep them.
 LOCKED_ON_RESUME = (
     "embedding_dim",
@@ -224,20 +225,29 @@ def train(
     config = _config_for(corpus, settings, run_dir, resume)
     config.validate()
 
-    text = read_corpus(corpus, encoding=config.encoding, errors=config.errors)
-    if resume:
-        tokenizer = Tokenizer.load(run_dir / ckpt.TOKENIZER)
-        if not tokenizer.unknown and tokenizer.unknown_chars(text):
-            raise CheckpointError(
-                f"cannot resume {run_dir}: the corpus has characters the run's vocabulary lacks "
-                f"({', '.join(repr(c) for c in tokenizer.unknown_chars(text)[:10])})"
-            )
-    else:
-        tokenizer = Tokenizer.from_text(text, max_vocab=config.max_vocab)
-    ids = compact_ids(tokenizer.encode(text), tokenizer.vocab_size)
-    del text
-    split = split_ids(ids, config.validation_split, config.seq_length)
+    saved_tokenizer = Tokenizer.load(run_dir / ckpt.TOKENIZER) if resume else None
+    corpus_files(corpus)  # a missing corpus is reported before anything is created
+    created = not run_dir.exists()
     ckpt.ensure_writable(run_dir)
+    try:
+        prepared = prepare_corpus(
+            corpus,
+            cache_dir=run_dir.parent / CACHE_DIR,
+            encoding=config.encoding,
+            errors=config.errors,
+            max_vocab=config.max_vocab,
+            tokenizer=saved_tokenizer,
+        )
+        split = split_ids(prepared.ids, config.validation_split, config.seq_length)
+    except TextgenError as err:
+        if created:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # leave no empty run behind for a corpus that failed
+        if resume and isinstance(err, VocabularyError):
+            raise CheckpointError(f"cannot resume {run_dir}: {err}") from None
+        raise
+    tokenizer = prepared.tokenizer
+    ids = prepared.ids
 
     from textgen.backend import keras
 
@@ -253,6 +263,9 @@ def train(
     trainer = _Trainer(model, config, split, run_dir, echo, progress)
     if resume:
         trainer.restore(ckpt.load_checkpoint(run_dir / ckpt.LATEST))
+        saved = ckpt.read_config(run_dir)
+        saved["training"] = asdict(config)  # the settings this invocation runs with
+        ckpt.write_config(run_dir, saved)
     else:
         tokenizer.save(run_dir / ckpt.TOKENIZER)
         ckpt.write_config(
@@ -267,13 +280,13 @@ def train(
                     "dropout": config.dropout,
                 },
                 "training": asdict(config),
-                "corpus": {"source": corpus, "characters": int(len(ids))},
+                "corpus": {
+                    "source": corpus,
+                    "characters": int(len(ids)),
+                    "sha256": prepared.sha256,
+                },
             },
         )
-    if resume:  # record the settings this invocation runs with (epochs, max_time, ...)
-        saved = ckpt.read_config(run_dir)
-        saved["training"] = asdict(config)
-        ckpt.write_config(run_dir, saved)
     return trainer.run()
 
 
@@ -289,9 +302,9 @@ class _Trainer:
         self.run_dir = run_dir
         self.echo = echo
         self.progress = progress
-        self.train_ids = tf.constant(split.train)
-        self.valid_ids = tf.constant(split.valid) if len(split.valid) else None
-        self.n_train, self.n_valid = len(split.train), len(split.valid)
+        self.train_ids = split.train
+        self.valid_ids = split.valid if len(split.valid) else None
+        self.n_train = len(split.train)
         self.steps = steps_per_epoch(self.n_train, config.seq_length, config.batch_size)
         self.optimizer = keras.optimizers.Adam(
             learning_rate=config.learning_rate, global_clipnorm=config.clip_norm
@@ -369,9 +382,7 @@ class _Trainer:
         if self.valid_ids is None:
             return None
         total, count = 0.0, 0.0
-        ds = validation_dataset(
-            self.valid_ids, self.n_valid, self.config.seq_length, self.config.batch_size
-        )
+        ds = validation_dataset(self.valid_ids, self.config.seq_length, self.config.batch_size)
         for x, y in ds:
             loss_sum, n = self.eval_step(x, y)
             total += float(loss_sum)

@@ -1,0 +1,147 @@
+"""The fast LSTM path must match stock Keras: forward values, gradients and whole-model logits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+keras = pytest.importorskip("keras")
+
+from textgen.fast_lstm import forward_logits, lstm_sequence  # noqa: E402
+from textgen.model import build_model  # noqa: E402
+
+B, T, D, H = 3, 5, 4, 6
+
+
+def _stock_layer(dtype: str, seed: int = 0):
+    """A built stock LSTM layer with random weights, including a non-trivial bias."""
+    rng = np.random.default_rng(seed)
+    layer = keras.layers.LSTM(H, return_sequences=True, return_state=True, dtype=dtype)
+    layer.build((B, T, D))
+    cell = layer.cell
+    for var in (cell.kernel, cell.recurrent_kernel, cell.bias):
+        var.assign(rng.normal(scale=0.5, size=var.shape))
+    return layer
+
+
+def _data(dtype: str, seed: int = 1):
+    rng = np.random.default_rng(seed)
+
+    def make(*shape):
+        return tf.constant(rng.normal(size=shape), dtype)
+
+    return make(B, T, D), make(B, H), make(B, H), make(B, T, H), make(B, H), make(B, H)
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("dtype, tol", [("float64", 1e-10), ("float32", 1e-5)])
+def test_forward_and_gradients_match_stock_lstm(with_state: bool, dtype: str, tol: float) -> None:
+    layer = _stock_layer(dtype)
+    cell = layer.cell
+    x, h0, c0, w_out, w_h, w_c = _data(dtype)
+    state = (h0, c0) if with_state else None
+
+    def loss(outputs, h_last, c_last):
+        # Random weights on every output make each gradient path count.
+        return (
+            tf.reduce_sum(outputs * w_out)
+            + tf.reduce_sum(h_last * w_h)
+            + tf.reduce_sum(c_last * w_c)
+        )
+
+    sources = [x, cell.kernel, cell.recurrent_kernel, cell.bias] + ([h0, c0] if state else [])
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([x, h0, c0])
+        expected = layer(x, initial_state=list(state)) if state else layer(x)
+        expected_loss = loss(*expected)
+        outputs, (h_last, c_last) = lstm_sequence(
+            x, cell.kernel, cell.recurrent_kernel, cell.bias, initial_state=state
+        )
+        actual_loss = loss(outputs, h_last, c_last)
+
+    for got, want in zip((outputs, h_last, c_last), expected, strict=True):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=tol, atol=tol)
+    got_grads = tape.gradient(actual_loss, sources)
+    want_grads = tape.gradient(expected_loss, sources)
+    for got, want in zip(got_grads, want_grads, strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=tol, atol=tol)
+
+
+def test_works_in_tf_function_with_dynamic_shapes() -> None:
+    layer = _stock_layer("float32")
+    cell = layer.cell
+    spec = tf.TensorSpec([None, None, D], tf.float32)
+
+    @tf.function(input_signature=[spec])
+    def run(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            outputs, _ = lstm_sequence(x, cell.kernel, cell.recurrent_kernel, cell.bias)
+            total = tf.reduce_sum(outputs)
+        return outputs, tape.gradient(total, x)
+
+    rng = np.random.default_rng(2)
+    for batch, steps in [(2, 1), (3, 7), (1, 4)]:
+        x = tf.constant(rng.normal(size=(batch, steps, D)), tf.float32)
+        outputs, dx = run(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            expected = layer(x)[0]
+            total = tf.reduce_sum(expected)
+        np.testing.assert_allclose(outputs.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(dx.numpy(), tape.gradient(total, x).numpy(), atol=1e-5)
+
+
+def _ids(vocab: int, seed: int = 3) -> tf.Tensor:
+    return tf.constant(np.random.default_rng(seed).integers(0, vocab, size=(B, T)), tf.int32)
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_forward_logits_matches_model(num_layers: int) -> None:
+    keras.utils.set_random_seed(num_layers)
+    model = build_model(11, embedding_dim=D, units=H, num_layers=num_layers, dropout=0.3)
+    ids = _ids(11)
+    logits = forward_logits(model, ids, training=False, dropout_rate=0.3, seed=None)
+    assert logits.shape == (B, T, 11)
+    np.testing.assert_allclose(logits.numpy(), model(ids).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_forward_logits_gradients_match_model() -> None:
+    keras.utils.set_random_seed(4)
+    model = build_model(11, embedding_dim=D, units=H, num_layers=2)
+    ids = _ids(11)
+    targets = _ids(11, seed=5)
+
+    def loss(logits):
+        return tf.reduce_mean(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+        )
+
+    variables = model.trainable_variables
+    with tf.GradientTape(persistent=True) as tape:
+        actual = loss(forward_logits(model, ids, training=False))
+        expected = loss(model(ids))
+    for got, want in zip(
+        tape.gradient(actual, variables), tape.gradient(expected, variables), strict=True
+    ):
+        np.testing.assert_allclose(
+            tf.convert_to_tensor(got).numpy(), tf.convert_to_tensor(want).numpy(), atol=1e-5
+        )
+
+
+def test_dropout_is_reproducible_per_seed() -> None:
+    keras.utils.set_random_seed(6)
+    model = build_model(11, embedding_dim=D, units=H, dropout=0.5)
+    ids = _ids(11)
+
+    def run(seed):
+        return forward_logits(
+            model, ids, training=True, dropout_rate=0.5, seed=tf.constant(seed, tf.int32)
+        ).numpy()
+
+    first, again, other = run([1, 2]), run([1, 2]), run([3, 4])
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, other)
+    inference = forward_logits(model, ids, training=False, dropout_rate=0.5).numpy()
+    assert not np.allclose(first, inference)
