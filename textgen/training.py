@@ -450,6 +450,9 @@ class _Trainer:
                 epoch_done = state["batch"] >= self.steps
                 if not epoch_done and stopped == "completed":
                     stopped = "max_time"  # the loop above ended early only for the budget
+                if state["batch"] == 0 and not epoch_done:  # the budget ended between epochs
+                    self._save()
+                    break
                 improved = self._end_of_epoch(epoch_done)
                 if stopped == "max_time":
                     break
