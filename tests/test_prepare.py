@@ -81,3 +81,25 @@ def test_resume_vocabulary_must_cover_the_corpus(tmp_path):
     path.write_text("abcd abc\n" * 10)
     with pytest.raises(VocabularyError, match="'d'"):
         prepare_corpus(path, tokenizer=tok, cache_dir=tmp_path / "c")
+
+
+def test_fast_decoding_agrees_with_python_on_random_bytes(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_module, "CHUNK_BYTES", 13)
+    rng = np.random.default_rng(42)
+    pieces = [b"a", b"Z ", b"\n", "é".encode(), "€".encode(), "🙂".encode(), b"\xff", b"\xc3",
+              b"\xe2\x82", b"\xed\xa0\x80", b"\xc0\xaf", b"\xf4\x90\x80\x80", b"\x80"]  # fmt: skip
+    path = tmp_path / "r.txt"
+    for trial in range(150):
+        picks = rng.choice(len(pieces), size=int(rng.integers(2, 60)), p=None)
+        raw = b"ab" + b"".join(pieces[i] for i in picks)
+        path.write_bytes(raw)
+        try:
+            expected = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            with pytest.raises(CorpusError, match=f"offset {err.start};"):
+                prepare_corpus(path, cache_dir=tmp_path / f"c{trial}")
+            continue
+        if len(set(expected)) < 2:
+            continue
+        prepared = prepare_corpus(path, cache_dir=tmp_path / f"c{trial}")
+        assert prepared.tokenizer.decode(prepared.ids) == expected

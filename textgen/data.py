@@ -21,7 +21,7 @@ from textgen.errors import CorpusError
 
 DOCUMENT_SEPARATOR = "\n\n"
 CHUNK_BYTES = 8 << 20
-_NUL_PROBE = 8192
+NUL_PROBE = 8192
 
 
 def corpus_files(spec: str | os.PathLike) -> list[Path]:
@@ -59,7 +59,7 @@ def decoded_chunks(files: list[Path], encoding: str, errors: str) -> Iterator[st
         with handle:
             while True:
                 raw = handle.read(CHUNK_BYTES)
-                if offset == 0 and text_like and b"\x00" in raw[:_NUL_PROBE]:
+                if offset == 0 and text_like and b"\x00" in raw[:NUL_PROBE]:
                     raise CorpusError(
                         f"{path} looks like a binary file (it contains NUL bytes), not text"
                     )
