@@ -160,3 +160,20 @@ def test_damaged_checkpoints_are_reported(tmp_path, trained_run):
         Sampler.from_checkpoint(tmp_path)
     with pytest.raises(CheckpointError, match="no such run"):
         Sampler.from_checkpoint(tmp_path / "missing")
+
+
+def test_a_run_killed_before_its_first_checkpoint_can_resume(tmp_path, corpus, monkeypatch):
+    from textgen import training
+
+    def killed(self):
+        raise SystemExit("killed")  # stands in for SIGKILL right after start-up
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training._Trainer, "run", killed)
+        with pytest.raises(SystemExit):
+            train(corpus, run_dir=tmp_path / "run", **_quiet(**TINY))
+    assert ckpt.load_checkpoint(tmp_path / "run" / "latest.npz").state["step"] == 0
+    (tmp_path / "run" / ".latest.npz.abc.tmp").write_bytes(b"half a file")
+    result = train(corpus, run_dir=tmp_path / "run", resume=True, **_quiet())
+    assert result.stopped == "completed" and result.epochs_done == TINY["epochs"]
+    assert not list((tmp_path / "run").glob(".*.tmp"))

@@ -70,6 +70,13 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             os.close(dir_fd)
 
 
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete half-written files that a killed process left behind (``.<name>.*.tmp``)."""
+    for leftover in Path(run_dir).glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            leftover.unlink()
+
+
 def write_text(path: Path, text: str) -> None:
     """Atomically write a UTF-8 text file."""
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))

@@ -177,14 +177,15 @@ def _graceful_interrupts() -> Iterator[dict]:
 
 
 def _append_history(run_dir: Path, row: dict) -> None:
+    """Add a row, first dropping rows at or past its step (left by a crash that is replayed)."""
     path = run_dir / ckpt.HISTORY
     old = path.read_text(encoding="utf-8") if path.exists() else ""
+    rows = [r for r in csv.DictReader(io.StringIO(old)) if int(r["step"]) < int(row["step"])]
     out = io.StringIO()
     writer = csv.DictWriter(out, HISTORY_FIELDS, lineterminator="\n")
-    if not old:
-        writer.writeheader()
-    writer.writerow(row)
-    ckpt.write_text(path, old + out.getvalue())
+    writer.writeheader()
+    writer.writerows(rows + [row])
+    ckpt.write_text(path, out.getvalue())
 
 
 def _fmt(loss: float | None) -> str:
@@ -262,12 +263,16 @@ def train(
     )
     trainer = _Trainer(model, config, split, run_dir, echo, progress)
     if resume:
+        ckpt.remove_stale_temporaries(run_dir)
         trainer.restore(ckpt.load_checkpoint(run_dir / ckpt.LATEST))
         saved = ckpt.read_config(run_dir)
         saved["training"] = asdict(config)  # the settings this invocation runs with
         ckpt.write_config(run_dir, saved)
     else:
         tokenizer.save(run_dir / ckpt.TOKENIZER)
+        # A step-0 checkpoint before the config: a run directory with a config always has a
+        # checkpoint to resume from, even if the process is killed before the first save.
+        trainer.save_initial()
         ckpt.write_config(
             run_dir,
             {
@@ -370,12 +375,17 @@ class _Trainer:
         self.state.update(saved.state)
 
     def _save(self, with_best: bool = False) -> None:
+        """Write the checkpoint files; ``best`` first, so a crash in between replays the epoch
+        from the older ``latest`` and rewrites ``best`` rather than leaving a stale one."""
         weights = get_weights(self.model)
+        if with_best:
+            ckpt.save_checkpoint(self.run_dir / ckpt.BEST, ckpt.Checkpoint(weights, [], self.state))
         opt = [np.asarray(v.numpy()) for v in self.optimizer.variables]
         ckpt.save_checkpoint(self.run_dir / ckpt.LATEST, ckpt.Checkpoint(weights, opt, self.state))
-        if with_best:
-            best = ckpt.Checkpoint(weights, [], dict(self.state))
-            ckpt.save_checkpoint(self.run_dir / ckpt.BEST, best)
+
+    def save_initial(self) -> None:
+        """Checkpoint the freshly initialised model (step 0) as both latest and best."""
+        self._save(with_best=True)
 
     def evaluate(self) -> float | None:
         """Mean validation loss in nats per character, or None without a validation split."""
@@ -483,7 +493,6 @@ class _Trainer:
         improved = score is not None and (best is None or score < best)
         if improved:
             state["best_val_loss"] = score
-        self._save(with_best=improved or not (self.run_dir / ckpt.BEST).exists())
         _append_history(
             self.run_dir,
             {
@@ -497,6 +506,7 @@ class _Trainer:
                 "seconds": round(state["seconds"], 1),
             },
         )
+        self._save(with_best=improved or not (self.run_dir / ckpt.BEST).exists())
         self.echo(
             f"epoch {epoch_label:g}: train {_fmt(train_loss)}, validation {_fmt(val_loss)}"
             + (" *best*" if improved and val_loss is not None else "")
