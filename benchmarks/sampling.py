@@ -1,18 +1,21 @@
 """Characters per second when sampling: the usual Keras recipes against the numpy engine.
 
-Rows, for a model with vocabulary 65, embedding 64 and LSTM layers of 512 units:
+Rows, for a model with vocabulary 65, embedding 64 and LSTM layers of 512 units (random weights):
 
-1. ``model.predict`` on the last 40 characters for every new character (keras-io / textgenrnn).
-2. One stateful ``tf.function`` call per character returning logits' sample and states
-   (TensorFlow text-generation tutorial), for 1 stream and for all streams at once.
-3. textgen, one stream. 4. textgen, all streams at once.
+1. ``model.predict`` on the last 40 characters for every new character (keras-io / textgenrnn);
+   1b is the same with a direct ``model(window)`` call.
+2. One stateful ``tf.function`` call per character that samples in TensorFlow and returns the
+   states (TensorFlow text-generation tutorial); 2b steps all streams in that call.
+3. textgen, one stream. 4. textgen, all streams at once (total characters).
 5. The bare numpy recurrence (``h @ U``, one tanh over the gates, the cell update; no embedding,
-   bias, output layer or sampling), the ceiling for 3 and 4.
+   bias, output layer or sampling) in the engine's layout: the ceiling for 3 (5a) and 4 (5b).
 
-Each rate is the best of several short trials within ``--seconds``, which keeps it meaningful
-when other processes share the CPU; compare ratios within one run, not across runs.
+Rows take turns in short slices and each reports its best slice, so a burst of load from other
+processes hits every row alike; compare ratios within one run, not across runs. Row 1 is so slow
+that it is timed once over ``--window-chars`` characters.
 
     python benchmarks/sampling.py --seconds 3 --layers 1 2
+    OPENBLAS_NUM_THREADS=1 python benchmarks/sampling.py   # single-threaded BLAS
 """
 
 from __future__ import annotations
@@ -27,30 +30,39 @@ import numpy as np
 from textgen.kernels import RecurrentStack, sample_ids
 
 VOCAB, EMBEDDING, WINDOW = 65, 64, 40
+SLICES = 8
+
+Runner = Callable[[int], int]
+"""``run(n)`` does n iterations and returns how many characters they produced."""
 
 
-def measure(run: Callable[[int], int], seconds: float, trials: int = 5) -> float:
-    """Best rate (units returned by ``run`` per second) over ``trials`` slices of ``seconds``.
+def time_slice(run: Runner, seconds: float) -> float:
+    """Characters per second of ``run`` over about ``seconds``."""
+    chars, n, start = 0, 1, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        chars += run(n)
+        n = min(n * 2, 256)
+    return chars / elapsed
 
-    ``run(n)`` does n iterations and returns how many characters they produced.
-    """
-    run(3)  # warm caches and any tracing before the clock starts
-    budget = seconds / trials
-    best = 0.0
-    for _ in range(trials):
-        chars, n, start = 0, 1, time.perf_counter()
-        while (elapsed := time.perf_counter() - start) < budget:
-            chars += run(n)
-            n = min(n * 2, 256)
-        best = max(best, chars / elapsed)
+
+def best_rates(runners: dict[str, Runner], seconds: float) -> dict[str, float]:
+    """Give each runner ``SLICES`` turns totalling ``seconds``; return its best rate."""
+    for run in runners.values():
+        run(3)  # warm caches and trace tf.functions before any clock starts
+    best = dict.fromkeys(runners, 0.0)
+    for _ in range(SLICES):
+        for key, run in runners.items():
+            best[key] = max(best[key], time_slice(run, seconds / SLICES))
+            # TensorFlow's pool threads spin briefly after work; let them settle.
+            time.sleep(0.02)
     return best
 
 
 # -- textgen (kept small so they can be pointed at the higher-level sampler) --------------------
 
 
-def textgen_single_stream(weights: dict[str, np.ndarray], cell: str, seconds: float) -> float:
-    """Chars/s for one stream: step, sample, feed the id back."""
+def textgen_single_stream(weights: dict[str, np.ndarray], cell: str) -> Runner:
+    """One stream: step, sample, feed the id back."""
     stack = RecurrentStack(weights, cell)
     stack.reset(1)
     rng = np.random.default_rng(0)
@@ -62,13 +74,11 @@ def textgen_single_stream(weights: dict[str, np.ndarray], cell: str, seconds: fl
             ids = sample_ids(stack.step(ids), rng)
         return n
 
-    return measure(run, seconds)
+    return run
 
 
-def textgen_streams(
-    weights: dict[str, np.ndarray], cell: str, streams: int, seconds: float
-) -> float:
-    """Total chars/s for ``streams`` streams stepped and sampled together."""
+def textgen_streams(weights: dict[str, np.ndarray], cell: str, streams: int) -> Runner:
+    """``streams`` streams stepped and sampled together."""
     stack = RecurrentStack(weights, cell)
     stack.reset(streams)
     rng = np.random.default_rng(0)
@@ -80,30 +90,23 @@ def textgen_streams(
             ids = sample_ids(stack.step(ids), rng)
         return n * streams
 
-    return measure(run, seconds)
+    return run
 
 
-def bare_recurrence(units: int, layers: int, streams: int, seconds: float) -> float:
-    """Chars/s of just the LSTM recurrence in numpy's fastest layout (the ceiling)."""
+def bare_recurrence(units: int, layers: int, streams: int) -> Runner:
+    """Just the LSTM recurrence, in the (features, streams) layout the engine uses."""
     rng = np.random.default_rng(0)
     gates = 4 * units
-    mats = [
-        (rng.standard_normal((gates, units * (1 if i == 0 else 2))) * 0.02).astype(np.float32)
-        for i in range(layers)
-    ]
     h = np.zeros((layers * units, streams), np.float32)
     c = np.zeros((layers * units, streams), np.float32)
     g = np.empty((gates, streams), np.float32)
     i_gate, f_gate, o_gate, candidate = (g[k * units : (k + 1) * units] for k in range(4))
-    plan = [
-        (
-            mats[i],
-            h[:units] if i == 0 else h[(i - 1) * units : (i + 1) * units],
-            h[i * units : (i + 1) * units],
-            c[i * units : (i + 1) * units],
-        )
-        for i in range(layers)
-    ]
+    plan = []
+    for i in range(layers):
+        # Deeper layers multiply [h below; own h] by stacked kernels, as the engine does.
+        inp = h[:units] if i == 0 else h[(i - 1) * units : (i + 1) * units]
+        mat = (rng.standard_normal((gates, inp.shape[0])) * 0.02).astype(np.float32)
+        plan.append((mat, inp, h[i * units : (i + 1) * units], c[i * units : (i + 1) * units]))
 
     def run(n: int) -> int:
         for _ in range(n):
@@ -117,46 +120,34 @@ def bare_recurrence(units: int, layers: int, streams: int, seconds: float) -> fl
                 np.multiply(o_gate, i_gate, out=h_out)
         return n * streams
 
-    return measure(run, seconds)
+    return run
 
 
 # -- TensorFlow baselines ---------------------------------------------------------------------
 
 
-def keras_window_predict(model, seconds: float) -> float:
-    """Chars/s regenerating from the last ``WINDOW`` characters with ``model.predict``."""
+def window_runner(model, use_predict: bool) -> Runner:
+    """Re-read the last ``WINDOW`` characters for every new one, sampling in numpy."""
     rng = np.random.default_rng(0)
     text = list(rng.integers(0, VOCAB, WINDOW))
 
     def run(n: int) -> int:
         for _ in range(n):
             window = np.array([text[-WINDOW:]], np.int32)
-            logits = model.predict(window, verbose=0)[0, -1].astype(np.float64)
+            if use_predict:
+                out = model.predict(window, verbose=0)
+            else:
+                out = np.asarray(model(window, training=False))
+            logits = out[0, -1].astype(np.float64)
             probs = np.exp(logits - logits.max())
             text.append(rng.choice(VOCAB, p=probs / probs.sum()))
         return n
 
-    return measure(run, seconds, trials=max(1, min(5, int(seconds))))
+    return run
 
 
-def keras_window_call(model, seconds: float) -> float:
-    """As ``keras_window_predict`` but calling ``model(window)`` directly (no predict loop)."""
-    rng = np.random.default_rng(0)
-    text = list(rng.integers(0, VOCAB, WINDOW))
-
-    def run(n: int) -> int:
-        for _ in range(n):
-            window = np.array([text[-WINDOW:]], np.int32)
-            logits = np.asarray(model(window, training=False))[0, -1].astype(np.float64)
-            probs = np.exp(logits - logits.max())
-            text.append(rng.choice(VOCAB, p=probs / probs.sum()))
-        return n
-
-    return measure(run, seconds)
-
-
-def tf_one_step(model, streams: int, seconds: float) -> float:
-    """Chars/s with one stateful ``tf.function`` call per character, sampling inside TF."""
+def tf_one_step(model, streams: int) -> Runner:
+    """One stateful ``tf.function`` call per character, sampling inside TensorFlow."""
     import tensorflow as tf
 
     embedding = model.get_layer("embedding")
@@ -186,10 +177,10 @@ def tf_one_step(model, streams: int, seconds: float) -> float:
         nonlocal ids, states
         for _ in range(n):
             ids, states = one_step(ids, states)
-        ids.numpy()  # the ids are needed in Python each step; this also syncs
+        ids.numpy()  # a sampler needs the ids in Python; this also waits for the work
         return n * streams
 
-    return measure(run, seconds)
+    return run
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -203,52 +194,60 @@ def blas_threads() -> str:
     return ", ".join(f"{p['internal_api']}={p['num_threads']}" for p in threadpool_info())
 
 
-def table(layers: int, units: int, streams: int, args: argparse.Namespace) -> None:
+def table(layers: int, args: argparse.Namespace) -> None:
     """Build a model with random weights, time every row and print the table."""
     from textgen.model import build_model, get_weights
 
+    units, streams = args.units, args.streams
     model = build_model(VOCAB, embedding_dim=EMBEDDING, units=units, num_layers=layers)
     weights = get_weights(model)
-    secs = args.seconds
-    # numpy rows first, while TensorFlow's thread pools have not been woken up yet.
-    rows = {
-        "3": ("textgen, 1 stream", textgen_single_stream(weights, "lstm", secs)),
-        "4": (f"textgen, {streams} streams", textgen_streams(weights, "lstm", streams, secs)),
-        "5a": ("bare recurrence, 1 stream", bare_recurrence(units, layers, 1, secs)),
-        "5b": (
-            f"bare recurrence, {streams} streams",
-            bare_recurrence(units, layers, streams, secs),
-        ),
-        "1": (f"predict, {WINDOW}-char window", keras_window_predict(model, args.window_seconds)),
-        "1b": (f"model(window), {WINDOW} chars", keras_window_call(model, secs)),
-        "2": ("tf.function per char, 1 stream", tf_one_step(model, 1, secs)),
-        "2b": (f"tf.function per char, {streams} streams", tf_one_step(model, streams, secs)),
+    labels = {
+        "1": f"model.predict, {WINDOW}-char window",
+        "1b": f"model(window), {WINDOW}-char window",
+        "2": "tf.function per char, 1 stream",
+        "2b": f"tf.function per char, {streams} streams",
+        "3": "textgen, 1 stream",
+        "4": f"textgen, {streams} streams",
+        "5a": "bare recurrence, 1 stream",
+        "5b": f"bare recurrence, {streams} streams",
     }
+    rates = best_rates(
+        {
+            "3": textgen_single_stream(weights, "lstm"),
+            "4": textgen_streams(weights, "lstm", streams),
+            "5a": bare_recurrence(units, layers, 1),
+            "5b": bare_recurrence(units, layers, streams),
+            "1b": window_runner(model, use_predict=False),
+            "2": tf_one_step(model, 1),
+            "2b": tf_one_step(model, streams),
+        },
+        args.seconds,
+    )
+    predict = window_runner(model, use_predict=True)
+    predict(2)
+    start = time.perf_counter()
+    rates["1"] = predict(args.window_chars) / (time.perf_counter() - start)
+
     ceilings = {"3": "5a", "4": "5b"}
-    baseline = rows["2"][1]
     print(f"\n{layers} x LSTM {units}, vocab {VOCAB}, embedding {EMBEDDING}")
     print(f"{'':44s} {'chars/s':>10s} {'x vs 2':>8s} {'of ceiling':>11s}")
-    for key in ("1", "1b", "2", "2b", "3", "4", "5a", "5b"):
-        label, rate = rows[key]
-        share = f"{rate / rows[ceilings[key]][1]:.0%}" if key in ceilings else ""
-        print(f"{key + '. ' + label:44s} {rate:10,.0f} {rate / baseline:8.2f} {share:>11s}")
+    for key, label in labels.items():
+        share = f"{rates[key] / rates[ceilings[key]]:.0%}" if key in ceilings else ""
+        line = f"{key + '. ' + label:44s} {rates[key]:10,.0f} {rates[key] / rates['2']:8.2f}"
+        print(f"{line} {share:>11s}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
+    parser.add_argument("--seconds", type=float, default=2.0, help="time per row (all slices)")
     parser.add_argument("--layers", type=int, nargs="+", default=[1, 2], help="one table each")
     parser.add_argument("--units", type=int, default=512)
     parser.add_argument("--streams", type=int, default=64)
-    parser.add_argument(
-        "--window-seconds", type=float, default=None, help="time for row 1 (default --seconds)"
-    )
+    parser.add_argument("--window-chars", type=int, default=20, help="characters for row 1")
     args = parser.parse_args()
-    if args.window_seconds is None:
-        args.window_seconds = args.seconds
     print(f"BLAS threads: {blas_threads()}; load average before: {os.getloadavg()}")
     for layers in args.layers:
-        table(layers, args.units, args.streams, args)
+        table(layers, args)
     print(f"\nload average after: {os.getloadavg()}")
 
 

@@ -14,6 +14,7 @@ This module must not import TensorFlow or Keras.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -84,6 +85,9 @@ class RecurrentStack:
         self.vocab_size = vocab
         self.embedding_dim = emb_dim
         self._prepare(w)
+        self._advance = {"lstm": self._step_lstm, "gru": self._step_gru}.get(
+            cell, self._step_simple
+        )
         self._batch = -1
         self.reset(1)
 
@@ -232,12 +236,7 @@ class RecurrentStack:
         """
         table, axis, out = self._gather
         np.take(table, ids, axis=axis, out=out, mode="clip")
-        if self.cell == "lstm":
-            self._step_lstm()
-        elif self.cell == "gru":
-            self._step_gru()
-        else:
-            self._step_simple()
+        self._advance()
         logits = self._logits
         np.matmul(self._h_top_t, self._dense_kernel, out=logits)
         np.add(logits, self._dense_bias, out=logits)
@@ -336,27 +335,33 @@ def sample_ids(
     Raises:
         ValueError: a setting out of range, or a Generator sequence of the wrong length.
     """
-    if not np.isfinite(temperature) or temperature < 0:
+    if not math.isfinite(temperature) or temperature < 0:
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    batch, vocab = logits.shape
     if temperature == 0:
         if exclude is None:
             return np.argmax(logits, axis=1)
         z = np.array(logits, dtype=np.float32)
         z[:, exclude] = -np.inf
         return np.argmax(z, axis=1)
-    batch, vocab = logits.shape
-    z = np.multiply(logits, np.float32(1.0 / temperature), dtype=np.float32)
-    if exclude is not None:
-        z[:, exclude] = -np.inf
-    if top_k is not None and top_k < vocab:
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        kth = np.partition(z, vocab - top_k, axis=1)[:, vocab - top_k, None]
-        z[z < kth] = -np.inf
-    if top_p is not None and top_p < 1.0:
-        if top_p <= 0.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        _mask_top_p(z, top_p)
+    use_top_k = top_k is not None and top_k < vocab
+    use_top_p = top_p is not None and top_p < 1.0
+    noise_scale = temperature
+    z = logits
+    if use_top_k or use_top_p or exclude is not None:
+        z = np.multiply(logits, np.float32(1.0 / temperature), dtype=np.float32)
+        noise_scale = 1.0
+        if exclude is not None:
+            z[:, exclude] = -np.inf
+        if use_top_k:
+            kth = np.partition(z, vocab - top_k, axis=1)[:, vocab - top_k, None]
+            z[z < kth] = -np.inf
+        if use_top_p:
+            _mask_top_p(z, top_p)
     noise = np.empty((batch, vocab), np.float32)
     if isinstance(rng, np.random.Generator):
         rng.standard_exponential(dtype=np.float32, out=noise)
@@ -368,8 +373,11 @@ def sample_ids(
     # float32 exponentials can be exactly 0; log(0) would beat even masked (-inf) ids.
     np.maximum(noise, np.float32(1e-30), out=noise)
     np.log(noise, out=noise)
-    np.subtract(z, noise, out=z)
-    return np.argmax(z, axis=1)
+    # argmax(z / T - log E) == argmax(z - T log E) for T > 0; scaling the noise spares a copy.
+    if noise_scale != 1.0:
+        np.multiply(noise, np.float32(noise_scale), out=noise)
+    np.subtract(z, noise, out=noise)
+    return np.argmax(noise, axis=1)
 
 
 def _mask_top_p(z: np.ndarray, top_p: float) -> None:

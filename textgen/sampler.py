@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     import keras
 
 _CELL_OF_LAYER = {"LSTM": "lstm", "GRU": "gru", "SimpleRNN": "simple"}
-_UNIFORM_BLOCK = 256  # uniforms drawn per stream at a time; the sequence is the same for any size
 
 
 def _num_layers(weights: dict[str, np.ndarray]) -> int:
@@ -101,39 +100,6 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -
         raise TextgenError(f"top-k must be at least 1, got {top_k}")
     if top_p is not None and not (0.0 < top_p <= 1.0):
         raise TextgenError(f"top-p must be in (0, 1], got {top_p}")
-
-
-def filter_logits(
-    logits: np.ndarray,
-    temperature: float,
-    top_k: int | None = None,
-    top_p: float | None = None,
-) -> np.ndarray:
-    """Return probabilities (batch, vocab) after temperature, top-k and top-p (see module doc)."""
-    z = logits.astype(np.float64) / temperature
-    z -= z.max(axis=1, keepdims=True)
-    if top_k is not None and top_k < z.shape[1]:
-        kth = -np.partition(-z, top_k - 1, axis=1)[:, top_k - 1 : top_k]
-        z = np.where(z >= kth, z, -np.inf)
-    probs = np.exp(z)
-    probs /= probs.sum(axis=1, keepdims=True)
-    if top_p is not None and top_p < 1.0:
-        order = np.argsort(-probs, axis=1, kind="stable")
-        sorted_probs = np.take_along_axis(probs, order, axis=1)
-        before = np.cumsum(sorted_probs, axis=1) - sorted_probs  # mass of strictly likelier chars
-        keep_sorted = before < top_p  # the first char is always kept
-        keep = np.zeros_like(keep_sorted)
-        np.put_along_axis(keep, order, keep_sorted, axis=1)
-        probs = np.where(keep, probs, 0.0)
-        probs /= probs.sum(axis=1, keepdims=True)
-    return probs
-
-
-def draw(probs: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
-    """Inverse-CDF draw of one id per row of ``probs`` from uniforms in [0, 1)."""
-    cdf = np.cumsum(probs, axis=1)
-    ids = (cdf < uniforms[:, None] * cdf[:, -1:]).sum(axis=1)
-    return np.minimum(ids, probs.shape[1] - 1)
 
 
 class _StopMatcher:
@@ -252,7 +218,7 @@ class Sampler:
                 return self.tokenizer.encode(start)
         return np.zeros(1, dtype=np.int32)
 
-    def stream_batch(
+    def _id_steps(
         self,
         num_samples: int,
         length: int | None,
@@ -262,15 +228,11 @@ class Sampler:
         seed: int | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
-        stop: Sequence[str] = (),
         drop_unknown: bool = False,
-    ) -> Iterator[list[str]]:
-        """Yield, per step, the new text of each of ``num_samples`` streams (often "").
+    ) -> Iterator[np.ndarray]:
+        """Yield the drawn ids, shape (num_samples,), one array per generated character."""
+        from textgen.kernels import sample_ids
 
-        Streams advance together as one batch. Stream i draws from its own generator seeded
-        by (seed, i), so each is reproducible and the streams differ. ``length=None`` runs
-        until the caller stops iterating; a stream that hits a stop string yields "" after.
-        """
         check_sampling(temperature, top_k, top_p)
         if num_samples < 1:
             raise TextgenError(f"the number of samples must be at least 1, got {num_samples}")
@@ -279,34 +241,42 @@ class Sampler:
         prime_ids = self._prime_ids(prime, drop_unknown)
         if seed is None:
             seed = int(np.random.SeedSequence().entropy % (2**63))
+        # One generator per stream keeps each sample independent of the batch it ran in.
         rngs = [np.random.default_rng([seed, i]) for i in range(num_samples)]
-        matchers = [_StopMatcher(stop) for _ in range(num_samples)]
+        rng = rngs[0] if num_samples == 1 else rngs
         unknown = self.tokenizer.unknown_id
-        decode = self.tokenizer.chars
+        exclude = None if unknown is None else [unknown]
 
         self.reset(num_samples)
-        logits = None
         for char_id in prime_ids:
             logits = self.step_batch(np.full(num_samples, char_id))
         produced = 0
-        uniforms = np.empty((num_samples, 0))
         while length is None or produced < length:
+            ids = sample_ids(
+                logits, rng, temperature=temperature, top_k=top_k, top_p=top_p, exclude=exclude
+            )
+            produced += 1
+            yield ids
+            logits = self.step_batch(ids)
+
+    def stream_batch(
+        self, num_samples: int, length: int | None, *, stop: Sequence[str] = (), **options
+    ) -> Iterator[list[str]]:
+        """Yield, per step, the new text of each of ``num_samples`` streams (often "").
+
+        Streams advance together as one batch. Stream i draws from its own generator seeded
+        by (seed, i), so each is reproducible and the streams differ. ``length=None`` runs
+        until the caller stops iterating. A stream that produces a stop string ends there
+        (the stop string is not included); the batch ends when every stream has stopped.
+        Options: ``temperature``, ``prime``, ``seed``, ``top_k``, ``top_p``, ``drop_unknown``.
+        """
+        matchers = [_StopMatcher(stop) for _ in range(num_samples)]
+        chars = self.tokenizer.chars
+        for ids in self._id_steps(num_samples, length, **options):
+            yield ["" if m.done else m.feed(chars[i]) for m, i in zip(matchers, ids)]
             if all(m.done for m in matchers):
                 return
-            scores = np.array(logits, dtype=np.float64)
-            if unknown is not None:
-                scores[:, unknown] = -np.inf
-            if temperature == 0:
-                ids = scores.argmax(axis=1)
-            else:
-                if uniforms.shape[1] == 0:
-                    uniforms = np.stack([r.random(_UNIFORM_BLOCK) for r in rngs])
-                ids = draw(filter_logits(scores, temperature, top_k, top_p), uniforms[:, 0])
-                uniforms = uniforms[:, 1:]
-            produced += 1
-            yield ["" if m.done else m.feed(decode[i]) for m, i in zip(matchers, ids, strict=True)]
-            logits = self.step_batch(ids)
-        yield [m.flush() if not m.done else "" for m in matchers]
+        yield [m.flush() for m in matchers]
 
     def stream(self, length: int | None, **options) -> Iterator[str]:
         """Yield the text of one sample as it is produced (see ``stream_batch`` for options)."""
@@ -315,24 +285,37 @@ class Sampler:
                 yield pieces[0]
 
     def generate(
-        self, length: int, temperature: float = 1.0, prime: str = "", seed=None, **options
+        self,
+        length: int,
+        temperature: float = 1.0,
+        prime: str = "",
+        seed: int | None = None,
+        **options,
     ) -> str:
         """Return ``length`` new characters after feeding ``prime`` (fewer if a stop string hits).
 
-        Options: ``top_k``, ``top_p``, ``stop`` (strings that end the sample and are not
-        included), ``drop_unknown`` (drop prime characters outside the vocabulary instead of
-        raising). The same seed gives the same text.
+        Generation starts from a fresh state. Options: ``top_k``, ``top_p``, ``stop`` (strings
+        that end the sample and are not included), ``drop_unknown`` (drop prime characters
+        outside the vocabulary instead of raising). The same seed gives the same text.
         """
-        return "".join(
-            self.stream(length, temperature=temperature, prime=prime, seed=seed, **options)
-        )
+        options.update(temperature=temperature, prime=prime, seed=seed)
+        return self.generate_batch(1, length, **options)[0]
 
-    def generate_batch(self, num_samples: int, length: int, **options) -> list[str]:
+    def generate_batch(
+        self, num_samples: int, length: int, *, stop: Sequence[str] = (), **options
+    ) -> list[str]:
         """Generate ``num_samples`` samples in one batch; returns one string per sample."""
-        texts = [""] * num_samples
-        for pieces in self.stream_batch(num_samples, length, **options):
-            texts = [t + p for t, p in zip(texts, pieces, strict=True)]
-        return texts
+        if stop:
+            texts = [[] for _ in range(num_samples)]
+            for pieces in self.stream_batch(num_samples, length, stop=stop, **options):
+                for parts, piece in zip(texts, pieces):
+                    parts.append(piece)
+            return ["".join(parts) for parts in texts]
+        steps = list(self._id_steps(num_samples, length, **options))
+        if not steps:
+            return [""] * num_samples
+        ids = np.stack(steps, axis=1)  # (num_samples, length)
+        return [self.tokenizer.decode(row) for row in ids]
 
 
 def _check_weights(weights: dict[str, np.ndarray], model: dict) -> None:
