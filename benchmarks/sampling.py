@@ -6,7 +6,8 @@ Rows, for a model with vocabulary 65, embedding 64 and LSTM layers of 512 units 
    1b is the same with a direct ``model(window)`` call.
 2. One stateful ``tf.function`` call per character that samples in TensorFlow and returns the
    states (TensorFlow text-generation tutorial); 2b steps all streams in that call.
-3. textgen, one stream. 4. textgen, all streams at once (total characters).
+3. textgen's ``Sampler.stream``, one stream. 4. ``Sampler.stream_batch``, all streams at once
+   (total characters). Both include decoding the ids to text.
 5. The bare numpy recurrence (``h @ U``, one tanh over the gates, the cell update; no embedding,
    bias, output layer or sampling) in the engine's layout: the ceiling for 3 (5a) and 4 (5b).
 
@@ -22,12 +23,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
-from textgen.kernels import RecurrentStack, sample_ids
+from textgen.sampler import Sampler
+from textgen.tokenizer import Tokenizer
 
 VOCAB, EMBEDDING, WINDOW = 65, 64, 40
 SLICES = 8
@@ -58,36 +65,28 @@ def best_rates(runners: dict[str, Runner], seconds: float) -> dict[str, float]:
     return best
 
 
-# -- textgen (kept small so they can be pointed at the higher-level sampler) --------------------
+# -- textgen, through the public Sampler ------------------------------------------------------
 
 
-def textgen_single_stream(weights: dict[str, np.ndarray], cell: str) -> Runner:
-    """One stream: step, sample, feed the id back."""
-    stack = RecurrentStack(weights, cell)
-    stack.reset(1)
-    rng = np.random.default_rng(0)
-    ids = np.zeros(1, np.int64)
+def textgen_single_stream(sampler: Sampler) -> Runner:
+    """One endless stream from ``Sampler.stream``; each run pulls n characters."""
+    stream = sampler.stream(None, temperature=1.0, seed=0)
 
     def run(n: int) -> int:
-        nonlocal ids
         for _ in range(n):
-            ids = sample_ids(stack.step(ids), rng)
+            next(stream)
         return n
 
     return run
 
 
-def textgen_streams(weights: dict[str, np.ndarray], cell: str, streams: int) -> Runner:
-    """``streams`` streams stepped and sampled together."""
-    stack = RecurrentStack(weights, cell)
-    stack.reset(streams)
-    rng = np.random.default_rng(0)
-    ids = np.zeros(streams, np.int64)
+def textgen_streams(sampler: Sampler, streams: int) -> Runner:
+    """``streams`` samples advancing together through ``Sampler.stream_batch``."""
+    batch = sampler.stream_batch(streams, None, temperature=1.0, seed=0)
 
     def run(n: int) -> int:
-        nonlocal ids
         for _ in range(n):
-            ids = sample_ids(stack.step(ids), rng)
+            next(batch)
         return n * streams
 
     return run
@@ -201,6 +200,7 @@ def table(layers: int, args: argparse.Namespace) -> None:
     units, streams = args.units, args.streams
     model = build_model(VOCAB, embedding_dim=EMBEDDING, units=units, num_layers=layers)
     weights = get_weights(model)
+    tokenizer = Tokenizer([chr(c) for c in range(32, 32 + VOCAB)])
     labels = {
         "1": f"model.predict, {WINDOW}-char window",
         "1b": f"model(window), {WINDOW}-char window",
@@ -213,8 +213,8 @@ def table(layers: int, args: argparse.Namespace) -> None:
     }
     rates = best_rates(
         {
-            "3": textgen_single_stream(weights, "lstm"),
-            "4": textgen_streams(weights, "lstm", streams),
+            "3": textgen_single_stream(Sampler(weights, tokenizer, cell="lstm")),
+            "4": textgen_streams(Sampler(weights, tokenizer, cell="lstm"), streams),
             "5a": bare_recurrence(units, layers, 1),
             "5b": bare_recurrence(units, layers, streams),
             "1b": window_runner(model, use_predict=False),
@@ -237,6 +237,40 @@ def table(layers: int, args: argparse.Namespace) -> None:
         print(f"{line} {share:>11s}")
 
 
+def process_times(repeats: int) -> None:
+    """Whole-process cost of ``textgen sample --length 200`` against importing TensorFlow."""
+    from textgen import checkpoint as ckpt
+    from textgen.model import build_model, get_weights
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "run"
+        run_dir.mkdir()
+        model = build_model(VOCAB, embedding_dim=EMBEDDING, units=512)
+        Tokenizer([chr(c) for c in range(32, 32 + VOCAB)]).save(run_dir / ckpt.TOKENIZER)
+        ckpt.save_checkpoint(run_dir / ckpt.BEST, ckpt.Checkpoint(get_weights(model)))
+        config = {"model": {"vocab_size": VOCAB, "embedding_dim": EMBEDDING, "units": 512,
+                            "num_layers": 1, "cell": "lstm"}}  # fmt: skip
+        ckpt.write_config(run_dir, config)
+        commands = {
+            "textgen sample --length 200": [
+                sys.executable, "-m", "textgen", "sample", "--checkpoint", str(run_dir),
+                "--length", "200", "--seed", "0",
+            ],
+            'python -c "import tensorflow"': [sys.executable, "-c", "import tensorflow"],
+        }  # fmt: skip
+        times: dict[str, list[float]] = {name: [] for name in commands}
+        for _ in range(repeats):  # alternate, so drifting load hits both alike
+            for name, command in commands.items():
+                start = time.perf_counter()
+                subprocess.run(command, check=True, capture_output=True)
+                times[name].append(time.perf_counter() - start)
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    base = medians['python -c "import tensorflow"']
+    print(f"\nwhole process, median of {repeats} (alternating runs)")
+    for name, value in medians.items():
+        print(f"{name:44s} {value:8.2f} s {value / base:8.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="time per row (all slices)")
@@ -244,10 +278,13 @@ def main() -> None:
     parser.add_argument("--units", type=int, default=512)
     parser.add_argument("--streams", type=int, default=64)
     parser.add_argument("--window-chars", type=int, default=20, help="characters for row 1")
+    parser.add_argument("--process-repeats", type=int, default=5, help="0 skips process timing")
     args = parser.parse_args()
     print(f"BLAS threads: {blas_threads()}; load average before: {os.getloadavg()}")
     for layers in args.layers:
         table(layers, args)
+    if args.process_repeats:
+        process_times(args.process_repeats)
     print(f"\nload average after: {os.getloadavg()}")
 
 

@@ -358,12 +358,10 @@ def evaluate(run_dir, text_file, which) -> None:
     _run(action)
 
 
-def _register_corpus_group() -> None:
-    try:
-        from textgen.cli_corpus import corpus
-    except ImportError:
-        return
+def _add_corpus_commands() -> None:
+    from textgen.cli_corpus import corpus
+
     main.add_command(corpus)
 
 
-_register_corpus_group()
+_add_corpus_commands()
