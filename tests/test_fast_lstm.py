@@ -8,7 +8,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
-from textgen.fast_lstm import forward_logits, lstm_sequence  # noqa: E402
+from textgen.fast_lstm import forward_logits, lstm_sequence, lstm_sequence_from_ids  # noqa: E402
 from textgen.model import build_model  # noqa: E402
 
 B, T, D, H = 3, 5, 4, 6
@@ -34,21 +34,33 @@ def _data(dtype: str, seed: int = 1):
     return make(B, T, D), make(B, H), make(B, H), make(B, T, H), make(B, H), make(B, H)
 
 
+def _loss(outputs, h_last, c_last, w_out, w_h, w_c):
+    # Random weights on every output make each gradient path count.
+    return (
+        tf.reduce_sum(outputs * w_out) + tf.reduce_sum(h_last * w_h) + tf.reduce_sum(c_last * w_c)
+    )
+
+
+def _assert_all_close(got, want, tol):
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(
+            tf.convert_to_tensor(g).numpy(), tf.convert_to_tensor(w).numpy(), rtol=tol, atol=tol
+        )
+
+
+@pytest.mark.parametrize("chains", [1, 2, 3])
 @pytest.mark.parametrize("with_state", [False, True])
 @pytest.mark.parametrize("dtype, tol", [("float64", 1e-10), ("float32", 1e-5)])
-def test_forward_and_gradients_match_stock_lstm(with_state: bool, dtype: str, tol: float) -> None:
+def test_forward_and_gradients_match_stock_lstm(
+    with_state: bool, dtype: str, tol: float, chains: int
+) -> None:
     layer = _stock_layer(dtype)
     cell = layer.cell
     x, h0, c0, w_out, w_h, w_c = _data(dtype)
     state = (h0, c0) if with_state else None
 
     def loss(outputs, h_last, c_last):
-        # Random weights on every output make each gradient path count.
-        return (
-            tf.reduce_sum(outputs * w_out)
-            + tf.reduce_sum(h_last * w_h)
-            + tf.reduce_sum(c_last * w_c)
-        )
+        return _loss(outputs, h_last, c_last, w_out, w_h, w_c)
 
     sources = [x, cell.kernel, cell.recurrent_kernel, cell.bias] + ([h0, c0] if state else [])
     with tf.GradientTape(persistent=True) as tape:
@@ -56,16 +68,54 @@ def test_forward_and_gradients_match_stock_lstm(with_state: bool, dtype: str, to
         expected = layer(x, initial_state=list(state)) if state else layer(x)
         expected_loss = loss(*expected)
         outputs, (h_last, c_last) = lstm_sequence(
-            x, cell.kernel, cell.recurrent_kernel, cell.bias, initial_state=state
+            x, cell.kernel, cell.recurrent_kernel, cell.bias, initial_state=state, chains=chains
         )
         actual_loss = loss(outputs, h_last, c_last)
 
-    for got, want in zip((outputs, h_last, c_last), expected, strict=True):
-        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=tol, atol=tol)
-    got_grads = tape.gradient(actual_loss, sources)
-    want_grads = tape.gradient(expected_loss, sources)
-    for got, want in zip(got_grads, want_grads, strict=True):
-        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=tol, atol=tol)
+    _assert_all_close((outputs, h_last, c_last), expected, tol)
+    _assert_all_close(
+        tape.gradient(actual_loss, sources), tape.gradient(expected_loss, sources), tol
+    )
+
+
+@pytest.mark.parametrize("chains", [1, 2])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_from_ids_matches_embedding_then_stock_lstm(with_state: bool, chains: int) -> None:
+    dtype, tol, vocab = "float64", 1e-10, 7
+    layer = _stock_layer(dtype)
+    cell = layer.cell
+    _, h0, c0, w_out, w_h, w_c = _data(dtype)
+    rng = np.random.default_rng(8)
+    table = tf.constant(rng.normal(size=(vocab, D)), dtype)
+    # Repeated ids make the per-id gradient sums count.
+    ids = tf.constant(rng.integers(0, vocab, size=(B, T)), tf.int32)
+    state = (h0, c0) if with_state else None
+    sources = [table, cell.kernel, cell.recurrent_kernel, cell.bias] + ([h0, c0] if state else [])
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([table, h0, c0])
+        x = tf.gather(table, ids)
+        expected = layer(x, initial_state=list(state)) if state else layer(x)
+        expected_loss = _loss(*expected, w_out, w_h, w_c)
+        outputs, (h_last, c_last) = lstm_sequence_from_ids(
+            ids, table, cell.kernel, cell.recurrent_kernel, cell.bias, state, chains=chains
+        )
+        actual_loss = _loss(outputs, h_last, c_last, w_out, w_h, w_c)
+
+    _assert_all_close((outputs, h_last, c_last), expected, tol)
+    _assert_all_close(
+        tape.gradient(actual_loss, sources), tape.gradient(expected_loss, sources), tol
+    )
+
+
+def test_time_major_layout() -> None:
+    layer = _stock_layer("float64")
+    cell = layer.cell
+    x = _data("float64")[0]
+    batch_major, state = lstm_sequence(x, cell.kernel, cell.recurrent_kernel, cell.bias)
+    time_major, state_tm = lstm_sequence(
+        tf.transpose(x, [1, 0, 2]), cell.kernel, cell.recurrent_kernel, cell.bias, time_major=True
+    )
+    _assert_all_close((tf.transpose(time_major, [1, 0, 2]), *state_tm), (batch_major, *state), 0)
 
 
 def test_works_in_tf_function_with_dynamic_shapes() -> None:

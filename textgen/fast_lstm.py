@@ -25,101 +25,89 @@ if TYPE_CHECKING:
 _PARALLEL_ITERATIONS = 2
 
 
-def _gate_scale(units: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
-    """Column scale (4H,) that is 2 on the candidate gate and 1 elsewhere.
-
-    ``tanh(z) == 2 * sigmoid(2 z) - 1``, and scaling by 2 is exact in floating point, so scaling
-    the candidate columns of the weights lets one sigmoid over all 4H columns serve every gate.
-    """
+def _gate_scale(units: tf.Tensor, dtype: tf.DType, candidate: float) -> tf.Tensor:
+    """Column scale (4H,): ``candidate`` on the candidate (c) gate's columns, 1 elsewhere."""
     ones = tf.ones([units], dtype)
-    return tf.concat([ones, ones, 2 * ones, ones], axis=0)
+    return tf.concat([ones, ones, candidate * ones, ones], axis=0)
 
 
-def _forward(zx, recurrent_kernel, h0, c0):
-    """Run the recurrence over time-major pre-activations ``zx`` (T, B, 4H).
+def _forward(step_input, steps, recurrent_kernel, h0, c0, batch_dim):
+    """Run the recurrence; ``step_input(t)`` gives step t's input pre-activations (B, 4H).
 
-    ``zx`` and ``recurrent_kernel`` carry the candidate-gate scaling of ``_gate_scale``. Returns
-    the stacked hidden states, cell states and sigmoid outputs, all time-major. ``h0``/``c0`` of
-    None mean zero state, which lets the first step skip its matrix product.
+    The pre-activations and ``recurrent_kernel`` have their candidate columns doubled: since
+    ``tanh(z) == 2 * sigmoid(2 z) - 1`` (and doubling is exact in floating point), one sigmoid
+    over all 4H columns then serves every gate. ``h0`` of None means a zero initial state, which
+    lets the first step skip its matrix product. ``batch_dim`` is the static batch size or None.
+
+    Returns time-major TensorArrays of the hidden states h (T, B, H) and of what the backward
+    pass needs, computed here while it is still in cache: ``p`` (T, B, 4H), ``q`` and ``f``
+    (T, B, H) as described in ``_backward``, and the final cell state.
     """
-    steps = tf.shape(zx)[0]
-    batch = tf.shape(zx)[1]
-    units = tf.shape(recurrent_kernel)[0]
-    dtype = zx.dtype
-    zx_ta = tf.TensorArray(dtype, size=steps, element_shape=zx.shape[1:]).unstack(zx)
-    cell_shape = tf.TensorShape([zx.shape[1], recurrent_kernel.shape[0]])
+    dtype = recurrent_kernel.dtype
+    units = recurrent_kernel.shape[0]
+    gates_shape = tf.TensorShape([batch_dim, recurrent_kernel.shape[1]])
+    cell_shape = tf.TensorShape([batch_dim, units])
 
     def cell(z, c_prev):
         s = tf.sigmoid(z)
         i, f, sg, o = tf.split(s, 4, axis=1)
-        c = f * c_prev + i * (2 * sg - 1) if c_prev is not None else i * (2 * sg - 1)
-        h = o * tf.tanh(c)
-        return h, c, s
-
-    def body(t, h, c, h_ta, c_ta, s_ta):
-        z = zx_ta.read(t) + tf.matmul(h, recurrent_kernel)
-        h, c, s = cell(z, c)
-        return t + 1, h, c, h_ta.write(t, h), c_ta.write(t, c), s_ta.write(t, s)
+        g = 2 * sg - 1
+        if c_prev is None:
+            c_prev = tf.zeros_like(i)
+            c = i * g
+        else:
+            c = f * c_prev + i * g
+        tc = tf.tanh(c)
+        h = o * tc
+        # Activation derivatives s (1 - s); the candidate gate's true one, 1 - g^2, is 4 times
+        # this, and that factor is folded into the weights in the backward pass.
+        p = tf.concat([g, c_prev, i, tc], axis=1) * (s - s * s)
+        q = o - h * tc  # o * (1 - tanh(c)^2)
+        return h, c, p, q, f
 
     def new_ta(shape):
         return tf.TensorArray(dtype, size=steps, element_shape=shape)
 
-    h_ta = new_ta(cell_shape)
-    c_ta = new_ta(cell_shape)
-    s_ta = new_ta(zx.shape[1:])
+    def write(t, tas, values):
+        return tuple(ta.write(t, v) for ta, v in zip(tas, values, strict=True))
+
+    tas = (new_ta(cell_shape), new_ta(gates_shape), new_ta(cell_shape), new_ta(cell_shape))
     if h0 is None:
-        # Zero state: the first step has no recurrent contribution.
-        h, c, s = cell(zx_ta.read(0), None)
-        h_ta, c_ta, s_ta = h_ta.write(0, h), c_ta.write(0, c), s_ta.write(0, s)
+        h, c, p, q, f = cell(step_input(0), None)
+        tas = write(0, tas, (h, p, q, f))
         start = tf.constant(1)
     else:
         h, c, start = h0, c0, tf.constant(0)
-    del batch, units
-    _, h, c, h_ta, c_ta, s_ta = tf.while_loop(
+
+    def body(t, h, c, tas):
+        h, c, p, q, f = cell(step_input(t) + tf.matmul(h, recurrent_kernel), c)
+        return t + 1, h, c, write(t, tas, (h, p, q, f))
+
+    _, _, c, tas = tf.while_loop(
         lambda t, *_: t < steps,
         body,
-        (start, h, c, h_ta, c_ta, s_ta),
+        (start, h, c, tas),
         parallel_iterations=_PARALLEL_ITERATIONS,
     )
-    return h_ta.stack(), c_ta.stack(), s_ta.stack()
+    return (*tas, c)
 
 
-def _backward(d_outputs, d_h_last, d_c_last, hs, cs, ss, c0, recurrent_kernel_t, need_state):
-    """Back-propagate through the recurrence, returning dZ (T, B, 4H) and the initial-state grads.
+def _backward(d_outputs, d_h_last, d_c_last, p_ta, q_ta, f_ta, recurrent_kernel_t, need_state):
+    """Back-propagate through the recurrence.
 
-    ``d_outputs`` is time-major (T, B, H); ``recurrent_kernel_t`` is the unscaled U^T (4H, H).
+    With dc_t the gradient reaching c_t, the pre-activation gradient is
+    ``dZ_t = [dc, dc, dc, dh] * p_t`` and ``dc_{t-1} = dc_t * f_t`` where
+    ``dc_t = dc_t' + dh_t * q_t``, so the loop is a handful of element-wise ops and one product.
+    The candidate columns of dZ come out a quarter of their true value; ``recurrent_kernel_t``
+    (U^T, 4H x H) must have those rows scaled by 4 to compensate.
+
+    Returns the stacked dZ (T, B, 4H) and the gradients of h0 (None unless ``need_state``) and c0.
     """
-    del hs
-    steps = tf.shape(ss)[0]
-    dtype = ss.dtype
-    i, f, sg, o = tf.split(ss, 4, axis=2)
-    units = tf.shape(i)[2]
-    g = 2 * sg - 1
-    tc = tf.tanh(cs)
-    c_prev = tf.concat([c0[tf.newaxis], cs[:-1]], axis=0)
-    # Derivative of each gate's activation w.r.t. its (unscaled) pre-activation; the candidate
-    # gate's 4 s (1 - s) equals 1 - tanh^2.
-    scale = _gate_scale(units, dtype)
-    deriv = ss * (1 - ss) * (scale * scale)
-    # dZ_t = [dc, dc, dc, dh] * p_t and dc_t = dc_{t+1} f_{t+1} + dh_t q_t, with p and q known
-    # from the forward pass, so the loop body is only a few element-wise ops and one product.
-    p = tf.concat([g, c_prev, i, tc], axis=2) * deriv
-    q = o * (1 - tc * tc)
-    f_next = tf.concat([f[1:], tf.zeros_like(f[:1])], axis=0)
-    del f_next
-    elem_shape = ss.shape[1:]
-    cell_shape = cs.shape[1:]
-
-    def unstack(x, shape):
-        return tf.TensorArray(dtype, size=steps, element_shape=shape).unstack(x)
-
-    dout_ta = unstack(d_outputs, cell_shape)
-    p_ta = unstack(p, elem_shape)
-    q_ta = unstack(q, cell_shape)
-    f_ta = unstack(f, cell_shape)
+    steps = tf.shape(d_outputs)[0]
+    dz_ta = tf.TensorArray(d_outputs.dtype, size=steps, element_shape=p_ta.element_shape)
 
     def grads_at(t, dh_rec, dc_rec):
-        dh = dout_ta.read(t) + dh_rec
+        dh = d_outputs[t] + dh_rec
         dc = dc_rec + dh * q_ta.read(t)
         dz = tf.concat([dc, dc, dc, dh], axis=1) * p_ta.read(t)
         return dz, dc * f_ta.read(t)
@@ -128,7 +116,6 @@ def _backward(d_outputs, d_h_last, d_c_last, hs, cs, ss, c0, recurrent_kernel_t,
         dz, dc_rec = grads_at(t, dh_rec, dc_rec)
         return t - 1, tf.matmul(dz, recurrent_kernel_t), dc_rec, dz_ta.write(t, dz)
 
-    dz_ta = tf.TensorArray(dtype, size=steps, element_shape=elem_shape)
     _, dh_rec, dc_rec, dz_ta = tf.while_loop(
         lambda t, *_: t > 0,
         body,
@@ -142,54 +129,120 @@ def _backward(d_outputs, d_h_last, d_c_last, hs, cs, ss, c0, recurrent_kernel_t,
     return dz_ta.stack(), dh0, dc0
 
 
-def lstm_sequence_time_major(
-    inputs: tf.Tensor,
-    kernel: tf.Tensor,
-    recurrent_kernel: tf.Tensor,
-    bias: tf.Tensor,
-    initial_state: tuple[tf.Tensor, tf.Tensor] | None = None,
-) -> tuple[tf.Tensor, tuple[tf.Tensor, tf.Tensor]]:
-    """Like ``lstm_sequence`` but with time-major ``inputs`` (T, B, D) and outputs (T, B, H)."""
-    inputs = tf.convert_to_tensor(inputs)
-    dtype = inputs.dtype
-    kernel = tf.convert_to_tensor(kernel, dtype)
-    recurrent_kernel = tf.convert_to_tensor(recurrent_kernel, dtype)
-    bias = tf.convert_to_tensor(bias, dtype)
-    need_state = initial_state is not None
-    state = [tf.convert_to_tensor(s, dtype) for s in initial_state] if need_state else []
+def _lstm_chain(x, w, u, b, state, ids=None):
+    """One LSTM over time-major inputs with the hand-written gradient attached.
+
+    The inputs are ``x`` (T, B, D), or, when ``ids`` (T, B) is given, rows of the embedding
+    table ``x`` (V, D). The latter projects the small table instead of every timestep
+    (``x[ids] @ W == (x @ W)[ids]``), which saves the input projection, the input gradient and
+    the kernel gradient their large matrix products.
+    """
+    dtype = x.dtype
+    need_state = state is not None
 
     @tf.custom_gradient
     def run(x, w, u, b, *h0c0):
-        steps, batch = tf.shape(x)[0], tf.shape(x)[1]
         units = tf.shape(u)[0]
-        scale = _gate_scale(units, dtype)
-        x2d = tf.reshape(x, [-1, tf.shape(x)[2]])
-        zx = tf.reshape(tf.matmul(x2d, w * scale) + b * scale, [steps, batch, 4 * units])
+        double = _gate_scale(units, dtype, 2.0)
+        w2, b2 = w * double, b * double
+        if ids is None:
+            steps, batch, depth = tf.shape(x)[0], tf.shape(x)[1], tf.shape(x)[2]
+            x2d = tf.reshape(x, [-1, depth])
+            zx = tf.reshape(tf.nn.bias_add(tf.matmul(x2d, w2), b2), [steps, batch, 4 * units])
+            batch_dim = x.shape[1]
+
+            def step_input(t):
+                return zx[t]
+
+        else:
+            steps, batch = tf.shape(ids)[0], tf.shape(ids)[1]
+            table = tf.nn.bias_add(tf.matmul(x, w2), b2)  # (V, 4H)
+            batch_dim = ids.shape[1]
+
+            def step_input(t):
+                return tf.gather(table, ids[t])
+
         h0, c0 = h0c0 if need_state else (None, None)
-        hs, cs, ss = _forward(zx, u * scale, h0, c0)
+        h_ta, p_ta, q_ta, f_ta, c_last = _forward(step_input, steps, u * double, h0, c0, batch_dim)
+        hs = h_ta.stack()
 
         def grad(d_outputs, d_h_last, d_c_last):
             zeros = tf.zeros([batch, units], dtype)
             d_outputs = tf.zeros_like(hs) if d_outputs is None else d_outputs
             d_h_last = zeros if d_h_last is None else d_h_last
             d_c_last = zeros if d_c_last is None else d_c_last
-            c_init = c0 if need_state else zeros
+            quad = _gate_scale(units, dtype, 4.0)
+            # Scaling after the transpose keeps grappler from folding the transpose into a
+            # transposed-operand product, which oneDNN runs several times slower here.
+            u_t = tf.transpose(u) * quad[:, tf.newaxis]
+            w_t = tf.transpose(w) * quad[:, tf.newaxis]
             dz, dh0, dc0 = _backward(
-                d_outputs, d_h_last, d_c_last, hs, cs, ss, c_init, tf.transpose(u), need_state
+                d_outputs, d_h_last, d_c_last, p_ta, q_ta, f_ta, u_t, need_state
             )
             dz2d = tf.reshape(dz, [-1, 4 * units])
-            h_init = h0 if need_state else zeros
-            h_prev = tf.reshape(tf.concat([h_init[tf.newaxis], hs[:-1]], axis=0), [-1, units])
-            dx = tf.reshape(tf.matmul(dz2d, tf.transpose(w)), tf.shape(x))
-            dw = tf.matmul(x2d, dz2d, transpose_a=True)
-            du = tf.matmul(h_prev, dz2d, transpose_a=True)
-            db = tf.reduce_sum(dz2d, axis=0)
+            if ids is None:
+                h_init = h0 if need_state else zeros
+                h_prev = tf.concat([h_init[tf.newaxis], hs[:-1]], axis=0)
+                # One product gives dW, dU and db: [X | H_prev | 1]^T dZ.
+                stacked = tf.concat(
+                    [x2d, tf.reshape(h_prev, [-1, units]), tf.ones([steps * batch, 1], dtype)],
+                    axis=1,
+                )
+                dwub = tf.matmul(stacked, dz2d, transpose_a=True) * quad
+                dw, du, db = tf.split(dwub, [depth, units, 1], axis=0)
+                db = tf.reshape(db, [-1])
+                dx = tf.reshape(tf.matmul(dz2d, w_t), tf.shape(x))
+            else:
+                # Gradient of the projected table: the dZ rows summed per id.
+                d_table = tf.math.unsorted_segment_sum(dz2d, tf.reshape(ids, [-1]), tf.shape(x)[0])
+                dx = tf.matmul(d_table, w_t)
+                dw = tf.matmul(x, d_table, transpose_a=True) * quad
+                db = tf.reduce_sum(d_table, axis=0) * quad
+                # Leading-axis slices are views, so H_prev^T dZ costs no copy.
+                du = tf.matmul(
+                    tf.reshape(hs[:-1], [-1, units]),
+                    tf.reshape(dz[1:], [-1, 4 * units]),
+                    transpose_a=True,
+                )
+                if need_state:
+                    du += tf.matmul(h0, dz[0], transpose_a=True)
+                du *= quad
             return (dx, dw, du, db, dh0, dc0) if need_state else (dx, dw, du, db)
 
-        return (hs, hs[-1], cs[-1]), grad
+        return (hs, hs[-1], c_last), grad
 
-    outputs, h_last, c_last = run(inputs, kernel, recurrent_kernel, bias, *state)
-    return outputs, (h_last, c_last)
+    return run(x, w, u, b, *(state or ()))
+
+
+def _run_chains(source, weights, initial_state, ids, chains):
+    """Run ``_lstm_chain`` on ``chains`` slices of the batch; time-major in and out."""
+    dtype = source.dtype
+    weights = [tf.convert_to_tensor(v, dtype) for v in weights]
+    state = None
+    if initial_state is not None:
+        state = [tf.convert_to_tensor(s, dtype) for s in initial_state]
+    if chains < 1:
+        raise TextgenError(f"chains must be at least 1, got {chains}")
+    if chains == 1:
+        return _lstm_chain(source, *weights, state, ids)
+    # The batch rows are independent, so split them into chains with their own time loops. TF
+    # runs the loops concurrently: one chain's element-wise ops fill the gaps between the other
+    # chain's matrix products, where a single chain leaves cores waiting at every step.
+    batch = tf.shape(ids if ids is not None else source)[1]
+    sizes = [(batch * (k + 1)) // chains - (batch * k) // chains for k in range(chains)]
+    if ids is None:
+        runs = [(part, None) for part in tf.split(source, sizes, axis=1)]
+    else:
+        runs = [(source, part) for part in tf.split(ids, sizes, axis=1)]
+    states = [None] * chains
+    if state is not None:
+        states = list(zip(*(tf.split(s, sizes, axis=0) for s in state), strict=True))
+    results = [
+        _lstm_chain(x, *weights, list(s) if s else None, part_ids)
+        for (x, part_ids), s in zip(runs, states, strict=True)
+    ]
+    outputs, h_last, c_last = zip(*results, strict=True)
+    return tf.concat(outputs, axis=1), tf.concat(h_last, axis=0), tf.concat(c_last, axis=0)
 
 
 def lstm_sequence(
@@ -198,23 +251,72 @@ def lstm_sequence(
     recurrent_kernel: tf.Tensor,
     bias: tf.Tensor,
     initial_state: tuple[tf.Tensor, tf.Tensor] | None = None,
+    *,
+    time_major: bool = False,
+    chains: int = 2,
 ) -> tuple[tf.Tensor, tuple[tf.Tensor, tf.Tensor]]:
     """Run a Keras-compatible LSTM over a whole sequence with a fast custom gradient.
 
+    Equal to ``keras.layers.LSTM(units, return_sequences=True, return_state=True)`` with the same
+    weights. Works inside ``tf.function`` with unknown batch size and sequence length (T >= 1).
+
     Args:
-        inputs: (batch, time, input_dim) float tensor.
+        inputs: (batch, time, input_dim) float tensor, or (time, batch, input_dim) if
+            ``time_major``.
         kernel: (input_dim, 4 * units), gate order i, f, c, o as in Keras.
         recurrent_kernel: (units, 4 * units).
         bias: (4 * units,).
         initial_state: optional ``(h0, c0)``, each (batch, units); zeros when omitted.
+        time_major: inputs and outputs are (time, batch, ...).
+        chains: independent slices of the batch run concurrently; 2 suits two cores. Any value
+            gives the same result.
 
     Returns:
-        ``(outputs, (h_last, c_last))`` with outputs (batch, time, units).
+        ``(outputs, (h_last, c_last))`` with outputs (batch, time, units), or (time, batch, units)
+        if ``time_major``.
     """
-    outputs, state = lstm_sequence_time_major(
-        tf.transpose(inputs, [1, 0, 2]), kernel, recurrent_kernel, bias, initial_state
-    )
-    return tf.transpose(outputs, [1, 0, 2]), state
+    inputs = tf.convert_to_tensor(inputs)
+    if not time_major:
+        inputs = tf.transpose(inputs, [1, 0, 2])
+    weights = (kernel, recurrent_kernel, bias)
+    outputs, h_last, c_last = _run_chains(inputs, weights, initial_state, None, chains)
+    if not time_major:
+        outputs = tf.transpose(outputs, [1, 0, 2])
+    return outputs, (h_last, c_last)
+
+
+def lstm_sequence_from_ids(
+    ids: tf.Tensor,
+    embeddings: tf.Tensor,
+    kernel: tf.Tensor,
+    recurrent_kernel: tf.Tensor,
+    bias: tf.Tensor,
+    initial_state: tuple[tf.Tensor, tf.Tensor] | None = None,
+    *,
+    time_major: bool = False,
+    chains: int = 2,
+) -> tuple[tf.Tensor, tuple[tf.Tensor, tf.Tensor]]:
+    """``lstm_sequence`` over ``embeddings[ids]``, faster than looking the rows up first.
+
+    Gradients flow to ``embeddings`` (as a dense (vocab, input_dim) tensor) and the weights.
+
+    Args:
+        ids: int (batch, time) ids, or (time, batch) if ``time_major``.
+        embeddings: (vocab, input_dim) float table.
+        kernel, recurrent_kernel, bias, initial_state, time_major, chains: as ``lstm_sequence``.
+
+    Returns:
+        As ``lstm_sequence``.
+    """
+    ids = tf.convert_to_tensor(ids)
+    if not time_major:
+        ids = tf.transpose(ids)
+    embeddings = tf.convert_to_tensor(embeddings)
+    weights = (kernel, recurrent_kernel, bias)
+    outputs, h_last, c_last = _run_chains(embeddings, weights, initial_state, ids, chains)
+    if not time_major:
+        outputs = tf.transpose(outputs, [1, 0, 2])
+    return outputs, (h_last, c_last)
 
 
 def _lstm_layers(model: keras.Model) -> list:
@@ -268,15 +370,16 @@ def forward_logits(
     dense = model.get_layer("dense")
     # Everything between the embedding and the logits stays time-major, so only the small int ids
     # and the logits are transposed.
-    x = tf.gather(tf.convert_to_tensor(embeddings), tf.transpose(ids))
-    for layer in layers:
+    x = tf.transpose(ids)
+    for k, layer in enumerate(layers):
         cell = layer.cell
-        x, _ = lstm_sequence_time_major(
-            x,
-            tf.convert_to_tensor(cell.kernel),
-            tf.convert_to_tensor(cell.recurrent_kernel),
-            tf.convert_to_tensor(cell.bias),
-        )
+        weights = [tf.convert_to_tensor(v) for v in (cell.kernel, cell.recurrent_kernel, cell.bias)]
+        if k == 0:
+            x, _ = lstm_sequence_from_ids(
+                x, tf.convert_to_tensor(embeddings), *weights, time_major=True
+            )
+        else:
+            x, _ = lstm_sequence(x, *weights, time_major=True)
     if training and dropout_rate > 0:
         if seed is None:
             raise TextgenError("training with dropout needs a seed")

@@ -295,11 +295,66 @@ def train(
     return trainer.run()
 
 
+def build_train_step(model, optimizer, dropout: float):
+    """The compiled training step ``(x, y, seed, lr) -> mean loss`` that ``train`` runs.
+
+    ``seed`` (int32 [2]) fixes the dropout mask and ``lr`` is assigned before the update, so a
+    step is a pure function of the model, optimizer state and its arguments.
+    """
+    from textgen.backend import tf
+    from textgen.forward import make_forward
+
+    forward = make_forward(model, dropout)
+    variables = model.trainable_variables
+    ids = tf.TensorSpec([None, None], tf.int32)
+    signature = [ids, ids, tf.TensorSpec([2], tf.int32), tf.TensorSpec([], tf.float32)]
+
+    @tf.function(input_signature=signature)
+    def train_step(x, y, seed, lr):
+        with tf.GradientTape() as tape:
+            logits = forward(x, training=True, seed=seed)  # (B, T, vocab)
+            loss = tf.reduce_mean(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+            )
+        grads = tape.gradient(loss, variables)
+        optimizer.learning_rate.assign(lr)
+        optimizer.apply_gradients(zip(grads, variables))
+        return loss
+
+    return train_step
+
+
+def build_eval_step(model):
+    """The compiled step ``(x, y) -> (summed loss, count)`` used for validation."""
+    from textgen.backend import tf
+    from textgen.forward import make_forward
+
+    forward = make_forward(model, 0.0)
+    ids = tf.TensorSpec([None, None], tf.int32)
+
+    @tf.function(input_signature=[ids, ids])
+    def eval_step(x, y):
+        logits = forward(x, training=False, seed=tf.zeros([2], tf.int32))
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+        return tf.reduce_sum(losses), tf.cast(tf.size(losses), tf.float32)
+
+    return eval_step
+
+
+def make_optimizer(config: TrainConfig):
+    """Adam with the run's peak learning rate and gradient clipping, built for the model."""
+    from textgen.backend import keras
+
+    return keras.optimizers.Adam(
+        learning_rate=config.learning_rate, global_clipnorm=config.clip_norm
+    )
+
+
 class _Trainer:
     """The state of one training invocation; ``run`` drives the epochs."""
 
     def __init__(self, model, config: TrainConfig, split, run_dir: Path, echo, progress: bool):
-        from textgen.backend import keras, tf
+        from textgen.backend import tf
 
         self.tf = tf
         self.model = model
@@ -311,9 +366,7 @@ class _Trainer:
         self.valid_ids = split.valid if len(split.valid) else None
         self.n_train = len(split.train)
         self.steps = steps_per_epoch(self.n_train, config.seq_length, config.batch_size)
-        self.optimizer = keras.optimizers.Adam(
-            learning_rate=config.learning_rate, global_clipnorm=config.clip_norm
-        )
+        self.optimizer = make_optimizer(config)
         self.optimizer.build(model.trainable_variables)
         self.state = {
             "epoch": 0,  # completed epochs
@@ -327,40 +380,8 @@ class _Trainer:
         self._build_steps()
 
     def _build_steps(self) -> None:
-        tf = self.tf
-        from textgen.forward import make_forward
-
-        forward = make_forward(self.model, self.config.dropout)
-        variables = self.model.trainable_variables
-        optimizer = self.optimizer
-        spec = tf.TensorSpec([None, None], tf.int32)
-
-        @tf.function(
-            input_signature=[
-                spec,
-                spec,
-                tf.TensorSpec([2], tf.int32),
-                tf.TensorSpec([], tf.float32),
-            ]
-        )
-        def train_step(x, y, seed, lr):
-            with tf.GradientTape() as tape:
-                logits = forward(x, training=True, seed=seed)
-                loss = tf.reduce_mean(
-                    tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
-                )
-            grads = tape.gradient(loss, variables)
-            optimizer.learning_rate.assign(lr)
-            optimizer.apply_gradients(zip(grads, variables))
-            return loss
-
-        @tf.function(input_signature=[spec, spec])
-        def eval_step(x, y):
-            logits = forward(x, training=False, seed=tf.zeros([2], tf.int32))
-            losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
-            return tf.reduce_sum(losses), tf.cast(tf.size(losses), tf.float32)
-
-        self.train_step, self.eval_step = train_step, eval_step
+        self.train_step = build_train_step(self.model, self.optimizer, self.config.dropout)
+        self.eval_step = build_eval_step(self.model)
 
     def restore(self, saved: ckpt.Checkpoint) -> None:
         """Load weights, optimizer state and loop position from a checkpoint."""
