@@ -1,9 +1,12 @@
 """Training throughput, side by side: stock Keras, PyTorch ``nn.LSTM`` and textgen's fast path.
 
 Every contender trains the same network (Embedding -> LSTM layers -> Linear) with Adam and
-softmax cross-entropy on the same batches, and is timed for ``--seconds`` after a warm-up.
-Other processes share the CPU, so compare the ratios of one run rather than absolute numbers
-across runs.
+softmax cross-entropy on the same batches: stock Keras through ``model.fit``, PyTorch in a plain
+loop (skipped when torch is not installed; textgen never needs it), and textgen's fast path as a
+``tf.function`` step over ``textgen.fast_lstm.forward_logits``. Each is warmed up, then timed
+for ``--seconds`` per round, rounds interleaved. Other processes share the CPU, so compare the
+ratios of one run rather than absolute numbers across runs; each measurement shows how much of
+the CPU other processes took meanwhile.
 
     python benchmarks/training.py --seconds 20
 """
@@ -16,8 +19,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import keras
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO.parent / "shared" / "corpora" / "tinyshakespeare.txt"
@@ -115,20 +122,24 @@ def build_keras(args: argparse.Namespace, batches: np.ndarray, vocab: int) -> Ca
         def __init__(self, seconds: float, warmup: int) -> None:
             super().__init__()
             self.seconds, self.warmup = seconds, warmup
-            self.start, self.steps = 0.0, 0
+            self.start, self.end, self.steps = 0.0, 0.0, 0
 
         def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            now = time.perf_counter()
             if batch + 1 == self.warmup:
-                self.start = time.perf_counter()
+                self.start = now
             elif batch + 1 > self.warmup:
                 self.steps += 1
-                if time.perf_counter() - self.start >= self.seconds:
+                if now - self.start >= self.seconds:
+                    self.end = now
                     self.model.stop_training = True
 
     def run(seconds: float, warmup: int = 1) -> float:
         timer = Timer(seconds, max(warmup, 1))
         model.fit(data, epochs=1, steps_per_epoch=10**9, callbacks=[timer], verbose=0)
-        return timer.steps * args.batch * args.seq / (time.perf_counter() - timer.start)
+        # Timed from the end of the warm-up batch to the end of the last one, so the set-up and
+        # tear-down of each fit() call stay out of the rate.
+        return timer.steps * args.batch * args.seq / (timer.end - timer.start)
 
     return run
 
@@ -171,8 +182,13 @@ def build_torch(args: argparse.Namespace, batches: np.ndarray, vocab: int) -> Ca
     return Stepper(step, args.batch * args.seq)
 
 
-def make_fast_step(model, optimizer, dropout: float) -> Callable:
-    """Build the compiled textgen fast-path train step: (inputs, targets, seed) -> loss."""
+def make_fast_step(
+    model: keras.Model, optimizer: keras.optimizers.Optimizer, dropout: float
+) -> Callable:
+    """Build the compiled textgen fast-path train step: (inputs, targets, seed) -> loss.
+
+    Kept on its own so it can be swapped for textgen's own training step.
+    """
     import tensorflow as tf
 
     from textgen.fast_lstm import forward_logits
@@ -218,6 +234,33 @@ def build_fast(args: argparse.Namespace, batches: np.ndarray, vocab: int) -> Cal
     return Stepper(step, args.batch * args.seq)
 
 
+class LoadMeter:
+    """Estimates how busy other processes kept the CPU, from /proc/stat minus our own CPU time."""
+
+    def __init__(self) -> None:
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float] | None:
+        try:
+            with open("/proc/stat", encoding="ascii") as stat:
+                fields = [int(v) for v in stat.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        # user, nice, system, irq, softirq, steal; guest time is already inside user.
+        busy = sum(fields[:3]) + sum(fields[5:8])
+        own = os.times()
+        return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system, time.monotonic()
+
+    def other_load(self) -> float | None:
+        """Fraction of all cores used by other processes since construction, or None."""
+        end = self._sample()
+        if self.start is None or end is None:
+            return None
+        busy, own, wall = (b - a for a, b in zip(self.start, end, strict=True))
+        return max(0.0, busy - own) / (wall * (os.cpu_count() or 1))
+
+
 CONTENDERS = {
     "keras": ("stock Keras LSTM (model.fit)", build_keras),
     "torch": ("PyTorch nn.LSTM", build_torch),
@@ -255,11 +298,16 @@ def main(argv: list[str] | None = None) -> None:
     # Interleaving the rounds spreads slow spells caused by other processes over every contender.
     rates: dict[str, list[float]] = {name: [] for name in runners}
     for round_no in range(args.rounds):
+        parts = []
         for name, runner in runners.items():
+            meter = LoadMeter()
             rates[name].append(runner(args.seconds))
-        line = ", ".join(f"{name} {r[-1]:,.0f}" for name, r in rates.items())
-        print(f"round {round_no + 1}: {line}", flush=True)
-
+            other = meter.other_load()
+            load = "" if other is None else f" (others {other:.0%})"
+            parts.append(f"{name} {rates[name][-1]:,.0f}{load}")
+        print(f"round {round_no + 1}: " + ", ".join(parts), flush=True)
+    print("(others N%: CPU share taken by other processes or the hypervisor; above ~10% skews")
+    print(" the ratios, PyTorch's the most)")
     medians = {name: float(np.median(r)) for name, r in rates.items()}
     torch_rate = medians.get(CONTENDERS["torch"][0])
     keras_rate = medians.get(CONTENDERS["keras"][0])
