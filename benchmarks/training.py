@@ -3,7 +3,8 @@
 Every contender trains the same network (Embedding -> LSTM layers -> Linear) with Adam and
 softmax cross-entropy on the same batches: stock Keras through ``model.fit``, PyTorch in a plain
 loop (skipped when torch is not installed; textgen never needs it), and textgen's fast path as a
-``tf.function`` step over ``textgen.fast_lstm.forward_logits``. Each is warmed up, then timed
+``tf.function`` step that ``textgen train`` runs (``textgen.training.build_train_step``, with
+its default Adam and gradient clipping). Each is warmed up, then timed
 for ``--seconds`` per round, rounds interleaved. Other processes share the CPU, so compare the
 ratios of one run rather than absolute numbers across runs; each measurement shows how much of
 the CPU other processes took meanwhile.
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    import keras
+    pass
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO.parent / "shared" / "corpora" / "tinyshakespeare.txt"
@@ -182,40 +183,12 @@ def build_torch(args: argparse.Namespace, batches: np.ndarray, vocab: int) -> Ca
     return Stepper(step, args.batch * args.seq)
 
 
-def make_fast_step(
-    model: keras.Model, optimizer: keras.optimizers.Optimizer, dropout: float
-) -> Callable:
-    """Build the compiled textgen fast-path train step: (inputs, targets, seed) -> loss.
-
-    Kept on its own so it can be swapped for textgen's own training step.
-    """
-    import tensorflow as tf
-
-    from textgen.fast_lstm import forward_logits
-
-    optimizer.build(model.trainable_variables)
-    spec = tf.TensorSpec([None, None], tf.int32)
-
-    @tf.function(input_signature=[spec, spec, tf.TensorSpec([2], tf.int32)])
-    def step(inputs: tf.Tensor, targets: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-        with tf.GradientTape() as tape:
-            logits = forward_logits(model, inputs, training=True, dropout_rate=dropout, seed=seed)
-            loss = tf.reduce_mean(
-                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
-            )
-        variables = model.trainable_variables
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
-        return loss
-
-    return step
-
-
 def build_fast(args: argparse.Namespace, batches: np.ndarray, vocab: int) -> Callable:
-    """textgen's fast path: a ``tf.function`` step over ``forward_logits`` with Keras Adam."""
-    import keras
+    """textgen's own training step (``textgen.training.build_train_step``), default optimizer."""
     import tensorflow as tf
 
     from textgen.model import build_model
+    from textgen.training import TrainConfig, build_train_step, make_optimizer
 
     model = build_model(
         vocab,
@@ -224,12 +197,15 @@ def build_fast(args: argparse.Namespace, batches: np.ndarray, vocab: int) -> Cal
         num_layers=args.layers,
         dropout=args.dropout,
     )
-    step_fn = make_fast_step(model, keras.optimizers.Adam(), args.dropout)
+    optimizer = make_optimizer(TrainConfig())
+    optimizer.build(model.trainable_variables)
+    step_fn = build_train_step(model, optimizer, args.dropout)
     data = [(tf.constant(b[0]), tf.constant(b[1])) for b in batches]
+    lr = tf.constant(TrainConfig().learning_rate, tf.float32)
 
     def step(i: int) -> None:
         inputs, targets = data[i % len(data)]
-        step_fn(inputs, targets, tf.constant([i, 0], tf.int32)).numpy()
+        step_fn(inputs, targets, tf.constant([i, 0], tf.int32), lr).numpy()
 
     return Stepper(step, args.batch * args.seq)
 
