@@ -38,21 +38,13 @@ def evaluate_ids(model, ids: np.ndarray, seq_length: int = 100, batch_size: int 
 
 def evaluate_file(run_dir: Path, text_file: str, *, which: str = "best") -> float:
     """Loss in nats per character of a run's model on a text file."""
-    from textgen.model import build_model, set_weights
+    from textgen.model import model_from_config
 
     config = ckpt.read_config(run_dir)
     tokenizer = Tokenizer.load(run_dir / ckpt.TOKENIZER)
     saved = ckpt.load_checkpoint(ckpt.weights_file(run_dir, which))
     text = read_corpus(text_file)
     ids = tokenizer.encode(text)
-    m = config["model"]
-    model = build_model(
-        m["vocab_size"],
-        embedding_dim=m["embedding_dim"],
-        units=m["units"],
-        num_layers=m["num_layers"],
-        cell=m["cell"],
-    )
-    set_weights(model, saved.weights)
+    model = model_from_config(config["model"], saved.weights)
     seq_length = config.get("training", {}).get("seq_length", 100)
     return evaluate_ids(model, ids, seq_length=seq_length)

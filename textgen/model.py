@@ -59,6 +59,21 @@ def build_model(
     return keras.Model(ids, logits, name=f"textgen_{cell}")
 
 
+def model_from_config(config: dict, weights: dict[str, np.ndarray] | None = None) -> keras.Model:
+    """Rebuild a run's model from the ``model`` section of its config, optionally with weights."""
+    model = build_model(
+        config["vocab_size"],
+        embedding_dim=config["embedding_dim"],
+        units=config["units"],
+        num_layers=config["num_layers"],
+        dropout=config.get("dropout", 0.0),
+        cell=config["cell"],
+    )
+    if weights is not None:
+        set_weights(model, weights)
+    return model
+
+
 def _weight_names(model: keras.Model) -> list[tuple[str, object]]:
     """Pair each stable weight name with the Keras variable that holds it."""
     pairs = [("embedding", model.get_layer("embedding").embeddings)]

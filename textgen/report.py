@@ -39,18 +39,9 @@ def describe_run(run_dir: Path) -> str:
 
 
 def _summary(config: dict, weights) -> str:
-    from textgen.model import build_model, set_weights
+    from textgen.model import model_from_config
 
-    m = config["model"]
-    model = build_model(
-        m["vocab_size"],
-        embedding_dim=m["embedding_dim"],
-        units=m["units"],
-        num_layers=m["num_layers"],
-        dropout=m.get("dropout", 0.0),
-        cell=m["cell"],
-    )
-    set_weights(model, weights)
+    model = model_from_config(config["model"], weights)
     buffer = io.StringIO()
     with redirect_stdout(buffer):
         model.summary(line_length=90)
