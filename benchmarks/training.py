@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="measurements per contender")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each timing")
     parser.add_argument("--embedding", type=int, default=64)
     parser.add_argument("--units", type=int, default=512)
     parser.add_argument("--layers", type=int, default=1)
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
         parts = []
         for name, runner in runners.items():
             meter = LoadMeter()
-            rates[name].append(runner(args.seconds))
+            rates[name].append(runner(args.seconds, warmup=args.warmup))
             other = meter.other_load()
             load = "" if other is None else f" (others {other:.0%})"
             parts.append(f"{name} {rates[name][-1]:,.0f}{load}")
