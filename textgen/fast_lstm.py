@@ -388,8 +388,9 @@ def forward_logits(
     if training and dropout_rate > 0:
         if seed is None:
             raise TextgenError("training with dropout needs a seed")
-        keep = tf.random.stateless_uniform(tf.shape(x), seed, dtype=x.dtype) >= dropout_rate
-        x = tf.where(keep, x / (1 - dropout_rate), tf.zeros_like(x))
+        from textgen.forward import stateless_dropout
+
+        x = stateless_dropout(x, dropout_rate, seed)
     steps, batch = tf.shape(x)[0], tf.shape(x)[1]
     logits = tf.nn.bias_add(
         tf.matmul(tf.reshape(x, [steps * batch, -1]), tf.convert_to_tensor(dense.kernel)),

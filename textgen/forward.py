@@ -14,7 +14,7 @@ def stateless_dropout(x, rate: float, seed):
     """Inverted dropout whose mask depends only on ``seed`` (a shape-[2] int32 tensor)."""
     from textgen.backend import tf
 
-    keep = tf.random.stateless_uniform(tf.shape(x), seed=seed) >= rate
+    keep = tf.random.stateless_uniform(tf.shape(x), seed=seed, dtype=x.dtype) >= rate
     return tf.where(keep, x / (1.0 - rate), tf.zeros_like(x))
 
 
