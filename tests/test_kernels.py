@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from textgen.errors import TextgenError
-from textgen.kernels import RecurrentStack, sample_ids
+from textgen.kernels import LogExponentials, RecurrentStack, sample_ids
 
 VOCAB, EMB, UNITS = 7, 3, 5
 CASES = [(cell, layers) for cell in ("lstm", "gru", "simple") for layers in (1, 2)]
@@ -214,6 +214,24 @@ def test_per_row_generators_make_streams_independent_of_batch() -> None:
     alone = [sample_ids(logits[s : s + 1], [np.random.default_rng(s)])[0] for s in range(4)]
     np.testing.assert_array_equal(together, alone)
     np.testing.assert_array_equal(logits, before)
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+def test_block_drawn_noise_gives_the_ids_of_step_by_step_draws(per_row: bool) -> None:
+    steps = np.random.default_rng(4).standard_normal((7, 3, VOCAB)).astype(np.float32)
+
+    def generators():
+        gens = [np.random.default_rng([9, s]) for s in range(3)]
+        return gens if per_row else gens[0]
+
+    one_by_one, gens = [], generators()
+    for logits in steps:
+        one_by_one.append(sample_ids(logits, gens, temperature=0.7, top_k=20))
+    blocked = LogExponentials(generators(), 3, VOCAB, block=3)  # refills mid-sequence
+    drawn = [sample_ids(logits, blocked, temperature=0.7, top_k=20) for logits in steps]
+    np.testing.assert_array_equal(drawn, one_by_one)
+    with pytest.raises(ValueError, match="drawn for shape"):
+        blocked.next(2, VOCAB)
 
 
 def test_sampling_rejects_bad_arguments() -> None:

@@ -21,7 +21,7 @@ import numpy as np
 
 from textgen.errors import TextgenError
 
-__all__ = ["RecurrentStack", "sample_ids"]
+__all__ = ["LogExponentials", "RecurrentStack", "sample_ids"]
 
 _GATES = {"lstm": 4, "gru": 3, "simple": 1}
 _STATE_SIZE = {"lstm": 2, "gru": 1, "simple": 1}
@@ -134,8 +134,10 @@ class RecurrentStack:
             extra = None if rec_bias_h is None else _f32(rec_bias_h[:, None])
             self._deep.append((mats, _f32(bias[:, None]), extra))
         self._gru_bias0 = None if rec_bias_h0 is None else _f32(rec_bias_h0[:, None])
-        self._dense_kernel = _f32(w["dense/kernel"])
-        self._dense_bias = _f32(w["dense/bias"])
+        # The output layer runs transposed too, (vocab, units) @ (units, batch): at 64 streams
+        # that and one small transposing copy take half the time of the row layout.
+        self._dense_kernel_t = _f32(w["dense/kernel"].T)
+        self._dense_bias_t = _f32(w["dense/bias"][:, None])
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -168,7 +170,8 @@ class RecurrentStack:
             self._x = np.empty((gates * n, batch), np.float32)
             self._gather = (self._table_t, 1, self._x)
         self._logits = np.empty((batch, self.vocab_size), np.float32)
-        self._h_top_t = self._h[(layers - 1) * n :].T
+        self._logits_t = np.empty((self.vocab_size, batch), np.float32)
+        self._h_top = self._h[(layers - 1) * n :]
         # Per-layer views, built once so the step loop does no slicing.
         self._plan = []
         for i in range(layers):
@@ -237,10 +240,11 @@ class RecurrentStack:
         table, axis, out = self._gather
         np.take(table, ids, axis=axis, out=out, mode="clip")
         self._advance()
-        logits = self._logits
-        np.matmul(self._h_top_t, self._dense_kernel, out=logits)
-        np.add(logits, self._dense_bias, out=logits)
-        return logits
+        logits_t = self._logits_t
+        np.matmul(self._dense_kernel_t, self._h_top, out=logits_t)
+        np.add(logits_t, self._dense_bias_t, out=logits_t)
+        np.copyto(self._logits, logits_t.T)
+        return self._logits
 
     def feed(self, ids: np.ndarray) -> np.ndarray:
         """Step through ids of shape ``(batch_size, time)`` and return the last step's logits.
@@ -306,7 +310,7 @@ class RecurrentStack:
 
 def sample_ids(
     logits: np.ndarray,
-    rng: np.random.Generator | Sequence[np.random.Generator],
+    rng: np.random.Generator | Sequence[np.random.Generator] | LogExponentials,
     *,
     temperature: float = 1.0,
     top_k: int | None = None,
@@ -316,13 +320,15 @@ def sample_ids(
     """Draw one id per row of ``logits`` (shape ``(batch, vocab)``); ``logits`` is not modified.
 
     Uses the exponential-race form of Gumbel-max, ``argmax(logits / T - log(E))`` with
-    ``E ~ Exp(1)``, which needs no softmax. Each call draws exactly ``vocab`` exponentials per
+    ``E ~ Exp(1)``, which needs no softmax. Each call uses exactly ``vocab`` exponentials per
     row, so passing one Generator per row (a sequence of ``batch`` Generators) makes a stream's
-    ids independent of which other streams share the batch; a single Generator is faster.
+    ids independent of which other streams share the batch; a single Generator is faster. For
+    many calls in a row, pass a :class:`LogExponentials` built once over the same generator(s):
+    it draws ahead in blocks and gives the very same ids, faster.
 
     Args:
         logits: float array ``(batch, vocab)``.
-        rng: one Generator for the batch, or one per row.
+        rng: one Generator for the batch, one per row, or a :class:`LogExponentials`.
         temperature: divides the logits; 0 means greedy argmax (no randomness is drawn).
         top_k: keep only the k most likely ids (ties at the k-th logit are kept).
         top_p: keep the smallest set of most likely ids whose probability reaches ``top_p``
@@ -362,22 +368,73 @@ def sample_ids(
             z[z < kth] = -np.inf
         if use_top_p:
             _mask_top_p(z, top_p)
-    noise = np.empty((batch, vocab), np.float32)
-    if isinstance(rng, np.random.Generator):
-        rng.standard_exponential(dtype=np.float32, out=noise)
-    else:
-        if len(rng) != batch:
-            raise ValueError(f"need one Generator per row ({batch}), got {len(rng)}")
-        for row, gen in zip(noise, rng, strict=True):
-            gen.standard_exponential(dtype=np.float32, out=row)
-    # float32 exponentials can be exactly 0; log(0) would beat even masked (-inf) ids.
-    np.maximum(noise, np.float32(1e-30), out=noise)
-    np.log(noise, out=noise)
+    source = rng if isinstance(rng, LogExponentials) else LogExponentials(rng, batch, vocab, 1)
+    noise = source.next(batch, vocab)
     # argmax(z / T - log E) == argmax(z - T log E) for T > 0; scaling the noise spares a copy.
     if noise_scale != 1.0:
         np.multiply(noise, np.float32(noise_scale), out=noise)
     np.subtract(z, noise, out=noise)
     return np.argmax(noise, axis=1)
+
+
+class LogExponentials:
+    """``log(E)`` for ``E ~ Exp(1)``, shape ``(batch, vocab)`` per call, drawn ahead in blocks.
+
+    Sampling a batch one step at a time would otherwise call every stream's Generator once per
+    step, which at 64 streams costs more than the output layer. Drawing ``block`` steps at once
+    consumes each Generator in exactly the order single draws would, so the values, and the
+    sampled ids, are the same as drawing ``vocab`` exponentials per row per step.
+
+    Args:
+        rng: one Generator for the whole batch, or a sequence of one Generator per row.
+        batch, vocab: the shape of each step's draw.
+        block: steps drawn per refill; by default as many as fit in about 4 M values (at most 64).
+    """
+
+    def __init__(
+        self,
+        rng: np.random.Generator | Sequence[np.random.Generator],
+        batch: int,
+        vocab: int,
+        block: int | None = None,
+    ) -> None:
+        if not isinstance(rng, np.random.Generator) and len(rng) != batch:
+            raise ValueError(f"need one Generator per row ({batch}), got {len(rng)}")
+        if block is None:
+            block = max(1, min(64, 4_000_000 // (batch * vocab)))
+        self._rng, self._shape = rng, (batch, vocab)
+        self._buffer: np.ndarray | None = None  # allocated on first use: greedy never draws
+        self._block, self._next = block, block
+
+    def next(self, batch: int, vocab: int) -> np.ndarray:
+        """The next step's values, a ``(batch, vocab)`` view the caller may overwrite."""
+        if (batch, vocab) != self._shape:
+            raise ValueError(f"drawn for shape {self._shape}, asked for {(batch, vocab)}")
+        if self._next == self._block:
+            self._refill()
+        t, self._next = self._next, self._next + 1
+        if isinstance(self._rng, np.random.Generator):
+            return self._buffer[t]
+        return self._buffer[:, t]
+
+    def _refill(self) -> None:
+        if self._buffer is None:
+            batch, vocab = self._shape
+            # A single Generator fills step by step; per-stream Generators each fill their own
+            # contiguous run of steps.
+            shared = isinstance(self._rng, np.random.Generator)
+            shape = (self._block, batch, vocab) if shared else (batch, self._block, vocab)
+            self._buffer = np.empty(shape, np.float32)
+        buffer = self._buffer
+        if isinstance(self._rng, np.random.Generator):
+            self._rng.standard_exponential(dtype=np.float32, out=buffer)
+        else:
+            for rows, gen in zip(buffer, self._rng, strict=True):
+                gen.standard_exponential(dtype=np.float32, out=rows)
+        # float32 exponentials can be exactly 0; log(0) would beat even masked (-inf) ids.
+        np.maximum(buffer, np.float32(1e-30), out=buffer)
+        np.log(buffer, out=buffer)
+        self._next = 0
 
 
 def _mask_top_p(z: np.ndarray, top_p: float) -> None:

@@ -231,7 +231,7 @@ class Sampler:
         drop_unknown: bool = False,
     ) -> Iterator[np.ndarray]:
         """Yield the drawn ids, shape (num_samples,), one array per generated character."""
-        from textgen.kernels import sample_ids
+        from textgen.kernels import LogExponentials, sample_ids
 
         check_sampling(temperature, top_k, top_p)
         if num_samples < 1:
@@ -243,7 +243,8 @@ class Sampler:
             seed = int(np.random.SeedSequence().entropy % (2**63))
         # One generator per stream keeps each sample independent of the batch it ran in.
         rngs = [np.random.default_rng([seed, i]) for i in range(num_samples)]
-        rng = rngs[0] if num_samples == 1 else rngs
+        vocab = self.tokenizer.vocab_size
+        noise = LogExponentials(rngs[0] if num_samples == 1 else rngs, num_samples, vocab)
         unknown = self.tokenizer.unknown_id
         exclude = None if unknown is None else [unknown]
 
@@ -253,7 +254,7 @@ class Sampler:
         produced = 0
         while length is None or produced < length:
             ids = sample_ids(
-                logits, rng, temperature=temperature, top_k=top_k, top_p=top_p, exclude=exclude
+                logits, noise, temperature=temperature, top_k=top_k, top_p=top_p, exclude=exclude
             )
             produced += 1
             yield ids
@@ -270,8 +271,13 @@ class Sampler:
         (the stop string is not included); the batch ends when every stream has stopped.
         Options: ``temperature``, ``prime``, ``seed``, ``top_k``, ``top_p``, ``drop_unknown``.
         """
-        matchers = [_StopMatcher(stop) for _ in range(num_samples)]
         chars = self.tokenizer.chars
+        if not any(stop):
+            # Nothing can stop a stream early, so no per-stream bookkeeping is needed.
+            for ids in self._id_steps(num_samples, length, **options):
+                yield [chars[i] for i in ids.tolist()]
+            return
+        matchers = [_StopMatcher(stop) for _ in range(num_samples)]
         for ids in self._id_steps(num_samples, length, **options):
             yield ["" if m.done else m.feed(chars[i]) for m, i in zip(matchers, ids)]
             if all(m.done for m in matchers):
