@@ -7,7 +7,8 @@ loop (skipped when torch is not installed; textgen never needs it), and textgen'
 its default Adam and gradient clipping). Each is warmed up, then timed
 for ``--seconds`` per round, rounds interleaved. Other processes share the CPU, so compare the
 ratios of one run rather than absolute numbers across runs; each measurement shows how much of
-the CPU other processes took meanwhile.
+the CPU other processes took meanwhile. TensorFlow's thread pools are set as ``textgen train``
+sets them (``textgen.backend``), for stock Keras too, since the two share the process.
 
     python benchmarks/training.py --seconds 20
 """
@@ -20,12 +21,8 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-
-if TYPE_CHECKING:
-    pass
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO.parent / "shared" / "corpora" / "tinyshakespeare.txt"
@@ -52,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="keras,torch,fast",
         help="comma-separated subset of keras, torch, fast",
     )
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads for each framework")
+    parser.add_argument("--threads", type=int, default=2, help="PyTorch's CPU threads")
     return parser.parse_args(argv)
 
 
@@ -137,7 +134,9 @@ def build_keras(args: argparse.Namespace, batches: np.ndarray, vocab: int) -> Ca
 
     def run(seconds: float, warmup: int = 1) -> float:
         timer = Timer(seconds, max(warmup, 1))
-        model.fit(data, epochs=1, steps_per_epoch=10**9, callbacks=[timer], verbose=0)
+        model.fit(
+            data, epochs=1, steps_per_epoch=10**9, callbacks=[timer], verbose=0, shuffle=False
+        )
         # Timed from the end of the warm-up batch to the end of the last one, so the set-up and
         # tear-down of each fit() call stay out of the rate.
         return timer.steps * args.batch * args.seq / (timer.end - timer.start)
@@ -249,17 +248,22 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(REPO))
-    import tensorflow as tf
+    # Importing textgen's backend sets TensorFlow's thread pools the way ``textgen train`` runs
+    # them; stock Keras shares the process and so gets the same setting (it is faster with it).
+    from textgen.backend import tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    threading = tf.config.threading
+    tf_threads = (
+        f"TensorFlow {threading.get_intra_op_parallelism_threads()} intra-op / "
+        f"{threading.get_inter_op_parallelism_threads()} inter-op threads"
+    )
 
     batches, vocab, source = make_batches(args)
     print(
         f"config: embedding {args.embedding}, LSTM {args.units} x {args.layers}, "
         f"batch {args.batch}, seq {args.seq}, vocab {vocab}, dropout {args.dropout}; "
         f"data: {source}; {args.rounds} rounds of {args.seconds:g}s per contender, "
-        f"{args.threads} threads"
+        f"PyTorch {args.threads} threads, {tf_threads}"
     )
     runners: dict[str, Callable] = {}
     for key in args.only.split(","):

@@ -6,6 +6,14 @@ does not reach that early output. Standard error is therefore muted for the impo
 raised by the import itself still propagate normally. Every lazy TensorFlow import in textgen goes
 through this module (``from textgen.backend import tf, keras``) so that it happens only on the
 paths that need it.
+
+The thread pools are set here too, before TensorFlow starts its runtime: half the cores per op
+(intra-op; one thread on 2 cores) and as many concurrent ops as cores (inter-op). TensorFlow's
+default, every core for every op, spends more time handing small per-timestep ops between
+threads than it saves; on 2 cores it measured about 1.1x slower for textgen's training step and
+1.4x slower for stock ``model.fit`` (``benchmarks/training.py`` uses this same setting). The two
+independent chains of the training loop (``textgen.fast_lstm``) keep the cores busy instead.
+Settings that the host program already chose, or a runtime already started, are left alone.
 """
 
 import os
@@ -20,5 +28,23 @@ finally:
     os.dup2(_saved, 2)
     os.close(_saved)
     os.close(_devnull)
+
+
+def _configure_threads() -> None:
+    threading = tf.config.threading
+    if threading.get_intra_op_parallelism_threads() or threading.get_inter_op_parallelism_threads():
+        return
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    try:
+        threading.set_intra_op_parallelism_threads(max(1, cores // 2))
+        threading.set_inter_op_parallelism_threads(max(2, cores))
+    except RuntimeError:  # the runtime is already running; its pools cannot change
+        pass
+
+
+_configure_threads()
 
 __all__ = ["keras", "tf"]
