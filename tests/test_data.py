@@ -56,6 +56,6 @@ def test_windows_are_shifted_by_one():
     ids = np.arange(50, dtype=np.uint8)
     starts = np.array([0, 7, 20])
     ((x, y),) = list(window_dataset(ids, starts, seq_length=5, batch_size=3))
-    assert x.shape == (3, 5) and y.shape == (3, 5)
-    assert np.array_equal(x.numpy()[1], np.arange(7, 12))
-    assert np.array_equal(y.numpy()[1], np.arange(8, 13))
+    assert x.shape == (3, 5) and y.shape == (3, 5) and x.dtype == y.dtype == np.int32
+    assert np.array_equal(x[1], np.arange(7, 12))
+    assert np.array_equal(y[1], np.arange(8, 13))

@@ -147,6 +147,12 @@ def _default(name: str) -> str:
     help="Fraction held out from the end of the text." + _default("validation_split"),
 )
 @click.option(
+    "--validation-context",
+    type=click.IntRange(min=0),
+    help="Characters read before each scored validation window; 0 starts each window from a "
+    "zero state." + _default("validation_context"),
+)
+@click.option(
     "--seed", type=int, help="Random seed (weights, data order, dropout)." + _default("seed")
 )
 @click.option("--max-time", type=Duration(), help="Wall-clock budget for this run, e.g. 10m.")
@@ -346,13 +352,19 @@ def info(run_dir) -> None:
 @click.argument("run_dir", type=click.Path())
 @click.argument("text_file", type=click.Path())
 @click.option("--which", type=click.Choice(["best", "latest"]), default="best", show_default=True)
-def evaluate(run_dir, text_file, which) -> None:
+@click.option(
+    "--context",
+    type=click.IntRange(min=0),
+    help="Characters read before each scored window (0: each window from a zero state). "
+    "[default: the run's validation context]",
+)
+def evaluate(run_dir, text_file, which, context) -> None:
     """Report a run's loss on TEXT_FILE in nats and bits per character."""
 
     def action():
         from textgen.evaluation import evaluate_file
 
-        loss = evaluate_file(Path(run_dir), text_file, which=which)
+        loss = evaluate_file(Path(run_dir), text_file, which=which, context=context)
         click.echo(json.dumps({"loss_nats": round(loss, 6), "bpc": round(loss / math.log(2), 6)}))
 
     _run(action)

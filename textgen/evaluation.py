@@ -1,7 +1,8 @@
-"""Loss of a trained run on a text (``textgen eval``)."""
+"""Loss of a model on a text: validation during training and ``textgen eval``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,33 +12,70 @@ from textgen.data import read_corpus
 from textgen.errors import CorpusError
 from textgen.tokenizer import Tokenizer
 
+DEFAULT_CONTEXT = 100
+"""Characters read before each scored window unless a run says otherwise (see
+``validation_dataset``): enough that a 512-unit LSTM's loss no longer depends on where the
+window starts."""
 
-def evaluate_ids(model, ids: np.ndarray, seq_length: int = 100, batch_size: int = 64) -> float:
-    """Mean next-character loss in nats over ``ids``, cut into consecutive windows."""
+
+def build_eval_step(model) -> Callable:
+    """The compiled step ``(x, y, first, scored) -> (summed loss, count)``.
+
+    Row ``r`` scores ``scored`` positions from position ``first[r]`` (the batches of
+    ``textgen.data.validation_dataset``); the positions before are context only.
+    """
     from textgen.backend import tf
+    from textgen.forward import make_forward
+
+    forward = make_forward(model, 0.0)
+    ids = tf.TensorSpec([None, None], tf.int32)
+    spec = [ids, ids, tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32)]
+
+    @tf.function(input_signature=spec)
+    def eval_step(x, y, first, scored):
+        logits = forward(x, training=False, seed=tf.zeros([2], tf.int32))
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+        positions = tf.range(tf.shape(x)[1])[tf.newaxis, :]
+        start = first[:, tf.newaxis]
+        mask = tf.cast((positions >= start) & (positions < start + scored), losses.dtype)
+        return tf.reduce_sum(losses * mask), tf.reduce_sum(mask)
+
+    return eval_step
+
+
+def evaluate_ids(
+    step: Callable,
+    ids: np.ndarray,
+    seq_length: int,
+    batch_size: int = 64,
+    context: int = DEFAULT_CONTEXT,
+) -> float:
+    """Mean next-character loss in nats over ``ids``, every character scored once.
+
+    ``step`` comes from :func:`build_eval_step`. Windows of ``seq_length`` are scored after up
+    to ``context`` preceding characters (0: each window from a zero state).
+    """
     from textgen.data import validation_dataset
 
     if len(ids) < 2:
         raise CorpusError("the text is too short to evaluate (it needs at least 2 characters)")
     seq_length = min(seq_length, len(ids) - 1)
-
-    @tf.function
-    def losses(x, y):
-        logits = model(x, training=False)
-        return tf.reduce_sum(
-            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
-        ), tf.size(y)
-
-    total, count = 0.0, 0
-    for x, y in validation_dataset(ids, seq_length, batch_size):
-        s, n = losses(x, y)
-        total += float(s)
-        count += int(n)
+    total, count = 0.0, 0.0
+    for x, y, first in validation_dataset(ids, seq_length, batch_size, context):
+        loss_sum, n = step(x, y, first, seq_length)
+        total += float(loss_sum)
+        count += float(n)
     return total / count
 
 
-def evaluate_file(run_dir: Path, text_file: str, *, which: str = "best") -> float:
-    """Loss in nats per character of a run's model on a text file."""
+def evaluate_file(
+    run_dir: Path, text_file: str, *, which: str = "best", context: int | None = None
+) -> float:
+    """Loss in nats per character of a run's model on a text file.
+
+    ``context`` defaults to the run's ``validation_context``, so the figure matches the
+    validation loss that training reported.
+    """
     from textgen.model import model_from_config
 
     config = ckpt.read_config(run_dir)
@@ -46,5 +84,8 @@ def evaluate_file(run_dir: Path, text_file: str, *, which: str = "best") -> floa
     text = read_corpus(text_file)
     ids = tokenizer.encode(text)
     model = model_from_config(config["model"], saved.weights)
-    seq_length = config.get("training", {}).get("seq_length", 100)
-    return evaluate_ids(model, ids, seq_length=seq_length)
+    training = config.get("training", {})
+    if context is None:
+        context = training.get("validation_context", DEFAULT_CONTEXT)
+    seq_length = training.get("seq_length", 100)
+    return evaluate_ids(build_eval_step(model), ids, seq_length, context=context)

@@ -26,10 +26,10 @@ from textgen.data import (
     epoch_starts,
     split_ids,
     steps_per_epoch,
-    validation_dataset,
     window_dataset,
 )
 from textgen.errors import CheckpointError, TextgenError, VocabularyError
+from textgen.evaluation import DEFAULT_CONTEXT, build_eval_step, evaluate_ids
 from textgen.model import build_model, get_weights, set_weights
 from textgen.prepare import prepare_corpus
 from textgen.tokenizer import Tokenizer
@@ -76,6 +76,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"  # "cosine" (decay to 10% of the peak) or "constant"
     clip_norm: float | None = 5.0  # global gradient-norm clip; None disables it
     validation_split: float = 0.1  # fraction held out from the END of the text
+    validation_context: int = DEFAULT_CONTEXT  # characters read before each scored window
     seed: int = 0
     max_time: float | None = None  # wall-clock budget in seconds for this invocation
     patience: int | None = None  # stop after this many epochs without a better val loss
@@ -90,6 +91,7 @@ class TrainConfig:
             (self.epochs >= 1, "epochs must be at least 1"),
             (self.batch_size >= 1, "batch size must be at least 1"),
             (self.seq_length >= 1, "sequence length must be at least 1"),
+            (self.validation_context >= 0, "validation context must be at least 0"),
             (self.learning_rate > 0 and math.isfinite(self.learning_rate), "bad learning rate"),
             (self.lr_schedule in ("cosine", "constant"), "lr schedule: cosine or constant"),
             (self.clip_norm is None or self.clip_norm > 0, "clip norm must be positive"),
@@ -324,23 +326,6 @@ def build_train_step(model, optimizer, dropout: float):
     return train_step
 
 
-def build_eval_step(model):
-    """The compiled step ``(x, y) -> (summed loss, count)`` used for validation."""
-    from textgen.backend import tf
-    from textgen.forward import make_forward
-
-    forward = make_forward(model, 0.0)
-    ids = tf.TensorSpec([None, None], tf.int32)
-
-    @tf.function(input_signature=[ids, ids])
-    def eval_step(x, y):
-        logits = forward(x, training=False, seed=tf.zeros([2], tf.int32))
-        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
-        return tf.reduce_sum(losses), tf.cast(tf.size(losses), tf.float32)
-
-    return eval_step
-
-
 def make_optimizer(config: TrainConfig):
     """Adam with the run's peak learning rate and gradient clipping, built for the model."""
     from textgen.backend import keras
@@ -412,13 +397,10 @@ class _Trainer:
         """Mean validation loss in nats per character, or None without a validation split."""
         if self.valid_ids is None:
             return None
-        total, count = 0.0, 0.0
-        ds = validation_dataset(self.valid_ids, self.config.seq_length, self.config.batch_size)
-        for x, y in ds:
-            loss_sum, n = self.eval_step(x, y)
-            total += float(loss_sum)
-            count += float(n)
-        return total / count
+        cfg = self.config
+        return evaluate_ids(
+            self.eval_step, self.valid_ids, cfg.seq_length, cfg.batch_size, cfg.validation_context
+        )
 
     def _progress(self, started: float) -> float:
         cfg = self.config
