@@ -108,6 +108,8 @@ def test_resume_refuses_a_different_shape(tmp_path, corpus):
     before = (tmp_path / "run" / "latest.npz").read_bytes()
     with pytest.raises(CheckpointError, match="units"):
         train(corpus, run_dir=tmp_path / "run", resume=True, **_quiet(units=16, epochs=2))
+    with pytest.raises(CheckpointError, match="validation_context"):
+        train(corpus, run_dir=tmp_path / "run", resume=True, **_quiet(validation_context=3))
     other = tmp_path / "other.txt"
     other.write_text(make_text() + "Zebra #42!\n")
     with pytest.raises(CheckpointError, match="vocabulary"):

@@ -86,6 +86,6 @@ def evaluate_file(
     model = model_from_config(config["model"], saved.weights)
     training = config.get("training", {})
     if context is None:
-        context = training.get("validation_context", DEFAULT_CONTEXT)
+        context = training.get("validation_context", 0)  # older runs: zero states
     seq_length = training.get("seq_length", 100)
     return evaluate_ids(build_eval_step(model), ids, seq_length, context=context)

@@ -45,6 +45,7 @@ LOCKED_ON_RESUME = (
     "batch_size",
     "seq_length",
     "validation_split",
+    "validation_context",  # best.npz is chosen by a loss that must be measured one way
     "seed",
     "max_vocab",
 )
@@ -153,6 +154,8 @@ def _config_for(corpus: str, settings: dict, run_dir: Path, resume: bool) -> Tra
                 f"{key}={saved.get(key)!r}"
             )
     merged = {k: v for k, v in saved.items() if k in names}
+    # Runs from before validation read context were validated from zero states.
+    merged.setdefault("validation_context", 0)
     merged.update(settings)
     return TrainConfig(**merged)
 
