@@ -72,8 +72,8 @@ class TrainConfig:
     units: int = 512  # recurrent units per layer
     num_layers: int = 1
     cell: str = "lstm"  # "lstm", "gru" or "simple"
-    dropout: float = 0.1  # on the last recurrent layer's output
-    learning_rate: float = 2e-3  # Adam's peak rate
+    dropout: float = 0.3  # on the last recurrent layer's output
+    learning_rate: float = 4e-3  # Adam's peak rate
     lr_schedule: str = "cosine"  # "cosine" (decay to 10% of the peak) or "constant"
     clip_norm: float | None = 5.0  # global gradient-norm clip; None disables it
     validation_split: float = 0.1  # fraction held out from the END of the text
