@@ -230,7 +230,7 @@ class RecurrentStack:
 
         Args:
             ids: integer array of shape ``(batch_size,)``, each in ``[0, vocab_size)``. Ids are
-                not range-checked here (out-of-range ids are clipped); :meth:`feed` checks them.
+                not range-checked here (out-of-range ids wrap around); :meth:`feed` checks them.
 
         Returns:
             float32 logits of shape ``(batch_size, vocab_size)``, C-contiguous. This is an
@@ -238,7 +238,8 @@ class RecurrentStack:
             it. (Changing the batch size via ``reset`` or ``state`` allocates a new buffer.)
         """
         table, axis, out = self._gather
-        np.take(table, ids, axis=axis, out=out, mode="clip")
+        # "wrap" skips numpy's bounds handling per element: about half the time of "clip".
+        np.take(table, ids, axis=axis, out=out, mode="wrap")
         self._advance()
         logits_t = self._logits_t
         np.matmul(self._dense_kernel_t, self._h_top, out=logits_t)
