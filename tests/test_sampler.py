@@ -123,3 +123,16 @@ def test_stop_strings_end_the_sample():
     stop = full[50:52]
     cut = sampler.generate(200, temperature=1.5, seed=11, stop=[stop])
     assert cut == full[: full.index(stop)]
+
+
+def test_stepping_rejects_ids_outside_the_vocabulary_and_wrong_batch_shapes() -> None:
+    model, tok = _model()
+    sampler = Sampler(model, tok)
+    with pytest.raises(TextgenError, match="ids must lie in"):
+        sampler.step(tok.vocab_size)
+    sampler.reset(3)
+    with pytest.raises(TextgenError, match="ids must lie in"):
+        sampler.step_batch([0, -1, 2])
+    with pytest.raises(TextgenError, match="one id per stream"):
+        sampler.step_batch([0, 1])
+    assert sampler.step_batch([0, 1, 2]).shape == (3, tok.vocab_size)

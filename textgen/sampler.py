@@ -200,11 +200,21 @@ class Sampler:
         """Feed one character id (one stream); return the next logits, shape (vocab_size,)."""
         if self.batch_size != 1:
             self.reset(1)
-        return np.array(self.engine.step(np.array([char_id], dtype=np.int64))[0])
+        return np.array(self.step_batch(np.array([char_id]))[0])
 
     def step_batch(self, ids: np.ndarray) -> np.ndarray:
-        """Feed one id per stream; return logits of shape (streams, vocab_size)."""
-        return self.engine.step(np.asarray(ids, dtype=np.int64))
+        """Feed one id per stream; return logits of shape (streams, vocab_size).
+
+        Raises:
+            TextgenError: not one id per stream, or an id outside the vocabulary.
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        vocab = self.tokenizer.vocab_size
+        if ids.shape != (self.batch_size,):
+            raise TextgenError(f"need one id per stream ({self.batch_size}), got shape {ids.shape}")
+        if ids.min() < 0 or ids.max() >= vocab:
+            raise TextgenError(f"ids must lie in [0, {vocab}), got {ids.min()}..{ids.max()}")
+        return self.engine.step(ids)
 
     # -- generation -------------------------------------------------------------------------
     def _prime_ids(self, prime: str, drop_unknown: bool) -> np.ndarray:
@@ -250,7 +260,7 @@ class Sampler:
 
         self.reset(num_samples)
         for char_id in prime_ids:
-            logits = self.step_batch(np.full(num_samples, char_id))
+            logits = self.engine.step(np.full(num_samples, char_id, dtype=np.int64))
         produced = 0
         while length is None or produced < length:
             ids = sample_ids(
@@ -258,7 +268,7 @@ class Sampler:
             )
             produced += 1
             yield ids
-            logits = self.step_batch(ids)
+            logits = self.engine.step(ids)  # drawn from the vocabulary: no checks needed
 
     def stream_batch(
         self, num_samples: int, length: int | None, *, stop: Sequence[str] = (), **options
