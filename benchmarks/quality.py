@@ -42,17 +42,12 @@ def _parse_setting(text: str) -> tuple[str, object]:
 
 def score_best(run_dir: Path, corpus: Path, config) -> tuple[float, float]:
     """Loss of ``best.npz`` on the held-out ids: with the run's context, and from zero states."""
-    from textgen import checkpoint as ckpt
     from textgen.data import read_corpus, split_ids
-    from textgen.evaluation import build_eval_step, evaluate_ids
-    from textgen.model import model_from_config
-    from textgen.tokenizer import Tokenizer
+    from textgen.evaluation import evaluate_ids, run_scorer
 
-    tokenizer = Tokenizer.load(run_dir / ckpt.TOKENIZER)
+    tokenizer, step, _ = run_scorer(run_dir, "best")
     ids = tokenizer.encode(read_corpus(corpus))
     valid = split_ids(ids, config.validation_split, config.seq_length).valid
-    saved = ckpt.load_checkpoint(run_dir / ckpt.BEST)
-    step = build_eval_step(model_from_config(ckpt.read_config(run_dir)["model"], saved.weights))
     seq = config.seq_length
     return tuple(evaluate_ids(step, valid, seq, context=c) for c in (config.validation_context, 0))
 

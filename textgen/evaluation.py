@@ -68,6 +68,17 @@ def evaluate_ids(
     return total / count
 
 
+def run_scorer(run_dir: Path, which: str = "best") -> tuple[Tokenizer, Callable, dict]:
+    """A run's tokenizer, the eval step of its ``which`` weights, and its training settings."""
+    from textgen.model import model_from_config
+
+    config = ckpt.read_config(run_dir)
+    tokenizer = Tokenizer.load(run_dir / ckpt.TOKENIZER)
+    saved = ckpt.load_checkpoint(ckpt.weights_file(run_dir, which))
+    model = model_from_config(config["model"], saved.weights)
+    return tokenizer, build_eval_step(model), config.get("training", {})
+
+
 def evaluate_file(
     run_dir: Path, text_file: str, *, which: str = "best", context: int | None = None
 ) -> float:
@@ -76,16 +87,8 @@ def evaluate_file(
     ``context`` defaults to the run's ``validation_context``, so the figure matches the
     validation loss that training reported.
     """
-    from textgen.model import model_from_config
-
-    config = ckpt.read_config(run_dir)
-    tokenizer = Tokenizer.load(run_dir / ckpt.TOKENIZER)
-    saved = ckpt.load_checkpoint(ckpt.weights_file(run_dir, which))
-    text = read_corpus(text_file)
-    ids = tokenizer.encode(text)
-    model = model_from_config(config["model"], saved.weights)
-    training = config.get("training", {})
+    tokenizer, step, training = run_scorer(run_dir, which)
+    ids = tokenizer.encode(read_corpus(text_file))
     if context is None:
         context = training.get("validation_context", 0)  # older runs: zero states
-    seq_length = training.get("seq_length", 100)
-    return evaluate_ids(build_eval_step(model), ids, seq_length, context=context)
+    return evaluate_ids(step, ids, training.get("seq_length", 100), context=context)

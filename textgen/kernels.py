@@ -404,6 +404,7 @@ class LogExponentials:
         if block is None:
             block = max(1, min(64, 4_000_000 // (batch * vocab)))
         self._rng, self._shape = rng, (batch, vocab)
+        self._shared = isinstance(rng, np.random.Generator)  # one Generator for all rows
         self._buffer: np.ndarray | None = None  # allocated on first use: greedy never draws
         self._block, self._next = block, block
 
@@ -414,7 +415,7 @@ class LogExponentials:
         if self._next == self._block:
             self._refill()
         t, self._next = self._next, self._next + 1
-        if isinstance(self._rng, np.random.Generator):
+        if self._shared:
             return self._buffer[t]
         return self._buffer[:, t]
 
@@ -423,11 +424,10 @@ class LogExponentials:
             batch, vocab = self._shape
             # A single Generator fills step by step; per-stream Generators each fill their own
             # contiguous run of steps.
-            shared = isinstance(self._rng, np.random.Generator)
-            shape = (self._block, batch, vocab) if shared else (batch, self._block, vocab)
+            shape = (self._block, batch, vocab) if self._shared else (batch, self._block, vocab)
             self._buffer = np.empty(shape, np.float32)
         buffer = self._buffer
-        if isinstance(self._rng, np.random.Generator):
+        if self._shared:
             self._rng.standard_exponential(dtype=np.float32, out=buffer)
         else:
             for rows, gen in zip(buffer, self._rng, strict=True):
