@@ -35,12 +35,23 @@ TEMP_NAME = re.compile("|".join(rf"\.{re.escape(name)}\..+\.tmp" for name in FIN
 
 # The training process. With "stall_from_step", the first write of latest.npz whose state is at
 # or past that step puts half of the archive into the temporary file, flushes it to disk,
-# announces itself through the marker file and hangs there until it is killed.
+# announces itself through the marker file and hangs there until it is killed. With
+# "save_pause", every checkpoint write sleeps that many seconds afterwards, so that a tiny model
+# on a fast machine cannot run through the epoch between the moment the test decides to kill and
+# the kill itself.
 CHILD = r"""
 import io, json, os, sys, time
 import numpy as np
 
 args = json.loads(sys.argv[1])
+if args.get("save_pause"):
+    unpaused_savez = np.savez
+
+    def pausing_savez(file, **arrays):
+        unpaused_savez(file, **arrays)
+        time.sleep(args["save_pause"])
+
+    np.savez = pausing_savez
 if args.get("stall_from_step") is not None:
     real_savez = np.savez
 
@@ -191,7 +202,9 @@ def _resume_and_compare(corpus: Path, run: Path, final: ckpt.Checkpoint) -> None
 def test_sigkill_mid_epoch_and_at_an_epoch_boundary_then_resume(tmp_path, reference, spawn):
     corpus, final, per_epoch = reference
     run = tmp_path / "run"
-    args = dict(corpus=str(corpus), run_dir=str(run), settings=SETTINGS, resume=False)
+    args = dict(
+        corpus=str(corpus), run_dir=str(run), settings=SETTINGS, resume=False, save_pause=0.05
+    )
 
     # Kill 1: a fresh run, somewhere inside the first epoch.
     child, log = spawn(**args)
