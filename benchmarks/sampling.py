@@ -5,7 +5,8 @@ Rows, for a model with vocabulary 65, embedding 64 and LSTM layers of 512 units 
 1. ``model.predict`` on the last 40 characters for every new character (keras-io / textgenrnn);
    1b is the same with a direct ``model(window)`` call.
 2. One stateful ``tf.function`` call per character that samples in TensorFlow and returns the
-   states (TensorFlow text-generation tutorial); 2b steps all streams in that call.
+   states (TensorFlow text-generation tutorial); 2b steps all streams in that call. 2c runs
+   32 steps of all streams per call in a graph-side loop, sampling included.
 3. textgen's ``Sampler.stream``, one stream. 4. ``Sampler.stream_batch``, all streams at once
    (total characters). Both include decoding the ids to text.
 5. The bare numpy recurrence (``h @ U``, one tanh over the gates, the cell update; no embedding,
@@ -145,18 +146,29 @@ def window_runner(model, use_predict: bool) -> Runner:
     return run
 
 
-def tf_one_step(model, streams: int) -> Runner:
-    """One stateful ``tf.function`` call per character, sampling inside TensorFlow."""
-    import tensorflow as tf
-
-    embedding = model.get_layer("embedding")
-    dense = model.get_layer("dense")
+def _parts(model) -> tuple:
+    """The model's embedding layer, output layer and recurrent cells."""
     cells = []
     while True:
         try:
             cells.append(model.get_layer(f"rnn_{len(cells)}").cell)
         except ValueError:
             break
+    return model.get_layer("embedding"), model.get_layer("dense"), cells
+
+
+def _zero_states(cells, streams: int) -> list:
+    import tensorflow as tf
+
+    zeros = tf.zeros((streams, cells[0].units))
+    return [[zeros, zeros] if isinstance(cell.state_size, list) else [zeros] for cell in cells]
+
+
+def tf_one_step(model, streams: int) -> Runner:
+    """One stateful ``tf.function`` call per character, sampling inside TensorFlow."""
+    import tensorflow as tf
+
+    embedding, dense, cells = _parts(model)
 
     @tf.function
     def one_step(ids, states):
@@ -168,8 +180,7 @@ def tf_one_step(model, streams: int) -> Runner:
         next_ids = tf.random.categorical(dense(x), 1, dtype=tf.int32)[:, 0]
         return next_ids, new_states
 
-    zeros = tf.zeros((streams, cells[0].units))
-    states = [[zeros, zeros] if isinstance(cell.state_size, list) else [zeros] for cell in cells]
+    states = _zero_states(cells, streams)
     ids = tf.zeros((streams,), tf.int32)
 
     def run(n: int) -> int:
@@ -178,6 +189,39 @@ def tf_one_step(model, streams: int) -> Runner:
             ids, states = one_step(ids, states)
         ids.numpy()  # a sampler needs the ids in Python; this also waits for the work
         return n * streams
+
+    return run
+
+
+def tf_graph_loop(model, streams: int, steps: int = 32) -> Runner:
+    """``steps`` characters per ``tf.function`` call: the loop, sampling included, runs in the
+    graph and only the generated ids come back to Python."""
+    import tensorflow as tf
+
+    embedding, dense, cells = _parts(model)
+
+    @tf.function
+    def many_steps(ids, states):
+        out = tf.TensorArray(tf.int32, size=steps)
+        for t in tf.range(steps):
+            x = embedding(ids)
+            new_states = []
+            for cell, state in zip(cells, states, strict=True):
+                x, state = cell(x, state)
+                new_states.append(state)
+            states = new_states
+            ids = tf.random.categorical(dense(x), 1, dtype=tf.int32)[:, 0]
+            out = out.write(t, ids)
+        return out.stack(), ids, states
+
+    ids, states = tf.zeros((streams,), tf.int32), _zero_states(cells, streams)
+
+    def run(n: int) -> int:
+        nonlocal ids, states
+        for _ in range(n):
+            generated, ids, states = many_steps(ids, states)
+            generated.numpy()
+        return n * steps * streams
 
     return run
 
@@ -206,6 +250,7 @@ def table(layers: int, args: argparse.Namespace) -> None:
         "1b": f"model(window), {WINDOW}-char window",
         "2": "tf.function per char, 1 stream",
         "2b": f"tf.function per char, {streams} streams",
+        "2c": f"graph-side loop, {streams} streams",
         "3": "textgen, 1 stream",
         "4": f"textgen, {streams} streams",
         "5a": "bare recurrence, 1 stream",
@@ -220,6 +265,7 @@ def table(layers: int, args: argparse.Namespace) -> None:
             "1b": window_runner(model, use_predict=False),
             "2": tf_one_step(model, 1),
             "2b": tf_one_step(model, streams),
+            "2c": tf_graph_loop(model, streams),
         },
         args.seconds,
     )
