@@ -76,6 +76,11 @@ def test_bad_sampling_arguments():
         sampler.generate(-1)
     with pytest.raises(VocabularyError, match="'Z'"):
         sampler.generate(5, prime="aZ")
+    # Streams check their options when called, not when first advanced.
+    with pytest.raises(VocabularyError, match="'Z'"):
+        sampler.stream(5, prime="aZ")
+    with pytest.raises(TextgenError, match="top-k"):
+        sampler.stream_batch(2, 5, top_k=0, stop=["\n"])
     assert len(sampler.generate(5, prime="aZ", drop_unknown=True)) == 5
     with pytest.raises(TextgenError, match="top-k"):
         sampler.generate(5, top_k=0)

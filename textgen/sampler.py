@@ -240,8 +240,14 @@ class Sampler:
         top_p: float | None = None,
         drop_unknown: bool = False,
     ) -> Iterator[np.ndarray]:
-        """Yield the drawn ids, shape (num_samples,), one array per generated character."""
-        from textgen.kernels import LogExponentials, sample_ids
+        """Check the options now, then return an iterator of the drawn ids, shape
+        (num_samples,), one array per generated character.
+
+        The checks run before anything is generated so that a bad option or prime fails at the
+        call, before a caller has printed anything (a generator would only fail when first
+        advanced).
+        """
+        from textgen.kernels import LogExponentials
 
         check_sampling(temperature, top_k, top_p)
         if num_samples < 1:
@@ -256,16 +262,25 @@ class Sampler:
         vocab = self.tokenizer.vocab_size
         noise = LogExponentials(rngs[0] if num_samples == 1 else rngs, num_samples, vocab)
         unknown = self.tokenizer.unknown_id
-        exclude = None if unknown is None else [unknown]
+        draw = dict(
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            exclude=None if unknown is None else [unknown],
+        )
+        return self._draw(num_samples, length, prime_ids, noise, draw)
+
+    def _draw(
+        self, num_samples: int, length: int | None, prime_ids: np.ndarray, noise, draw: dict
+    ) -> Iterator[np.ndarray]:
+        from textgen.kernels import sample_ids
 
         self.reset(num_samples)
         for char_id in prime_ids:
             logits = self.engine.step(np.full(num_samples, char_id, dtype=np.int64))
         produced = 0
         while length is None or produced < length:
-            ids = sample_ids(
-                logits, noise, temperature=temperature, top_k=top_k, top_p=top_p, exclude=exclude
-            )
+            ids = sample_ids(logits, noise, **draw)
             produced += 1
             yield ids
             logits = self.engine.step(ids)  # drawn from the vocabulary: no checks needed
@@ -280,25 +295,19 @@ class Sampler:
         until the caller stops iterating. A stream that produces a stop string ends there
         (the stop string is not included); the batch ends when every stream has stopped.
         Options: ``temperature``, ``prime``, ``seed``, ``top_k``, ``top_p``, ``drop_unknown``.
+        Bad options and prime characters outside the vocabulary raise ``TextgenError`` here,
+        at the call, not when iteration starts.
         """
+        steps = self._id_steps(num_samples, length, **options)
         chars = self.tokenizer.chars
         if not any(stop):
             # Nothing can stop a stream early, so no per-stream bookkeeping is needed.
-            for ids in self._id_steps(num_samples, length, **options):
-                yield [chars[i] for i in ids.tolist()]
-            return
-        matchers = [_StopMatcher(stop) for _ in range(num_samples)]
-        for ids in self._id_steps(num_samples, length, **options):
-            yield ["" if m.done else m.feed(chars[i]) for m, i in zip(matchers, ids)]
-            if all(m.done for m in matchers):
-                return
-        yield [m.flush() for m in matchers]
+            return ([chars[i] for i in ids.tolist()] for ids in steps)
+        return _until_stopped(steps, chars, [_StopMatcher(stop) for _ in range(num_samples)])
 
     def stream(self, length: int | None, **options) -> Iterator[str]:
         """Yield the text of one sample as it is produced (see ``stream_batch`` for options)."""
-        for pieces in self.stream_batch(1, length, **options):
-            if pieces[0]:
-                yield pieces[0]
+        return (pieces[0] for pieces in self.stream_batch(1, length, **options) if pieces[0])
 
     def generate(
         self,
@@ -332,6 +341,17 @@ class Sampler:
             return [""] * num_samples
         ids = np.stack(steps, axis=1)  # (num_samples, length)
         return [self.tokenizer.decode(row) for row in ids]
+
+
+def _until_stopped(
+    steps: Iterator[np.ndarray], chars: Sequence[str], matchers: list[_StopMatcher]
+) -> Iterator[list[str]]:
+    """Per step, each stream's text so far not ruled out as the start of a stop string."""
+    for ids in steps:
+        yield ["" if m.done else m.feed(chars[i]) for m, i in zip(matchers, ids)]
+        if all(m.done for m in matchers):
+            return
+    yield [m.flush() for m in matchers]
 
 
 def _check_weights(weights: dict[str, np.ndarray], model: dict) -> None:
