@@ -18,6 +18,8 @@ Settings that the host program already chose, or a runtime already started, are 
 
 import os
 
+from textgen.cores import usable_cores
+
 _saved = os.dup(2)
 _devnull = os.open(os.devnull, os.O_WRONLY)
 os.dup2(_devnull, 2)
@@ -34,10 +36,7 @@ def _configure_threads() -> None:
     threading = tf.config.threading
     if threading.get_intra_op_parallelism_threads() or threading.get_inter_op_parallelism_threads():
         return
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
+    cores = usable_cores()
     try:
         threading.set_intra_op_parallelism_threads(max(1, cores // 2))
         threading.set_inter_op_parallelism_threads(max(2, cores))

@@ -15,29 +15,14 @@ from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
-
-def blas_threads_for(cores: int, loadavg: str) -> int:
-    """Threads for the cores nothing else is using, from the text of ``/proc/loadavg``: all
-    cores less the 1-minute load average, and less the processes running at this instant
-    besides this one (the average lags by a minute)."""
-    parts = loadavg.split()
-    busy = float(parts[0]) + max(0, int(parts[3].split("/")[0]) - 1)
-    return max(1, min(cores, int(cores - busy + 0.5)))
-
-
-def _idle_cores() -> int:
-    try:
-        return blas_threads_for(os.cpu_count() or 1, Path("/proc/loadavg").read_text())
-    except (OSError, ValueError, IndexError):
-        return 1  # no load figures (not Linux): one thread is the choice that never collapses
-
+from textgen.cores import blas_threads
 
 # Before numpy loads: numpy's BLAS reads its thread count once, at import. Sampling does one
 # small matrix product per character. BLAS threads that find their core busy wait for it at every
 # product: on 2 cores with one other busy process, two threads sampled 1.7x slower than one,
-# while on an idle machine two threads sampled 1.7x faster. So BLAS gets the idle cores. Users
+# while on an idle machine two threads sampled 1.6x faster. So BLAS gets the idle cores. Users
 # can still choose, by setting the variable themselves.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", str(_idle_cores()))
+os.environ.setdefault("OPENBLAS_NUM_THREADS", str(blas_threads()))
 # Quiet TensorFlow's C++ log for command-line users, unless they chose a level.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
