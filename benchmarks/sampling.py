@@ -12,6 +12,11 @@ Rows, for a model with vocabulary 65, embedding 64 and LSTM layers of 512 units 
 5. The bare numpy recurrence (``h @ U``, one tanh over the gates, the cell update; no embedding,
    bias, output layer or sampling) in the engine's layout: the ceiling for 3 (5a) and 4 (5b).
 
+After the tables: ``textgen sample`` as a whole process against ``import tensorflow``, and one
+stream of ``textgen sample`` with the command line's choice of BLAS threads against one thread
+and all cores. The command line counts idle cores from the load average, which the tables above
+have just raised, so run ``--layers`` small or wait for a quiet minute to see its idle choice.
+
 Rows take turns in short slices and each reports its best slice, so a burst of load from other
 processes hits every row alike; compare ratios within one run, not across runs. Row 1 is so slow
 that it is timed once over ``--window-chars`` characters.
@@ -283,38 +288,76 @@ def table(layers: int, args: argparse.Namespace) -> None:
         print(f"{line} {share:>11s}")
 
 
-def process_times(repeats: int) -> None:
-    """Whole-process cost of ``textgen sample --length 200`` against importing TensorFlow."""
+def _saved_run(folder: Path) -> Path:
+    """A 1 x LSTM 512 run directory with random weights, as ``textgen sample`` reads it."""
     from textgen import checkpoint as ckpt
     from textgen.model import build_model, get_weights
 
+    run_dir = folder / "run"
+    run_dir.mkdir()
+    model = build_model(VOCAB, embedding_dim=EMBEDDING, units=512)
+    Tokenizer([chr(c) for c in range(32, 32 + VOCAB)]).save(run_dir / ckpt.TOKENIZER)
+    ckpt.save_checkpoint(run_dir / ckpt.BEST, ckpt.Checkpoint(get_weights(model)))
+    config = {"model": {"vocab_size": VOCAB, "embedding_dim": EMBEDDING, "units": 512,
+                        "num_layers": 1, "cell": "lstm"}}  # fmt: skip
+    ckpt.write_config(run_dir, config)
+    return run_dir
+
+
+def _median_times(
+    commands: dict[str, tuple[list[str], dict[str, str]]], repeats: int
+) -> dict[str, float]:
+    """Median wall-clock seconds of each (command, extra environment), run in turns."""
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(repeats):  # alternate, so drifting load hits all alike
+        for name, (command, extra_env) in commands.items():
+            start = time.perf_counter()
+            env = {**os.environ, **extra_env}
+            subprocess.run(command, check=True, capture_output=True, env=env)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _sample_command(run_dir: Path, length: int) -> list[str]:
+    return [sys.executable, "-m", "textgen", "sample", "--checkpoint", str(run_dir),
+            "--length", str(length), "--seed", "0"]  # fmt: skip
+
+
+def process_times(repeats: int) -> None:
+    """Whole-process cost of ``textgen sample --length 200`` against importing TensorFlow."""
     with tempfile.TemporaryDirectory() as tmp:
-        run_dir = Path(tmp) / "run"
-        run_dir.mkdir()
-        model = build_model(VOCAB, embedding_dim=EMBEDDING, units=512)
-        Tokenizer([chr(c) for c in range(32, 32 + VOCAB)]).save(run_dir / ckpt.TOKENIZER)
-        ckpt.save_checkpoint(run_dir / ckpt.BEST, ckpt.Checkpoint(get_weights(model)))
-        config = {"model": {"vocab_size": VOCAB, "embedding_dim": EMBEDDING, "units": 512,
-                            "num_layers": 1, "cell": "lstm"}}  # fmt: skip
-        ckpt.write_config(run_dir, config)
-        commands = {
-            "textgen sample --length 200": [
-                sys.executable, "-m", "textgen", "sample", "--checkpoint", str(run_dir),
-                "--length", "200", "--seed", "0",
-            ],
-            'python -c "import tensorflow"': [sys.executable, "-c", "import tensorflow"],
-        }  # fmt: skip
-        times: dict[str, list[float]] = {name: [] for name in commands}
-        for _ in range(repeats):  # alternate, so drifting load hits both alike
-            for name, command in commands.items():
-                start = time.perf_counter()
-                subprocess.run(command, check=True, capture_output=True)
-                times[name].append(time.perf_counter() - start)
-    medians = {name: statistics.median(t) for name, t in times.items()}
+        run_dir = _saved_run(Path(tmp))
+        medians = _median_times(
+            {
+                "textgen sample --length 200": (_sample_command(run_dir, 200), {}),
+                'python -c "import tensorflow"': ([sys.executable, "-c", "import tensorflow"], {}),
+            },
+            repeats,
+        )
     base = medians['python -c "import tensorflow"']
     print(f"\nwhole process, median of {repeats} (alternating runs)")
     for name, value in medians.items():
         print(f"{name:44s} {value:8.2f} s {value / base:8.2f}x")
+
+
+def blas_thread_times(repeats: int, length: int = 20_000) -> None:
+    """``textgen sample``, one stream, with the command line's choice of BLAS threads against
+    one thread and against all cores. Start-up is included, so short samples understate it."""
+    from textgen.cores import usable_cores
+
+    cores = str(usable_cores())
+    with tempfile.TemporaryDirectory() as tmp:
+        command = _sample_command(_saved_run(Path(tmp)), length)
+        runs = {"the command line's choice": {}, "1 thread": {"OPENBLAS_NUM_THREADS": "1"}}
+        runs[f"{cores} threads"] = {"OPENBLAS_NUM_THREADS": cores}
+        if "OPENBLAS_NUM_THREADS" in os.environ:  # the command line would keep it
+            del runs["the command line's choice"]
+        medians = _median_times({k: (command, env) for k, env in runs.items()}, repeats)
+    base = medians["1 thread"]
+    print(f"\ntextgen sample --length {length}, median of {repeats} (alternating runs)")
+    print(f"{'BLAS threads':44s} {'seconds':>8s} {'chars/s':>10s} {'x vs 1':>8s}")
+    for name, value in medians.items():
+        print(f"{name:44s} {value:8.2f} {length / value:10,.0f} {base / value:8.2f}")
 
 
 def main() -> None:
@@ -325,12 +368,17 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=64)
     parser.add_argument("--window-chars", type=int, default=20, help="characters for row 1")
     parser.add_argument("--process-repeats", type=int, default=5, help="0 skips process timing")
+    parser.add_argument(
+        "--blas-repeats", type=int, default=3, help="0 skips the BLAS thread comparison"
+    )
     args = parser.parse_args()
     print(f"BLAS threads: {blas_threads()}; load average before: {os.getloadavg()}")
     for layers in args.layers:
         table(layers, args)
     if args.process_repeats:
         process_times(args.process_repeats)
+    if args.blas_repeats:
+        blas_thread_times(args.blas_repeats)
     print(f"\nload average after: {os.getloadavg()}")
 
 
