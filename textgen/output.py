@@ -1,6 +1,6 @@
 """Writing samples: streamed to the terminal, as JSON lines, or atomically to a file.
 
-A single text sample is printed character by character as it is generated. Several samples
+A single text sample is printed as it is generated, written out every 30 ms. Several samples
 advance together as one batch, so they are printed when the batch ends, each after a header
 line. ``--length 0`` runs until Ctrl-C; whatever was produced by then is kept (printed, or
 written to the ``--output`` file) and the command still succeeds.
