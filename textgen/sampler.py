@@ -16,7 +16,8 @@ is greedy (argmax) and ignores top-k and top-p. The unknown id (``--max-vocab``)
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -247,7 +248,7 @@ class Sampler:
         call, before a caller has printed anything (a generator would only fail when first
         advanced).
         """
-        from textgen.kernels import LogExponentials
+        from textgen.kernels import LogExponentials, sample_ids
 
         check_sampling(temperature, top_k, top_p)
         if num_samples < 1:
@@ -262,25 +263,29 @@ class Sampler:
         vocab = self.tokenizer.vocab_size
         noise = LogExponentials(rngs[0] if num_samples == 1 else rngs, num_samples, vocab)
         unknown = self.tokenizer.unknown_id
-        draw = dict(
+        draw = partial(
+            sample_ids,
+            rng=noise,
             temperature=temperature,
             top_k=top_k,
             top_p=top_p,
             exclude=None if unknown is None else [unknown],
         )
-        return self._draw(num_samples, length, prime_ids, noise, draw)
+        return self._draw(num_samples, length, prime_ids, draw)
 
     def _draw(
-        self, num_samples: int, length: int | None, prime_ids: np.ndarray, noise, draw: dict
+        self,
+        num_samples: int,
+        length: int | None,
+        prime_ids: np.ndarray,
+        draw: Callable[[np.ndarray], np.ndarray],
     ) -> Iterator[np.ndarray]:
-        from textgen.kernels import sample_ids
-
         self.reset(num_samples)
         for char_id in prime_ids:
             logits = self.engine.step(np.full(num_samples, char_id, dtype=np.int64))
         produced = 0
         while length is None or produced < length:
-            ids = sample_ids(logits, noise, **draw)
+            ids = draw(logits)
             produced += 1
             yield ids
             logits = self.engine.step(ids)  # drawn from the vocabulary: no checks needed
