@@ -29,7 +29,7 @@ from textgen.options import SamplingOptions
 from textgen.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
-    import keras
+    from textgen.backend import keras
 
 
 class KerasCellEngine:

@@ -56,7 +56,7 @@ class TrainResult:
     run_dir: Path
     epochs_done: float
     best_val_loss: float | None
-    stopped: str  # one of STOPS
+    stopped: str  # one of STOPS, or the reason a callback gave
 
 
 @dataclass(frozen=True)
