@@ -30,7 +30,15 @@ from textgen.training import HISTORY_FIELDS, train
 REPO = Path(__file__).resolve().parents[1]
 # Checkpoints are written after almost every batch, so kills land anywhere in the save cycle.
 SETTINGS = {**TINY, "epochs": 3, "checkpoint_every": 0.05}
-FINAL_NAMES = {ckpt.CONFIG, ckpt.TOKENIZER, ckpt.LATEST, ckpt.BEST, ckpt.HISTORY, ckpt.LOCK}
+FINAL_NAMES = {
+    ckpt.CONFIG,
+    ckpt.TOKENIZER,
+    ckpt.LATEST,
+    ckpt.BEST,
+    ckpt.HISTORY,
+    ckpt.LOCK,
+    ckpt.TENSORBOARD,
+}
 # atomic_write's temporary names: ".<final name>.<random>.tmp"
 TEMP_NAME = re.compile("|".join(rf"\.{re.escape(name)}\..+\.tmp" for name in FINAL_NAMES))
 
@@ -185,6 +193,20 @@ def _assert_intact(run: Path) -> dict:
     return latest.state.to_json()
 
 
+def _assert_events_rise(log_dir: Path, last_step: int) -> None:
+    """TensorBoard's own reader sees every series rise, with no step twice, to the last step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    tags = events.Tags()["tensors"]  # tf.summary writes scalars and text as tensors
+    assert {"train/loss", "validation/loss", "samples"} <= set(tags)
+    for tag in tags:
+        steps = [e.step for e in events.Tensors(tag)]
+        assert steps == sorted(set(steps)), tag
+    assert events.Tensors("validation/loss")[-1].step == last_step
+
+
 def _resume_and_compare(corpus: Path, run: Path, final: Checkpoint) -> None:
     result = train(corpus, run_dir=run, resume=True, **_quiet())
     assert result.stopped == "completed"
@@ -195,6 +217,7 @@ def _resume_and_compare(corpus: Path, run: Path, final: Checkpoint) -> None:
     assert resumed.weights.keys() == final.weights.keys()
     for name, value in final.weights.items():
         np.testing.assert_allclose(resumed.weights[name], value, atol=1e-5, err_msg=name)
+    _assert_events_rise(run / ckpt.TENSORBOARD, final.state.step)
     assert len(resumed.optimizer) == len(final.optimizer)
     for got, expected in zip(resumed.optimizer, final.optimizer):
         np.testing.assert_allclose(got, expected, atol=1e-5)

@@ -171,7 +171,11 @@ def test_a_full_disk_stops_training_cleanly_and_resume_continues(tmp_path):
 
         # Through the command line: one line, a non-zero exit, nothing changed.
         def files() -> dict[str, bytes]:  # the lock file holds only the latest holder's pid
-            return {p.name: p.read_bytes() for p in run.iterdir() if p.name != rundir.LOCK}
+            return {
+                p.name: p.read_bytes()
+                for p in run.iterdir()
+                if p.is_file() and p.name != rundir.LOCK
+            }
 
         before = files()
         failed = _cli("train", "--checkpoint-dir", str(run), "--resume", "--quiet")

@@ -167,6 +167,16 @@ def _default(name: str) -> str:
     type=click.Path(file_okay=False),
     help="Run directory. [default: checkpoints/<corpus name>]",
 )
+@click.option(
+    "--sample-every",
+    type=click.IntRange(min=0),
+    help="Print a short sample after every N epochs; 0 turns it off." + _default("sample_every"),
+)
+@click.option(
+    "--tensorboard/--no-tensorboard",
+    default=None,
+    help="Write TensorBoard event files under RUN/tensorboard. [default: on]",
+)
 @click.option("--resume", is_flag=True, help="Continue the run in the run directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(corpus, checkpoint_dir, resume, quiet, **options) -> None:

@@ -64,6 +64,8 @@ class TrainConfig:
     max_vocab: int | None = None  # keep only the most frequent characters
     encoding: str = "utf-8"
     errors: str = "strict"  # or "replace": how to treat undecodable bytes
+    sample_every: int = 1  # print (and log) a sample after every N epochs; 0: never
+    tensorboard: bool = True  # write TensorBoard event files under RUN/tensorboard
 
     def validate(self) -> None:
         """Raise TextgenError for settings that cannot work."""
@@ -80,6 +82,7 @@ class TrainConfig:
             (self.checkpoint_every > 0, "checkpoint interval must be positive"),
             (self.errors in ("strict", "replace"), "errors must be 'strict' or 'replace'"),
             (0.0 <= self.validation_split < 1.0, "validation split must be in [0, 1)"),
+            (self.sample_every >= 0, "sample-every must be at least 0"),
         ]
         for ok, message in checks:
             if not ok:

@@ -7,6 +7,7 @@ Layout of a run directory::
     latest.npz       weights, optimizer state and loop position of the newest checkpoint
     best.npz         weights of the checkpoint with the lowest validation loss
     history.csv      one row per finished epoch
+    tensorboard/     TensorBoard event files (``textgen.watch``)
     .lock            held (``flock``) by the process that trains the run
 
 Every file is written atomically (``textgen.files``), so a crash never leaves half a file.
@@ -40,6 +41,7 @@ LATEST = "latest.npz"
 BEST = "best.npz"
 HISTORY = "history.csv"
 LOCK = ".lock"
+TENSORBOARD = "tensorboard"
 DEFAULT_ROOT = Path("checkpoints")
 WHICH = ("best", "latest")
 

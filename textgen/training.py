@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from textgen import run as rundir
+from textgen.callbacks import Callback, EpochEnd
 from textgen.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from textgen.config import LOCKED_ON_RESUME, RunConfig, TrainConfig, TrainState
 from textgen.corpus import DEFAULT_CORPUS, check_exists, load_corpus
@@ -57,36 +58,6 @@ class TrainResult:
     epochs_done: float
     best_val_loss: float | None
     stopped: str  # one of STOPS, or the reason a callback gave
-
-
-@dataclass(frozen=True)
-class EpochEnd:
-    """What ``on_epoch_end`` is told: the (possibly partial) epoch's losses, in nats."""
-
-    epoch: float  # epochs done, fractional when a budget ended the epoch early
-    train_loss: float | None
-    val_loss: float | None
-    improved: bool
-    learning_rate: float
-
-
-class Callback:
-    """Observes training; subclass and override what you need.
-
-    A callback may end training by returning a reason string (for example ``"early_stopping"``)
-    from either hook; the loop saves a checkpoint and stops with that reason.
-    """
-
-    def on_train_begin(self, state: TrainState) -> None:
-        """When the loop starts, after the model is built and any checkpoint restored."""
-
-    def on_batch_end(self, state: TrainState, loss: float) -> str | None:
-        """After each training batch (``state.step`` counts it already)."""
-        return None
-
-    def on_epoch_end(self, state: TrainState, epoch: EpochEnd) -> str | None:
-        """After each epoch's validation, history row and checkpoint."""
-        return None
 
 
 class TrainingInterrupted(TextgenError):
@@ -237,7 +208,15 @@ def _train_locked(corpus, run_dir: Path, resume, progress, echo, callbacks, sett
 
     keras.utils.set_random_seed(config.seed)
     model = build_model(config.model(tokenizer.vocab_size))
-    trainer = Trainer(model, config, split, run_dir, echo, progress, callbacks)
+    trainer = Trainer(
+        model,
+        config,
+        split,
+        run_dir,
+        echo,
+        progress,
+        [*_watchers(config, tokenizer, run_dir, echo), *callbacks],
+    )
     if saved is not None:
         remove_stale_temporaries(run_dir)
         trainer.restore(load_checkpoint(run_dir / rundir.LATEST))
@@ -257,11 +236,27 @@ def _train_locked(corpus, run_dir: Path, resume, progress, echo, callbacks, sett
     return trainer.run()
 
 
-def build_train_step(model, optimizer, dropout: float):
+def _watchers(config: TrainConfig, tokenizer, run_dir: Path, echo) -> list[Callback]:
+    """The callbacks every run gets unless its settings turn them off."""
+    from textgen.watch import EpochSample, TensorBoardLogger
+
+    watchers: list[Callback] = []
+    sample = None
+    if config.sample_every:
+        sample = EpochSample(tokenizer, config.cell, config.seed, config.sample_every, echo)
+        watchers.append(sample)
+    if config.tensorboard:
+        chars = config.batch_size * config.seq_length
+        watchers.append(TensorBoardLogger(run_dir / rundir.TENSORBOARD, chars, sample))
+    return watchers
+
+
+def build_train_step(model, optimizer, dropout: float, grad_norm=None):
     """The compiled training step ``(x, y, seed, lr) -> mean loss`` that ``train`` runs.
 
     ``seed`` (int32 [2]) fixes the dropout mask and ``lr`` is assigned before the update, so a
-    step is a pure function of the model, optimizer state and its arguments.
+    step is a pure function of the model, optimizer state and its arguments. When given, the
+    float variable ``grad_norm`` receives the gradient's global norm (before clipping).
     """
     from textgen.backend import tf
     from textgen.forward import make_forward
@@ -279,6 +274,8 @@ def build_train_step(model, optimizer, dropout: float):
                 tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
             )
         grads = tape.gradient(loss, variables)
+        if grad_norm is not None:
+            grad_norm.assign(tf.linalg.global_norm(grads))
         optimizer.learning_rate.assign(lr)
         optimizer.apply_gradients(zip(grads, variables))
         return loss
@@ -335,7 +332,8 @@ class Trainer:
         self.optimizer = make_optimizer(config)
         self.optimizer.build(model.trainable_variables)
         self.state = TrainState()
-        self.train_step = build_train_step(model, self.optimizer, config.dropout)
+        self.grad_norm = tf.Variable(0.0, trainable=False, name="grad_norm")  # of the last step
+        self.train_step = build_train_step(model, self.optimizer, config.dropout, self.grad_norm)
         self.eval_step = build_eval_step(model)
 
     def restore(self, saved: Checkpoint) -> None:
@@ -381,23 +379,38 @@ class Trainer:
             leave=False,
             dynamic_ncols=True,
         )
+        for callback in self.callbacks:
+            callback.trainer = self
+            callback.on_train_begin(self.state)
+        with self._ending(), _graceful_interrupts() as interrupt:
+            with bar:
+                stopped = self._loop(clock, bar, interrupt)
+            return self._finish(stopped, clock)
+
+    def _loop(self, clock: _Clock, bar, interrupt: dict) -> str:
+        """Ends an epoch or trains a batch per turn, until a stop condition holds."""
         batches: Iterator | None = None
         stopped = None
-        for callback in self.callbacks:
-            callback.on_train_begin(self.state)
-        with _graceful_interrupts() as interrupt, bar:
-            while stopped is None:
-                stopped = self._stop_before_batch(clock, interrupt["stop"])
-                if stopped is not None:
-                    break
-                if self.state.batch >= self.steps:
-                    stopped = self._end_epoch(clock)
-                    batches = None
-                    continue
-                if batches is None:
-                    batches = self._epoch_batches(bar)
-                stopped = self._train_batch(next(batches), clock, bar)
-        return self._finish(stopped, clock)
+        while stopped is None:
+            stopped = self._stop_before_batch(clock, interrupt["stop"])
+            if stopped is not None:
+                break
+            if self.state.batch >= self.steps:
+                stopped = self._end_epoch(clock)
+                batches = None
+                continue
+            if batches is None:
+                batches = self._epoch_batches(bar)
+            stopped = self._train_batch(next(batches), clock, bar)
+        return stopped
+
+    @contextlib.contextmanager
+    def _ending(self) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            for callback in self.callbacks:
+                callback.on_train_end(self.state)
 
     def _stop_before_batch(self, clock: _Clock, interrupted: bool) -> str | None:
         """The stop condition that holds before the next batch, if any."""
