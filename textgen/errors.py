@@ -15,3 +15,7 @@ class VocabularyError(TextgenError):
 
 class CheckpointError(TextgenError):
     """A run directory is missing, incomplete, damaged or incompatible."""
+
+
+class OutputError(TextgenError):
+    """Output cannot be written where the user asked (a directory, no space, no permission)."""

@@ -1,0 +1,136 @@
+"""Writing to a path the user named, without ever replacing something that is not a file.
+
+``write_path`` decides how by what the path names now:
+
+- ``-``: standard output.
+- a regular file, or nothing yet: written atomically (a temporary file renamed over it), so a
+  reader sees the old file or the new one, never half of one.
+- a character or block device, a FIFO or a socket (``/dev/null``, ``/dev/stdout``, a named
+  pipe): opened and written through. Renaming over such a node would replace the node itself
+  with a regular file.
+- a symlink: followed; what it points at is handled by these rules, so the link stays and its
+  target is replaced (or written through). A dangling link creates its target.
+- a directory: an ``OutputError``.
+
+A failed write (no space, I/O error, permission) raises ``OutputError`` with a one-line
+message. A reader that went away (``| head``, a FIFO's reader closing) raises
+``BrokenPipeError``, which is no error of the user's: callers usually stop quietly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+from textgen.checkpoint import atomic_write
+from textgen.errors import CheckpointError, OutputError
+
+STDOUT = "-"
+
+
+def write_path(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
+    """Write the user-named ``path`` (``-`` for stdout) through ``write(binary_file)``.
+
+    Raises:
+        OutputError: ``path`` is a directory, or writing failed.
+        BrokenPipeError: the reader of stdout or of a FIFO closed it.
+    """
+    if str(path) == STDOUT:
+        _write_stdout(write)
+        return
+    try:
+        node = os.stat(path)  # follows symlinks: the target is what counts
+    except FileNotFoundError:
+        node = None
+    except OSError as err:
+        raise _error(path, err) from None
+    if node is not None and stat.S_ISDIR(node.st_mode):
+        raise OutputError(f"cannot write {path}: it is a directory")
+    if node is None or stat.S_ISREG(node.st_mode):
+        target = Path(os.path.realpath(path))
+        if node is None or _same_file(target, node):
+            try:
+                atomic_write(target, write)
+            except OSError as err:
+                raise _error(path, err) from None
+            except CheckpointError as err:  # the temporary file could not be made
+                raise OutputError(str(err)) from None
+            return
+        # A link such as /proc/self/fd/1 names an open file, not a path that could be renamed.
+    _write_through(path, write)
+
+
+def _same_file(path: Path, node: os.stat_result) -> bool:
+    try:
+        return os.path.samestat(os.stat(path), node)
+    except OSError:
+        return False
+
+
+def _write_through(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
+    try:
+        handle = open(path, "wb")  # noqa: SIM115 -- closed below, where a failed flush is handled
+    except OSError as err:
+        raise _error(path, err) from None
+    try:
+        write(handle)
+        handle.flush()
+    except BrokenPipeError:
+        _close_quietly(handle)
+        raise
+    except OSError as err:
+        _close_quietly(handle)
+        raise _error(path, err) from None
+    except BaseException:
+        _close_quietly(handle)
+        raise
+    try:
+        handle.close()
+    except OSError as err:
+        raise _error(path, err) from None
+
+
+def _close_quietly(handle: IO[bytes]) -> None:
+    # close() flushes what is still buffered; that would only fail again.
+    with contextlib.suppress(OSError):
+        handle.close()
+
+
+def _write_stdout(write: Callable[[IO[bytes]], None]) -> None:
+    try:
+        sys.stdout.flush()  # keep what was printed as text before these bytes
+        write(sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+    except OSError as err:
+        _silence_stdout()
+        if err.errno == errno.EPIPE:
+            raise
+        raise _error("standard output", err) from None
+
+
+def _silence_stdout() -> None:
+    """Point stdout's descriptor at /dev/null after a failed write.
+
+    Whatever may still sit in stdout's buffers then cannot fail again in the interpreter's
+    flush at exit, which would print "Exception ignored ..." and exit with status 120.
+    """
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a real descriptor (a test runner's capture): nothing is flushed at exit
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def _error(path: str | os.PathLike, err: OSError) -> OutputError:
+    reason = err.strerror or str(err)
+    return OutputError(f"cannot write {path}: {reason}")
