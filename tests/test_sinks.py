@@ -2,11 +2,15 @@
 
 import os
 import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from textgen.cli import main
 from textgen.errors import OutputError
 from textgen.sinks import write_path
 
@@ -114,3 +118,76 @@ def test_a_directory_is_an_error_and_stays_a_directory(tmp_path):
     assert kind(tmp_path) == "S_ISDIR" and kind(link) == "S_ISLNK"
     with pytest.raises(OutputError, match="No such file or directory"):
         write_path(tmp_path / "missing" / "out.txt", writer(b"x"))
+
+
+# -- through the command line -------------------------------------------------------------------
+
+
+def sample(run_dir, *args):
+    args = ["sample", "--checkpoint", run_dir, "--length", 30, "--seed", 4, *args]
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_sample_output_to_special_files(tmp_path, trained_run, fifo):
+    expected = sample(trained_run, "--num-samples", 3).output
+    assert expected.count("----- sample") == 3
+
+    full = sample(trained_run, "--num-samples", 3, "--output", "/dev/full")
+    assert full.exit_code == 1 and kind("/dev/full") == "S_ISCHR"
+    assert full.output.strip() == "Error: cannot write /dev/full: No space left on device"
+
+    null = sample(trained_run, "--num-samples", 3, "--output", "/dev/null")
+    assert null.exit_code == 0 and null.output == "" and kind("/dev/null") == "S_ISCHR"
+
+    reader = FifoReader(fifo)
+    reader.start()
+    piped = sample(trained_run, "--num-samples", 3, "--output", fifo)
+    reader.join(10)
+    assert piped.exit_code == 0 and kind(fifo) == "S_ISFIFO"
+    assert reader.data.decode() == expected
+
+    target = tmp_path / "target.txt"
+    target.write_text("old")
+    link = tmp_path / "link.txt"
+    link.symlink_to(target)
+    linked = sample(trained_run, "--num-samples", 3, "--output", link)
+    assert linked.exit_code == 0 and kind(link) == "S_ISLNK"
+    assert target.read_text() == expected
+
+    folder = sample(trained_run, "--output", tmp_path)
+    assert folder.exit_code == 2 and "is a directory" in folder.output
+    assert kind(tmp_path) == "S_ISDIR"
+
+    dash = sample(trained_run, "--num-samples", 3, "--output", "-")
+    assert dash.exit_code == 0 and dash.output == expected
+
+
+def textgen(run_dir, *args):
+    command = [sys.executable, "-m", "textgen", "sample", "--checkpoint", str(run_dir)]
+    return [*command, "--seed", "4", *map(str, args)]
+
+
+def test_a_full_stdout_is_a_one_line_error(trained_run):
+    """Real stdout: what Python still buffers at exit must not fail again (exit status 120)."""
+    for args in (["--length", 30], ["--length", 30, "--num-samples", 3]):
+        with open("/dev/full", "wb") as full:
+            done = subprocess.run(
+                textgen(trained_run, *args), stdout=full, stderr=subprocess.PIPE, timeout=60
+            )
+        errors = done.stderr.decode()
+        assert done.returncode == 1, errors
+        assert errors == "Error: cannot write standard output: No space left on device\n"
+        assert kind("/dev/full") == "S_ISCHR"
+
+
+@pytest.mark.parametrize("args", [["--length", 0], ["--length", 50, "--num-samples", 3000]])
+def test_a_closed_pipe_ends_quietly(trained_run, args):
+    """`textgen sample | head -c 10`: the reader leaves; no message, no traceback."""
+    process = subprocess.Popen(
+        textgen(trained_run, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    head = process.stdout.read(10)
+    process.stdout.close()
+    errors = process.stderr.read().decode()
+    assert process.wait(60) == 1, errors
+    assert len(head) == 10 and errors == ""

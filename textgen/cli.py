@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import secrets
 import sys
 from collections.abc import Callable
 from dataclasses import fields
@@ -60,6 +61,9 @@ def _run(action: Callable[[], object]) -> object:
         return action()
     except TextgenError as err:
         raise click.ClickException(str(err)) from None
+    except BrokenPipeError:
+        # The reader went away (`| head`): it has what it wanted, and there is nobody to tell.
+        sys.exit(1)
 
 
 def _finite(ctx, param, value):
@@ -283,8 +287,9 @@ def _pick_run(checkpoint: str | None) -> Path:
 )
 @click.option(
     "--output",
-    type=click.Path(dir_okay=False),
-    help="Write the samples to this file (atomically) instead of stdout.",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="Write the samples here instead of stdout: a file is replaced atomically, "
+    "a device or FIFO written through, a symlink's target replaced; '-' is stdout.",
 )
 @click.option(
     "--which",
@@ -322,18 +327,24 @@ def sample(
         from textgen.sampler import Sampler
 
         sampler = Sampler.from_checkpoint(_pick_run(checkpoint), which=which)
-        pieces = sampler.stream_batch(
-            num_samples,
-            length or None,
-            temperature=temperature,
-            prime=prime,
-            seed=seed,
-            top_k=top_k,
-            top_p=top_p,
-            stop=stop,
-            drop_unknown=drop_unknown,
-        )
-        write_samples(pieces, num_samples, prime=prime, fmt=fmt, output=output)
+        # One seed for every chunk of streams, so sample i draws from (seed, i) in any chunk.
+        chosen_seed = secrets.randbits(63) if seed is None else seed
+
+        def stream(first: int, count: int):
+            return sampler.stream_batch(
+                count,
+                length or None,
+                temperature=temperature,
+                prime=prime,
+                seed=chosen_seed,
+                top_k=top_k,
+                top_p=top_p,
+                stop=stop,
+                drop_unknown=drop_unknown,
+                first_sample=first,
+            )
+
+        write_samples(stream, num_samples, prime=prime, fmt=fmt, output=output)
 
     _run(action)
 

@@ -240,6 +240,7 @@ class Sampler:
         top_k: int | None = None,
         top_p: float | None = None,
         drop_unknown: bool = False,
+        first_sample: int = 0,
     ) -> Iterator[np.ndarray]:
         """Check the options now, then return an iterator of the drawn ids, shape
         (num_samples,), one array per generated character.
@@ -259,7 +260,7 @@ class Sampler:
         if seed is None:
             seed = int(np.random.SeedSequence().entropy % (2**63))
         # One generator per stream keeps each sample independent of the batch it ran in.
-        rngs = [np.random.default_rng([seed, i]) for i in range(num_samples)]
+        rngs = [np.random.default_rng([seed, first_sample + i]) for i in range(num_samples)]
         vocab = self.tokenizer.vocab_size
         noise = LogExponentials(rngs[0] if num_samples == 1 else rngs, num_samples, vocab)
         unknown = self.tokenizer.unknown_id
@@ -299,7 +300,8 @@ class Sampler:
         by (seed, i), so each is reproducible and the streams differ. ``length=None`` runs
         until the caller stops iterating. A stream that produces a stop string ends there
         (the stop string is not included); the batch ends when every stream has stopped.
-        Options: ``temperature``, ``prime``, ``seed``, ``top_k``, ``top_p``, ``drop_unknown``.
+        Options: ``temperature``, ``prime``, ``seed``, ``top_k``, ``top_p``, ``drop_unknown``,
+        ``first_sample`` (stream i is then sample ``first_sample + i`` of a larger batch).
         Bad options and prime characters outside the vocabulary raise ``TextgenError`` here,
         at the call, not when iteration starts.
         """
