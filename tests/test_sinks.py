@@ -85,6 +85,16 @@ def test_devices_are_written_through_and_stay_devices(tmp_path):
     assert kind(link) == "S_ISLNK" and kind("/dev/full") == "S_ISCHR"
 
 
+def test_a_file_held_open_through_proc_is_appended_to_not_replaced(tmp_path):
+    """`--output /dev/stdout >> log`: the log keeps what it had."""
+    log = tmp_path / "log.txt"
+    log.write_bytes(b"earlier\n")
+    inode = os.stat(log).st_ino
+    with open(log, "ab") as held:
+        write_path(f"/dev/fd/{held.fileno()}", writer(b"later\n"))
+    assert log.read_bytes() == b"earlier\nlater\n" and os.stat(log).st_ino == inode
+
+
 def test_a_fifo_is_written_through_and_stays_a_fifo(fifo):
     reader = FifoReader(fifo)
     reader.start()

@@ -5,9 +5,9 @@
 - ``-``: standard output.
 - a regular file, or nothing yet: written atomically (a temporary file renamed over it), so a
   reader sees the old file or the new one, never half of one.
-- a character or block device, a FIFO or a socket (``/dev/null``, ``/dev/stdout``, a named
-  pipe): opened and written through. Renaming over such a node would replace the node itself
-  with a regular file.
+- a character or block device, a FIFO or a socket (``/dev/null``, a named pipe), or a file
+  reached through ``/proc/<pid>/fd`` (``/dev/stdout``): opened for appending and written
+  through. Renaming over such a node would replace the node itself with a regular file.
 - a symlink: followed; what it points at is handled by these rules, so the link stays and its
   target is replaced (or written through). A dangling link creates its target.
 - a directory: an ``OutputError``.
@@ -52,30 +52,38 @@ def write_path(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> N
         raise _error(path, err) from None
     if node is not None and stat.S_ISDIR(node.st_mode):
         raise OutputError(f"cannot write {path}: it is a directory")
-    if node is None or stat.S_ISREG(node.st_mode):
-        target = Path(os.path.realpath(path))
-        if node is None or _same_file(target, node):
-            try:
-                atomic_write(target, write)
-            except OSError as err:
-                raise _error(path, err) from None
-            except CheckpointError as err:  # the temporary file could not be made
-                raise OutputError(str(err)) from None
-            return
-        # A link such as /proc/self/fd/1 names an open file, not a path that could be renamed.
+    if (node is None or stat.S_ISREG(node.st_mode)) and not _names_open_file(path):
+        try:
+            atomic_write(Path(os.path.realpath(path)), write)
+        except OSError as err:
+            raise _error(path, err) from None
+        except CheckpointError as err:  # the temporary file could not be made
+            raise OutputError(str(err)) from None
+        return
     _write_through(path, write)
 
 
-def _same_file(path: Path, node: os.stat_result) -> bool:
-    try:
-        return os.path.samestat(os.stat(path), node)
-    except OSError:
-        return False
+def _names_open_file(path: str | os.PathLike) -> bool:
+    """True when ``path`` leads through ``/proc/<pid>/fd`` (``/dev/stdout``, ``/dev/fd/3``).
+
+    Such a link names a file some process holds open, perhaps for appending (``>> log``):
+    renaming a new file over its target would drop what the file held.
+    """
+    current = os.path.abspath(path)
+    for _ in range(40):  # the kernel's own limit on links followed
+        if os.path.realpath(os.path.dirname(current)).startswith("/proc/"):
+            return True
+        if not os.path.islink(current):
+            return False
+        current = os.path.join(os.path.dirname(current), os.readlink(current))
+    return False
 
 
 def _write_through(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
     try:
-        handle = open(path, "wb")  # noqa: SIM115 -- closed below, where a failed flush is handled
+        # Appending truncates nothing: a device or FIFO does not care, and a file held open
+        # through /proc (`--output /dev/stdout >> log`) keeps what it had.
+        handle = open(path, "ab")  # noqa: SIM115 -- closed below, where a failed flush is handled
     except OSError as err:
         raise _error(path, err) from None
     try:
