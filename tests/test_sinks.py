@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from textgen.cli import main
-from textgen.errors import OutputError
+from textgen.errors import StorageError
 from textgen.sinks import write_path
 
 
@@ -75,12 +75,12 @@ def test_a_symlink_stays_and_its_target_is_replaced(tmp_path):
 def test_devices_are_written_through_and_stay_devices(tmp_path):
     write_path("/dev/null", writer(b"gone"))
     assert kind("/dev/null") == "S_ISCHR"
-    with pytest.raises(OutputError, match="cannot write /dev/full: No space left on device"):
+    with pytest.raises(StorageError, match="cannot write /dev/full: No space left on device"):
         write_path("/dev/full", writer(b"x" * 100_000))
     assert kind("/dev/full") == "S_ISCHR"
     link = tmp_path / "full"
     link.symlink_to("/dev/full")
-    with pytest.raises(OutputError, match="No space"):
+    with pytest.raises(StorageError, match="No space"):
         write_path(link, writer(b"x"))
     assert kind(link) == "S_ISLNK" and kind("/dev/full") == "S_ISCHR"
 
@@ -119,14 +119,14 @@ def test_a_fifo_whose_reader_leaves_is_a_broken_pipe(fifo):
 
 
 def test_a_directory_is_an_error_and_stays_a_directory(tmp_path):
-    with pytest.raises(OutputError, match="is a directory"):
+    with pytest.raises(StorageError, match="is a directory"):
         write_path(tmp_path, writer(b"x"))
     link = tmp_path / "dir-link"
     link.symlink_to(tmp_path)
-    with pytest.raises(OutputError, match="is a directory"):
+    with pytest.raises(StorageError, match="is a directory"):
         write_path(link, writer(b"x"))
     assert kind(tmp_path) == "S_ISDIR" and kind(link) == "S_ISLNK"
-    with pytest.raises(OutputError, match="No such file or directory"):
+    with pytest.raises(StorageError, match="No such file or directory"):
         write_path(tmp_path / "missing" / "out.txt", writer(b"x"))
 
 

@@ -96,7 +96,7 @@ def write_samples(
         output: a path for ``textgen.sinks.write_path``; None or ``-`` is stdout.
 
     Raises:
-        OutputError: the output could not be written.
+        StorageError: the output could not be written.
         BrokenPipeError: stdout's reader went away.
     """
     if chunk < 1:

@@ -10,9 +10,9 @@
   through. Renaming over such a node would replace the node itself with a regular file.
 - a symlink: followed; what it points at is handled by these rules, so the link stays and its
   target is replaced (or written through). A dangling link creates its target.
-- a directory: an ``OutputError``.
+- a directory: a ``StorageError``.
 
-A failed write (no space, I/O error, permission) raises ``OutputError`` with a one-line
+A failed write (no space, I/O error, permission) raises ``StorageError`` with a one-line
 message. A reader that went away (``| head``, a FIFO's reader closing) raises
 ``BrokenPipeError``, which is no error of the user's: callers usually stop quietly.
 """
@@ -28,8 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from textgen.checkpoint import atomic_write
-from textgen.errors import CheckpointError, OutputError
+from textgen.errors import StorageError
+from textgen.files import atomic_write
 
 STDOUT = "-"
 
@@ -38,7 +38,7 @@ def write_path(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> N
     """Write the user-named ``path`` (``-`` for stdout) through ``write(binary_file)``.
 
     Raises:
-        OutputError: ``path`` is a directory, or writing failed.
+        StorageError: ``path`` is a directory, or writing failed.
         BrokenPipeError: the reader of stdout or of a FIFO closed it.
     """
     if str(path) == STDOUT:
@@ -51,14 +51,9 @@ def write_path(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> N
     except OSError as err:
         raise _error(path, err) from None
     if node is not None and stat.S_ISDIR(node.st_mode):
-        raise OutputError(f"cannot write {path}: it is a directory")
+        raise StorageError(f"cannot write {path}: it is a directory")
     if (node is None or stat.S_ISREG(node.st_mode)) and not _names_open_file(path):
-        try:
-            atomic_write(Path(os.path.realpath(path)), write)
-        except OSError as err:
-            raise _error(path, err) from None
-        except CheckpointError as err:  # the temporary file could not be made
-            raise OutputError(str(err)) from None
+        atomic_write(Path(os.path.realpath(path)), write)
         return
     _write_through(path, write)
 
@@ -139,6 +134,6 @@ def _silence_stdout() -> None:
         os.close(devnull)
 
 
-def _error(path: str | os.PathLike, err: OSError) -> OutputError:
+def _error(path: str | os.PathLike, err: OSError) -> StorageError:
     reason = err.strerror or str(err)
-    return OutputError(f"cannot write {path}: {reason}")
+    return StorageError(f"cannot write {path}: {reason}")
