@@ -265,6 +265,7 @@ def _stop_strings(ctx, param, value):
 @click.option(
     "--output",
     type=click.Path(dir_okay=False, allow_dash=True),
+    metavar="PATH",
     help="Write the samples here instead of stdout: a file is replaced atomically, "
     "a device or FIFO written through, a symlink's target replaced; '-' is stdout.",
 )
