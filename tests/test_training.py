@@ -10,6 +10,7 @@ from conftest import TINY, make_text
 from textgen import CheckpointError, Sampler, build_model, training
 from textgen.checkpoint import load_checkpoint
 from textgen.model import set_weights
+from textgen.run import open_run
 from textgen.training import TrainingInterrupted, train
 
 
@@ -177,3 +178,38 @@ def test_a_run_killed_before_its_first_checkpoint_can_resume(tmp_path, corpus):
     result = train(corpus, run_dir=tmp_path / "run", resume=True, **_quiet())
     assert result.stopped == "completed" and result.epochs_done == TINY["epochs"]
     assert not list((tmp_path / "run").glob(".*.tmp"))
+
+
+def test_the_library_trains_on_a_corpus_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEXTGEN_CORPUS_DIR", str(tmp_path / "corpora"))
+    result = train(
+        "pydocs", run_dir=tmp_path / "run", epochs=1, units=16, embedding_dim=8, **_quiet()
+    )
+    assert result.stopped == "completed" and result.epochs_done == 1
+    assert (tmp_path / "corpora" / "pydocs.txt").is_file()
+    assert open_run(tmp_path / "run").config.corpus["source"] == "pydocs"
+    assert len(Sampler.from_checkpoint(result.run_dir).generate(20, seed=1)) == 20
+
+
+def test_callbacks_see_every_batch_and_epoch_and_can_stop_training(tmp_path, corpus):
+    seen = {"begun": 0, "batches": 0, "epochs": []}
+
+    class Watch(training.Callback):
+        def on_train_begin(self, state):
+            seen["begun"] += 1
+            assert state.step == 0
+
+        def on_batch_end(self, state, loss):
+            seen["batches"] += 1
+            assert state.step == seen["batches"] and np.isfinite(loss)
+
+        def on_epoch_end(self, state, epoch):
+            seen["epochs"].append((epoch.epoch, epoch.val_loss is not None))
+            return "enough" if epoch.epoch >= 2 else None
+
+    result = train(
+        corpus, run_dir=tmp_path / "run", callbacks=[Watch()], **_quiet(**{**TINY, "epochs": 5})
+    )
+    assert result.stopped == "enough" and result.epochs_done == 2
+    assert seen["epochs"] == [(1, True), (2, True)] and seen["begun"] == 1
+    assert load_checkpoint(tmp_path / "run" / "latest.npz").state.step == seen["batches"]

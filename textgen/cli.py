@@ -309,7 +309,7 @@ def sample(
     sampler = Sampler.from_checkpoint(_pick_run(checkpoint), which=which)
 
     def stream(first: int, count: int):
-        return sampler.stream_batch(count, length or None, options, first_sample=first)
+        return sampler.stream_batch(count, length or None, options=options, first_sample=first)
 
     write_samples(stream, num_samples, prime=prime, fmt=fmt, output=output)
 

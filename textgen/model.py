@@ -26,7 +26,7 @@ from textgen.config import ModelConfig
 from textgen.errors import TextgenError
 
 if TYPE_CHECKING:
-    import keras
+    from textgen.backend import keras
 
 RNN_PARTS = ("kernel", "recurrent_kernel", "bias")
 
