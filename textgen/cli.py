@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import secrets
 from pathlib import Path
 
 from textgen.cores import blas_threads
@@ -255,7 +256,7 @@ def _stop_strings(ctx, param, value):
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Samples, generated together as one batch.",
+    help="Samples, generated together, up to 1024 streams at a time.",
 )
 @click.option(
     "--stop",
@@ -273,8 +274,10 @@ def _stop_strings(ctx, param, value):
 )
 @click.option(
     "--output",
-    type=click.Path(dir_okay=False),
-    help="Write the samples to this file (atomically) instead of stdout.",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    metavar="PATH",
+    help="Write the samples here instead of stdout: a file is replaced atomically, "
+    "a device or FIFO written through, a symlink's target replaced; '-' is stdout.",
 )
 @click.option(
     "--which",
@@ -307,14 +310,18 @@ def sample(
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,
-        seed=seed,
+        # One seed for every chunk of streams, so that sample i draws from (seed, i) in any chunk.
+        seed=secrets.randbits(63) if seed is None else seed,
         prime=prime,
         drop_unknown=drop_unknown,
         stop=stop,
     )
     sampler = Sampler.from_checkpoint(_pick_run(checkpoint), which=which)
-    pieces = sampler.stream_batch(num_samples, length or None, options=options)
-    write_samples(pieces, num_samples, prime=prime, fmt=fmt, output=output)
+
+    def stream(first: int, count: int):
+        return sampler.stream_batch(count, length or None, options=options, first_sample=first)
+
+    write_samples(stream, num_samples, prime=prime, fmt=fmt, output=output)
 
 
 @main.command()

@@ -16,8 +16,9 @@ class TextgenGroup(click.Group):
 
     A ``TextgenError`` becomes click's ``Error: ...`` with exit code 1, never a traceback; an
     interrupted training run (``TrainingInterrupted``) says where its checkpoint is and exits
-    with 130. ``lazy_commands`` maps a subcommand's name to the module that defines it under
-    that name; the module is imported only when the subcommand runs or its help is asked for.
+    with 130; a reader that closed the pipe ends the command with 1 and no message.
+    ``lazy_commands`` maps a subcommand's name to the module that defines it under that name;
+    the module is imported only when the subcommand runs or its help is asked for.
     """
 
     def __init__(self, *args, lazy_commands: dict[str, str] | None = None, **kwargs) -> None:
@@ -41,3 +42,7 @@ class TextgenGroup(click.Group):
                 click.echo(f"textgen: {err}", err=True)
                 ctx.exit(INTERRUPTED_EXIT)
             raise click.ClickException(str(err)) from None
+        except BrokenPipeError:
+            # The reader went away (`textgen sample | head`): it has what it wanted, and
+            # there is nobody to tell.
+            ctx.exit(1)

@@ -231,7 +231,7 @@ class Sampler:
         )
 
     def _id_steps(
-        self, num_samples: int, length: int | None, options: SamplingOptions
+        self, num_samples: int, length: int | None, options: SamplingOptions, first_sample: int = 0
     ) -> Iterator[np.ndarray]:
         """Check the call now, then return an iterator of the drawn ids, shape (num_samples,),
         one array per generated character.
@@ -244,7 +244,8 @@ class Sampler:
         if length is not None and length < 0:
             raise TextgenError(f"length must be >= 0, got {length}")
         prime_ids = self.prime_ids(options.prime, options.drop_unknown)
-        return self._draw(num_samples, length, prime_ids, self.draw_function(options, num_samples))
+        draw = self.draw_function(options, num_samples, first_sample)
+        return self._draw(num_samples, length, prime_ids, draw)
 
     def _draw(
         self,
@@ -269,6 +270,7 @@ class Sampler:
         length: int | None,
         *,
         options: SamplingOptions | None = None,
+        first_sample: int = 0,
         **values,
     ) -> Iterator[list[str]]:
         """Yield, per step, the new text of each of ``num_samples`` streams (often "").
@@ -276,10 +278,11 @@ class Sampler:
         Streams advance together as one batch. ``length=None`` runs until the caller stops
         iterating. A stream that produces a stop string ends there (the stop string is not
         included); the batch ends when every stream has stopped. Bad options and prime
-        characters outside the vocabulary raise ``TextgenError`` here, at the call.
+        characters outside the vocabulary raise ``TextgenError`` here, at the call. Stream i
+        is sample ``first_sample + i`` of a larger batch, drawing from (seed, first_sample + i).
         """
         options = SamplingOptions.of(options, **values)
-        steps = self._id_steps(num_samples, length, options)
+        steps = self._id_steps(num_samples, length, options, first_sample)
         chars = self.tokenizer.chars
         if not options.stop:
             # Nothing can stop a stream early, so no per-stream bookkeeping is needed.
