@@ -612,6 +612,9 @@ def serve(
             # End the running requests first, so their streams finish with [DONE].
             app.state.models.close()
             super().handle_exit(sig, frame)
+            # uvicorn re-raises the signal once it has shut down, which would make a clean
+            # stop exit -15 (or print a KeyboardInterrupt); a requested stop exits 0.
+            self._captured_signals.clear()
 
     config = uvicorn.Config(
         app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5
