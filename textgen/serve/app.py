@@ -401,24 +401,31 @@ def _jobs(body: CompletionRequest, scheduler: Scheduler, limits: Limits, drop_un
     return jobs, prompts
 
 
-async def _pieces(job: Job, wait: float | None = None) -> AsyncIterator[list[Piece]]:
-    """The job's pieces as they come, from the engine thread to the event loop."""
+async def _pieces(jobs: list[Job], poll: float | None = None) -> AsyncIterator[list]:
+    """``(job number, Piece)`` pairs from the engine thread, gathered at most every
+    ``STREAM_FLUSH_SECONDS`` (the first at once); ``[]`` when ``poll`` seconds pass idle."""
     loop = asyncio.get_running_loop()
     ready = asyncio.Event()
-    job.on_ready = lambda: loop.call_soon_threadsafe(ready.set)
+
+    def wake() -> None:
+        loop.call_soon_threadsafe(ready.set)
+
+    for job in jobs:
+        job.on_ready = wake
     while True:
-        pieces = job.take(timeout=0)
-        if pieces:
-            yield pieces
-        if job.done and not pieces:
+        ready.clear()
+        batch = [(p, piece) for p, job in enumerate(jobs) for piece in job.take(timeout=0)]
+        if batch:
+            yield batch
+        if all(job.drained for job in jobs):
             return
-        if job.done:
-            continue
+        if batch:
+            # Let pieces gather: waking per character would cost more than the engine.
+            await asyncio.sleep(STREAM_FLUSH_SECONDS)
         try:
-            await asyncio.wait_for(ready.wait(), wait)
+            await asyncio.wait_for(ready.wait(), poll)
         except TimeoutError:
             yield []
-        ready.clear()
 
 
 class _Choice:
@@ -467,12 +474,11 @@ async def _complete(jobs, prompts, body, head, request: Request) -> Completion:
         for i in range(n)
     ]
     try:
-        for p, job in enumerate(jobs):
-            async for pieces in _pieces(job, wait=0.5):
-                for piece in pieces:
-                    choices[p * n + piece.index].add(piece)
-                if not pieces and await request.is_disconnected():
-                    return JSONResponse({}, status_code=499)
+        async for batch in _pieces(jobs, poll=0.5):
+            for p, piece in batch:
+                choices[p * n + piece.index].add(piece)
+            if not batch and await request.is_disconnected():
+                return JSONResponse({}, status_code=499)
     finally:
         for job in jobs:
             job.cancel()
@@ -494,31 +500,19 @@ async def _stream(jobs, prompts, body, head) -> AsyncIterator[str]:
     n = body.n or 1
     want = body.logprobs is not None
     choices = [_Choice(p * n + i, "", want) for p in range(len(jobs)) for i in range(n)]
-    queue: asyncio.Queue = asyncio.Queue()
-
-    async def pump(p: int, job: Job) -> None:
-        async for pieces in _pieces(job):
-            await queue.put((p, pieces))
-        await queue.put((p, None))
 
     def chunk(index: int, text: str, finish: str | None, logprobs) -> str:
         choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
         payload = {**head, "object": "text_completion", "choices": [choice]}
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
-    tasks = [asyncio.create_task(pump(p, job)) for p, job in enumerate(jobs)]
     try:
         if body.echo:
             for c in choices:
                 yield chunk(c.index, prompts[c.index // n], None, None)
-        open_jobs = len(jobs)
-        while open_jobs:
-            p, pieces = await queue.get()
-            if pieces is None:
-                open_jobs -= 1
-                continue
-            merged: dict[int, list] = {}
-            for piece in pieces:
+        async for batch in _pieces(jobs):
+            merged: dict[int, tuple] = {}
+            for p, piece in batch:
                 c = choices[p * n + piece.index]
                 new = c.add(piece)
                 text, lp, _ = merged.get(c.index, ("", None, None))
@@ -530,7 +524,6 @@ async def _stream(jobs, prompts, body, head) -> AsyncIterator[str]:
                 merged[c.index] = (text + piece.text, lp, piece.finish_reason)
             for index, (text, lp, finish) in merged.items():
                 yield chunk(index, text, finish, lp.model_dump() if lp is not None else None)
-            await asyncio.sleep(STREAM_FLUSH_SECONDS)
         if body.stream_options is not None and body.stream_options.include_usage:
             usage = _usage(prompts, choices).model_dump()
             payload = {**head, "object": "text_completion", "choices": [], "usage": usage}
@@ -540,8 +533,6 @@ async def _stream(jobs, prompts, body, head) -> AsyncIterator[str]:
         # The client went away or the stream ended: the rows leave the batch before the next step.
         for job in jobs:
             job.cancel()
-        for task in tasks:
-            task.cancel()
 
 
 class _BodyLimit:

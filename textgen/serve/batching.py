@@ -15,6 +15,7 @@ whatever else shares the batch.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -103,6 +104,12 @@ class Job:
         """True once every choice has finished (its last piece may still be waiting)."""
         return self._open == 0
 
+    @property
+    def drained(self) -> bool:
+        """True once every choice has finished and every piece has been taken."""
+        with self._lock:
+            return self._open == 0 and not self._pieces
+
     def cancel(self) -> None:
         """Stop generating: the job's rows leave the batch before the next step."""
         self.cancelled = True
@@ -124,7 +131,9 @@ class Job:
             tell = not self._told and self.on_ready is not None
             self._told = True
         if tell:
-            self.on_ready()
+            # RuntimeError: the caller's event loop has closed, so nobody is listening.
+            with contextlib.suppress(RuntimeError):
+                self.on_ready()
 
 
 class _Drawn(LogExponentials):
@@ -220,7 +229,7 @@ class Scheduler:
         while True:
             for piece in job.take(timeout=max(0.0, end - time.monotonic())):
                 texts[piece.index].append(piece.text)
-            if job.done and not job._pieces:
+            if job.drained:
                 return ["".join(t) for t in texts]
             if time.monotonic() > end:
                 job.cancel()
