@@ -250,3 +250,15 @@ def test_sigterm_ends_streams_and_exits_0(trained_run):
         assert proc.wait(timeout=15) == 0
     finally:
         stop_server(proc)
+
+
+def test_serve_refuses_a_missing_run_in_one_line(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "textgen", "serve", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    missing = tmp_path / "nope"
+    assert done.stderr.strip().splitlines() == [f"Error: no such run directory: {missing}"]
