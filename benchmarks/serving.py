@@ -34,7 +34,9 @@ from pathlib import Path  # noqa: E402
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from textgen import checkpoint as ckpt  # noqa: E402
+from textgen import run as runs  # noqa: E402
+from textgen.checkpoint import Checkpoint, save_checkpoint  # noqa: E402
+from textgen.config import ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from textgen.sampler import Sampler  # noqa: E402
 from textgen.tokenizer import Tokenizer  # noqa: E402
 
@@ -55,10 +57,10 @@ def random_run(folder: Path) -> Path:
         "dense/bias": (VOCAB,),
     }
     weights = {k: (rng.standard_normal(s) * 0.1).astype(np.float32) for k, s in shapes.items()}
-    Tokenizer([chr(c) for c in range(32, 32 + VOCAB)]).save(run_dir / ckpt.TOKENIZER)
-    ckpt.save_checkpoint(run_dir / ckpt.BEST, ckpt.Checkpoint(weights))
-    model = dict(vocab_size=VOCAB, embedding_dim=EMBEDDING, units=UNITS, num_layers=1, cell="lstm")
-    ckpt.write_config(run_dir, {"model": model})
+    Tokenizer([chr(c) for c in range(32, 32 + VOCAB)]).save(run_dir / runs.TOKENIZER)
+    save_checkpoint(run_dir / runs.BEST, Checkpoint(weights))
+    shape = ModelConfig(VOCAB, embedding_dim=EMBEDDING, units=UNITS)
+    runs.write_config(run_dir, RunConfig(shape, TrainConfig()))
     return run_dir
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from textgen import corpora
 from textgen.cli_corpus import corpus
+from textgen.corpus import catalogue as corpora
 from textgen.errors import CorpusError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -414,7 +414,8 @@ def test_pysource_replaces_bad_bytes_and_separates_files(tmp_path):
     (tmp_path / "odd.py").write_bytes(b"s = '\xff'\r\n")
     dest = tmp_path / "out.txt"
 
-    written = corpora.write_pysource(dest, root=tmp_path)
+    with open(dest, "w", encoding="utf-8", newline="\n") as out:
+        written = corpora.write_pysource(out, root=tmp_path)
 
     text = dest.read_text(encoding="utf-8")
     assert text == "# ==== good.py ====\nx = 1\n\n# ==== odd.py ====\ns = '\ufffd'\n\n"
@@ -567,7 +568,7 @@ def test_catalogue_entries_are_well_formed():
 
 def test_modules_do_not_import_tensorflow():
     code = (
-        "import sys, textgen.corpora, textgen.cli_corpus; "
+        "import sys, textgen.corpus, textgen.cli_corpus; "
         "sys.exit(', '.join(m for m in ('tensorflow', 'keras') if m in sys.modules) or None)"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}

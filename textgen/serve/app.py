@@ -17,7 +17,7 @@ Decisions (see also the README's "Serving" section):
 from __future__ import annotations
 
 import asyncio
-import csv
+import dataclasses
 import json
 import math
 import threading
@@ -35,7 +35,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from textgen import checkpoint as ckpt
+from textgen import run as runs
 from textgen.errors import TextgenError
 from textgen.serve.batching import Busy, Job, Piece, Scheduler
 
@@ -213,21 +213,16 @@ class Models:
 
 def run_details(name: str, run_dir: Path) -> RunDetails:
     """The run's corpus, shape, progress and validation-loss history, from its files."""
-    config = ckpt.read_config(run_dir)
-    history = []
-    path = run_dir / ckpt.HISTORY
-    if path.is_file():
-        for row in csv.DictReader(path.read_text(encoding="utf-8").splitlines()):
-            history.append(
-                {key: _number(row.get(key)) for key in ("epoch", "train_loss", "val_loss")}
-            )
+    config = runs.read_config(run_dir)
+    keys = ("epoch", "train_loss", "val_loss")
+    history = [{key: _number(row.get(key)) for key in keys} for row in runs.read_history(run_dir)]
     losses = [h["val_loss"] for h in history if h["val_loss"] is not None]
-    corpus = config.get("corpus", {})
+    corpus = config.corpus
     return RunDetails(
         id=name,
         corpus=corpus.get("name") or corpus.get("source"),
         characters=corpus.get("characters"),
-        parameters=config["model"],
+        parameters=dataclasses.asdict(config.model),
         epochs=len(history),
         best_val_loss=min(losses) if losses else None,
         history=history,
@@ -357,7 +352,7 @@ def create_app(
 
 def _card(name: str, run_dir: Path) -> ModelCard:
     try:
-        created = int((run_dir / ckpt.CONFIG).stat().st_mtime)
+        created = int((run_dir / runs.CONFIG).stat().st_mtime)
     except OSError:
         created = 0
     return ModelCard(id=name, created=created)
@@ -593,8 +588,8 @@ def serve(
     import uvicorn
 
     for run_dir in run_dirs:
-        ckpt.weights_file(run_dir, which)  # a missing or bad run fails here, in one line
-        ckpt.read_config(run_dir)
+        runs.read_config(run_dir)  # a missing or bad run fails here, in one line
+        runs.weights_file(run_dir, which)
     names = [Path(d).resolve().name for d in run_dirs]
     if len(set(names)) != len(names):
         raise TextgenError(f"two runs share a directory name (the model id): {', '.join(names)}")

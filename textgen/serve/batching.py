@@ -8,7 +8,7 @@ rows that finished, stopped, timed out or were cancelled leave it at once.
 
 Each row has its own temperature, top-k, top-p, stop strings and generator. Row ``i`` of a job
 with seed ``S`` draws from ``np.random.default_rng([S, i])``, consumed exactly as
-``Sampler.generate_batch`` consumes it (``vocab`` exponentials per drawn character, none when
+``Sampler.draw_function`` consumes it (``vocab`` exponentials per drawn character, none when
 greedy), so choice ``i`` equals sample ``i`` of ``textgen sample --num-samples n --seed S``
 whatever else shares the batch.
 """
@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from textgen.draw import LogExponentials, sample_ids
 from textgen.errors import TextgenError
-from textgen.kernels import LogExponentials, sample_ids
-from textgen.sampler import Sampler, _StopMatcher, check_sampling
+from textgen.options import SamplingOptions
+from textgen.sampler import Sampler, _StopMatcher
 
 __all__ = ["Busy", "Job", "Piece", "Scheduler"]
 
@@ -78,7 +79,8 @@ class Job:
         logprobs: int | None = None,
         timeout: float | None = None,
     ) -> None:
-        check_sampling(temperature, top_k, top_p)
+        # The same checks, and messages, as every other way of sampling.
+        SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, stop=tuple(stop))
         if n < 1 or max_tokens < 0 or len(prompt_ids) == 0:
             raise TextgenError("a job needs n >= 1, max_tokens >= 0 and a non-empty prompt")
         if seed is None:
@@ -203,7 +205,7 @@ class Scheduler:
 
     def prompt_ids(self, prompt: str, drop_unknown: bool = False) -> np.ndarray:
         """The ids a prompt is fed as; an empty prompt starts as ``textgen sample`` does."""
-        return self.sampler._prime_ids(prompt, drop_unknown)
+        return self.sampler.prime_ids(prompt, drop_unknown)
 
     def submit(self, job: Job) -> Job:
         """Queue a job; its rows join the batch between two steps.
