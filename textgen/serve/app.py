@@ -254,7 +254,11 @@ def create_app(
         yield
         models.close()
 
-    app = FastAPI(title="textgen", version="0.1.0", lifespan=lifespan)
+    # No /docs or /redoc: FastAPI's pages load their scripts from a CDN, and this server works
+    # offline. The schema itself is at /openapi.json.
+    app = FastAPI(
+        title="textgen", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.models = models
     app.add_middleware(_BodyLimit, max_body=limits.max_body)
 
