@@ -278,7 +278,7 @@ def create_app(
     async def _http_error(request: Request, err: StarletteHTTPException):
         return ApiError(err.status_code, str(err.detail), headers=err.headers).response()
 
-    def authorize(request: Request) -> None:
+    async def authorize(request: Request) -> None:
         if api_key is None:
             return
         if request.headers.get("authorization", "") != f"Bearer {api_key}":
