@@ -64,3 +64,61 @@ def trained_run(tmp_path_factory) -> Path:
     path.write_text(make_text(), encoding="utf-8")
     train(path, run_dir=root / "run", progress=False, echo=lambda _: None, **TINY)
     return root / "run"
+
+
+API_KEY = "test-key"
+
+
+def start_server(run_dir: Path, *args: str, api_key: str | None = API_KEY):
+    """Start ``textgen serve`` on a free 127.0.0.1 port; returns (process, base URL)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "textgen", "serve", str(run_dir), "--port", str(port)]
+    command += ["--api-key", api_key] if api_key else []
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [*command, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2) as answer:
+                if answer.status == 200:
+                    return proc, base
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"textgen serve did not start:\n{proc.communicate()[0]}")
+        time.sleep(0.1)
+
+
+def stop_server(proc) -> None:
+    import os
+
+    """Kill a server started by :func:`start_server` (used in finally blocks)."""
+    if proc.poll() is None:
+        proc.kill()
+    output = proc.communicate(timeout=10)[0]
+    if os.environ.get("TEXTGEN_SHOW_SERVER"):
+        print(output)
+
+
+@pytest.fixture(scope="session")
+def live_server(trained_run):
+    """One ``textgen serve`` of ``trained_run`` for the session: (base URL, model id)."""
+    limits = ["--max-streams", "48", "--max-tokens", "1000000", "--max-body", "20000"]
+    proc, base = start_server(trained_run, *limits)
+    try:
+        yield base, trained_run.name
+    finally:
+        stop_server(proc)

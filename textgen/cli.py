@@ -30,6 +30,7 @@ import click  # noqa: E402
 from textgen.cells import CELLS  # noqa: E402
 from textgen.cli_group import TextgenGroup  # noqa: E402
 from textgen.config import TrainConfig  # noqa: E402
+from textgen.errors import TextgenError  # noqa: E402
 
 DEFAULT_CORPUS = "pydocs"  # textgen.corpus.DEFAULT_CORPUS, without importing the corpus code
 _DURATION = re.compile(
@@ -322,6 +323,35 @@ def sample(
         return sampler.stream_batch(count, length or None, options=options, first_sample=first)
 
     write_samples(stream, num_samples, prime=prime, fmt=fmt, output=output)
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, type=click.Path())
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8000, show_default=True, help="Port to listen on.")
+@click.option("--api-key", envvar="TEXTGEN_API_KEY", help="Require Authorization: Bearer KEY.")
+@click.option("--drop-unknown", is_flag=True, help="Drop unknown prompt characters, not 400.")
+@click.option("--which", type=click.Choice(["best", "latest"]), default="best", show_default=True)
+@click.option("--max-streams", type=click.IntRange(1), default=128, show_default=True,
+              help="Choices generated at once; more get 429.")  # fmt: skip
+@click.option("--max-tokens", type=click.IntRange(1), default=4096, show_default=True,
+              help="Largest max_tokens a request may ask for.")  # fmt: skip
+@click.option("--max-prompt", type=click.IntRange(1), default=8192, show_default=True,
+              help="Characters per prompt.")  # fmt: skip
+@click.option("--max-body", type=click.IntRange(1), default=1_000_000, show_default=True,
+              help="Bytes per request body; more get 413.")  # fmt: skip
+@click.option("--request-timeout", type=Duration(), default=300.0, show_default=True,
+              help="Time limit per request.")  # fmt: skip
+def serve(run_dirs, host, port, api_key, drop_unknown, which, **limits) -> None:
+    """Serve runs with OpenAI's completions API and a writing page at /."""
+    try:
+        from textgen.serve.app import Limits, serve
+    except ImportError as err:
+        raise TextgenError(f"textgen serve needs the serve extra ({err.name} is missing): "
+                           "pip install 'textgen[serve]'") from None  # fmt: skip
+    runs = [Path(d) for d in run_dirs] or [_pick_run(None)]
+    options = dict(host=host, port=port, api_key=api_key, drop_unknown=drop_unknown)
+    serve(runs, limits=Limits(**limits), which=which, **options)
 
 
 @main.command()

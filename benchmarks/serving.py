@@ -1,0 +1,156 @@
+"""Serving throughput and first-character latency of ``textgen serve`` under concurrent clients.
+
+One model (vocabulary 65, embedding 64, 1 x LSTM 512, random weights), one server process on
+127.0.0.1. For 1, 8 and 64 concurrent streaming clients (each asks for ``--length`` characters
+with its own seed), it prints the aggregate characters per second and the time to the first
+character (p50, p99), against:
+
+(a) the in-process ``Sampler.generate_batch`` at the same batch size, and
+(b) the same requests served one at a time (each client waits for the previous one).
+
+The clients run in this process, on the same cores as the server, as a real load test would on
+a small machine. numpy's BLAS gets one thread everywhere, so the rows compare the same work.
+
+    python benchmarks/serving.py --length 500
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import socket  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+
+from textgen import run as runs  # noqa: E402
+from textgen.checkpoint import Checkpoint, save_checkpoint  # noqa: E402
+from textgen.config import ModelConfig, RunConfig, TrainConfig  # noqa: E402
+from textgen.sampler import Sampler  # noqa: E402
+from textgen.tokenizer import Tokenizer  # noqa: E402
+
+VOCAB, EMBEDDING, UNITS = 65, 64, 512
+
+
+def random_run(folder: Path) -> Path:
+    """A run directory with random weights in the layout training writes (no TensorFlow)."""
+    rng = np.random.default_rng(0)
+    run_dir = folder / "bench"
+    run_dir.mkdir()
+    shapes = {
+        "embedding": (VOCAB, EMBEDDING),
+        "rnn_0/kernel": (EMBEDDING, 4 * UNITS),
+        "rnn_0/recurrent_kernel": (UNITS, 4 * UNITS),
+        "rnn_0/bias": (4 * UNITS,),
+        "dense/kernel": (UNITS, VOCAB),
+        "dense/bias": (VOCAB,),
+    }
+    weights = {k: (rng.standard_normal(s) * 0.1).astype(np.float32) for k, s in shapes.items()}
+    Tokenizer([chr(c) for c in range(32, 32 + VOCAB)]).save(run_dir / runs.TOKENIZER)
+    save_checkpoint(run_dir / runs.BEST, Checkpoint(weights))
+    shape = ModelConfig(VOCAB, embedding_dim=EMBEDDING, units=UNITS)
+    runs.write_config(run_dir, RunConfig(shape, TrainConfig()))
+    return run_dir
+
+
+def start(run_dir: Path, length: int) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "textgen", "serve", str(run_dir), "--port", str(port)]
+    command += ["--max-tokens", str(length)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("the server did not start")
+
+
+async def one(http: httpx.AsyncClient, base: str, seed: int, length: int) -> tuple[float, int]:
+    """Stream one completion; returns (seconds to the first character, characters)."""
+    body = {"model": "bench", "prompt": "THE ", "max_tokens": length, "seed": seed, "stream": True}
+    start, first, chars = time.perf_counter(), None, 0
+    async with http.stream("POST", f"{base}/v1/completions", json=body) as answer:
+        async for line in answer.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            text = json.loads(line[6:])["choices"][0]["text"]
+            if text and first is None:
+                first = time.perf_counter() - start
+            chars += len(text)
+    return first, chars
+
+
+async def served(base: str, clients: int, length: int, together: bool):
+    """Aggregate chars/s and first-character times of ``clients`` requests."""
+    limits = httpx.Limits(max_connections=clients + 4)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as http:
+        await one(http, base, 999, 20)  # warm up
+        start = time.perf_counter()
+        if together:
+            results = await asyncio.gather(*(one(http, base, s, length) for s in range(clients)))
+        else:
+            results = [await one(http, base, s, length) for s in range(clients)]
+        elapsed = time.perf_counter() - start
+    firsts = sorted(r[0] for r in results)
+    return sum(r[1] for r in results) / elapsed, firsts
+
+
+def in_process(run_dir: Path, clients: int, length: int) -> float:
+    sampler = Sampler.from_checkpoint(run_dir)
+    sampler.generate_batch(clients, 20, prime="THE ", seed=1)
+    start = time.perf_counter()
+    sampler.generate_batch(clients, length, prime="THE ", seed=0)
+    return clients * length / (time.perf_counter() - start)
+
+
+def percentile(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--length", type=int, default=500, help="characters per request")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        run_dir = random_run(Path(folder))
+        proc, base = start(run_dir, args.length)
+        try:
+            header = f"{'clients':>7} {'served c/s':>11} {'in-proc c/s':>12} {'vs batch':>9}"
+            header += f" {'serial c/s':>11} {'vs serial':>10} {'ttfc p50':>9} {'ttfc p99':>9}"
+            print(header)
+            for clients in args.clients:
+                rate, firsts = asyncio.run(served(base, clients, args.length, True))
+                serial, _ = asyncio.run(served(base, clients, args.length, False))
+                batch = in_process(run_dir, clients, args.length)
+                p50, p99 = statistics.median(firsts), percentile(firsts, 0.99)
+                print(
+                    f"{clients:7d} {rate:11,.0f} {batch:12,.0f} {rate / batch:9.2f} "
+                    f"{serial:11,.0f} {rate / serial:10.2f} {p50 * 1e3:7.0f}ms {p99 * 1e3:7.0f}ms"
+                )
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,616 @@
+"""The HTTP layer: OpenAI's completions API over :mod:`textgen.serve.batching`, and the page.
+
+Every route is a few lines over a :class:`~textgen.serve.batching.Scheduler` (one per served run).
+FastAPI and uvicorn come with the ``serve`` extra and are imported only here. The server keeps no
+state between requests, so several processes can run behind any HTTP load balancer.
+
+Decisions (see also the README's "Serving" section):
+
+- A token is a character: ``max_tokens`` and ``usage`` count characters.
+- Bad values are answered 400 (as OpenAI does), in OpenAI's error shape.
+- ``temperature`` lies in [0, 2] as in OpenAI's API; ``seed`` must be in [0, 2**63).
+- ``logprobs`` are the model's own log-probabilities (temperature 1), for generated characters
+  only (also with ``echo``).
+- A request that runs past the time limit ends with ``finish_reason: "length"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import math
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from textgen import run as runs
+from textgen.errors import TextgenError
+from textgen.serve.batching import Busy, Job, Piece, Scheduler
+
+# Streamed text is sent at most every 20 ms per stream (the first character at once), and less
+# often the more streams run (1 ms per stream, at most 100 ms): at 64 streams the event loop's
+# work per chunk, not the engine, set the pace (twice the throughput at 60 ms than at 20 ms).
+STREAM_FLUSH_SECONDS = (0.02, 0.001, 0.1)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one server accepts; each is a ``textgen serve`` flag."""
+
+    max_streams: int = 128  # rows (choices) generated at once, then 429
+    max_tokens: int = 4096  # characters per choice
+    max_prompt: int = 8192  # characters per prompt
+    max_body: int = 1_000_000  # bytes per request body, then 413
+    request_timeout: float = 300.0  # seconds per request, then the choices end as "length"
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's shape."""
+
+    def __init__(
+        self, status: int, message: str, *, type: str = "invalid_request_error",
+        param: str | None = None, code: str | None = None, headers: dict | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(message)
+        self.status, self.message, self.type = status, message, type
+        self.param, self.code, self.headers = param, code, headers
+
+    def response(self) -> JSONResponse:
+        body = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+        return JSONResponse({"error": body}, status_code=self.status, headers=self.headers)
+
+
+# -- request and response shapes -------------------------------------------------------------------
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class CompletionRequest(BaseModel):
+    """``POST /v1/completions``; fields as in OpenAI's API, plus ``top_k``."""
+
+    model_config = ConfigDict(extra="ignore")  # OpenAI fields with no meaning here are ignored
+
+    model: str
+    prompt: str | list[str] = ""
+    max_tokens: int | None = Field(16, ge=0, description="characters per choice")
+    temperature: float | None = Field(1.0, ge=0, le=2, allow_inf_nan=False)
+    top_p: float | None = Field(1.0, gt=0, le=1, allow_inf_nan=False)
+    top_k: int | None = Field(None, ge=1)
+    n: int | None = Field(1, ge=1, le=128)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=0, lt=2**63)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    echo: bool | None = False
+    logprobs: int | None = Field(None, ge=0, le=5)
+    user: str | None = None
+
+
+class Logprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
+class Choice(BaseModel):
+    index: int
+    text: str
+    logprobs: Logprobs | None = None
+    finish_reason: str | None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class Completion(BaseModel):
+    id: str
+    object: str = "text_completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: str = "model"
+    created: int
+    owned_by: str = "textgen"
+
+
+class ModelList(BaseModel):
+    object: str = "list"
+    data: list[ModelCard]
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class Health(BaseModel):
+    status: str
+    streams: dict[str, int] = {}
+
+
+class RunDetails(BaseModel):
+    """What the page shows about a run."""
+
+    id: str
+    corpus: str | None
+    characters: int | None
+    parameters: dict[str, Any]
+    epochs: int
+    best_val_loss: float | None
+    history: list[dict[str, float | None]]
+
+
+def _errors(*statuses: int) -> dict:
+    return {s: {"model": ErrorResponse} for s in statuses}
+
+
+# -- the served runs -------------------------------------------------------------------------------
+class Models:
+    """The served runs, loaded in a background thread so that ``/health`` can answer meanwhile."""
+
+    def __init__(self, run_dirs: list[Path], which: str, limits: Limits) -> None:
+        self.run_dirs = {Path(d).resolve().name: Path(d) for d in run_dirs}
+        self.which, self.limits = which, limits
+        self.schedulers: dict[str, Scheduler] = {}
+        self.ready = threading.Event()
+        self.failure: str | None = None
+
+    def load(self) -> None:
+        """Load every run's weights and start its scheduler."""
+        from textgen.sampler import Sampler
+
+        try:
+            for name, run_dir in self.run_dirs.items():
+                sampler = Sampler.from_checkpoint(run_dir, which=self.which)
+                self.schedulers[name] = Scheduler(sampler, max_streams=self.limits.max_streams)
+        except TextgenError as err:
+            self.failure = str(err)
+        self.ready.set()
+
+    def get(self, name: str) -> Scheduler:
+        if not self.ready.is_set() or self.failure:
+            raise ApiError(503, "the models are still loading", type="server_error", code="loading")
+        if name not in self.schedulers:
+            known = ", ".join(self.schedulers)
+            raise ApiError(
+                404, f"unknown model {name!r}; served: {known}", param="model",
+                code="model_not_found",
+            )  # fmt: skip
+        return self.schedulers[name]
+
+    def close(self) -> None:
+        """End every running request (its streams finish) and stop the engines."""
+        for scheduler in self.schedulers.values():
+            scheduler.close()
+
+
+def run_details(name: str, run_dir: Path) -> RunDetails:
+    """The run's corpus, shape, progress and validation-loss history, from its files."""
+    config = runs.read_config(run_dir)
+    keys = ("epoch", "train_loss", "val_loss")
+    history = [{key: _number(row.get(key)) for key in keys} for row in runs.read_history(run_dir)]
+    losses = [h["val_loss"] for h in history if h["val_loss"] is not None]
+    corpus = config.corpus
+    return RunDetails(
+        id=name,
+        corpus=corpus.get("name") or corpus.get("source"),
+        characters=corpus.get("characters"),
+        parameters=dataclasses.asdict(config.model),
+        epochs=len(history),
+        best_val_loss=min(losses) if losses else None,
+        history=history,
+    )
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+# -- the app ---------------------------------------------------------------------------------------
+def create_app(
+    run_dirs: list[Path],
+    *,
+    limits: Limits = Limits(),
+    api_key: str | None = None,
+    drop_unknown: bool = False,
+    which: str = "best",
+) -> FastAPI:
+    """The FastAPI app serving ``run_dirs``; a model's id is its run directory's name."""
+    models = Models(run_dirs, which, limits)
+
+    async def lifespan(app: FastAPI):
+        threading.Thread(target=models.load, name="textgen-load", daemon=True).start()
+        yield
+        models.close()
+
+    # No /docs or /redoc: FastAPI's pages load their scripts from a CDN, and this server works
+    # offline. The schema itself is at /openapi.json.
+    app = FastAPI(
+        title="textgen", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
+    )
+    app.state.models = models
+    app.add_middleware(_BodyLimit, max_body=limits.max_body)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, err: ApiError):
+        return err.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, err: RequestValidationError):
+        first = err.errors()[0] if err.errors() else {}
+        loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+        param = loc[0] if loc else None
+        message = f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid request')}"
+        return ApiError(400, message, param=param).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException):
+        return ApiError(err.status_code, str(err.detail), headers=err.headers).response()
+
+    async def authorize(request: Request) -> None:
+        if api_key is None:
+            return
+        if request.headers.get("authorization", "") != f"Bearer {api_key}":
+            raise ApiError(
+                401, "missing or wrong API key; send Authorization: Bearer KEY",
+                code="invalid_api_key",
+            )  # fmt: skip
+
+    guarded = [Depends(authorize)]
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(resources.files("textgen.serve").joinpath("page.html").read_text())
+
+    @app.get("/health", response_model=Health, responses=_errors(503))
+    async def health():
+        """200 when every model is loaded, 503 before."""
+        if not models.ready.is_set() or models.failure:
+            status = "failed: " + models.failure if models.failure else "loading"
+            return JSONResponse({"status": status, "streams": {}}, status_code=503)
+        return Health(
+            status="ok", streams={k: s.active_streams for k, s in models.schedulers.items()}
+        )
+
+    @app.get("/v1/models", response_model=ModelList, dependencies=guarded, responses=_errors(401))
+    async def list_models():
+        """The served runs, in OpenAI's list shape."""
+        return ModelList(data=[_card(name, d) for name, d in models.run_dirs.items()])
+
+    @app.get(
+        "/v1/runs/{model}",
+        response_model=RunDetails,
+        dependencies=guarded,
+        responses=_errors(401, 404),
+    )
+    async def details(model: str):
+        """A run's corpus, shape, progress and validation-loss curve (for the page)."""
+        if model not in models.run_dirs:
+            raise ApiError(404, f"unknown model {model!r}", param="model", code="model_not_found")
+        return run_details(model, models.run_dirs[model])
+
+    @app.post(
+        "/v1/completions",
+        response_model=Completion,
+        dependencies=guarded,
+        responses={
+            200: {"content": {"text/event-stream": {}}},
+            **_errors(400, 401, 404, 413, 429, 503),
+        },
+    )
+    async def completions(body: CompletionRequest, request: Request):
+        """OpenAI's completions: plain, or streamed as Server-Sent Events with ``stream``."""
+        scheduler = models.get(body.model)
+        jobs, prompts = _jobs(body, scheduler, limits, drop_unknown)
+        try:
+            for job in jobs:
+                scheduler.submit(job)
+        except Busy as err:
+            for job in jobs:
+                job.cancel()
+            raise ApiError(
+                429, str(err), type="rate_limit_error", code="server_full",
+                headers={"Retry-After": "1"},
+            ) from None  # fmt: skip
+        head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
+        if body.stream:
+            events = _stream(jobs, scheduler, prompts, body, head)
+            return StreamingResponse(
+                events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            )
+        return await _complete(jobs, scheduler, prompts, body, head, request)
+
+    return app
+
+
+def _card(name: str, run_dir: Path) -> ModelCard:
+    try:
+        created = int((run_dir / runs.CONFIG).stat().st_mtime)
+    except OSError:
+        created = 0
+    return ModelCard(id=name, created=created)
+
+
+def _jobs(body: CompletionRequest, scheduler: Scheduler, limits: Limits, drop_unknown: bool):
+    """Check a request against the limits and turn each prompt into a Job."""
+    prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+    if not prompts:
+        raise ApiError(400, "prompt must not be an empty list", param="prompt")
+    max_tokens = 16 if body.max_tokens is None else body.max_tokens
+    if max_tokens > limits.max_tokens:
+        raise ApiError(
+            400, f"max_tokens must be at most {limits.max_tokens}, got {max_tokens}",
+            param="max_tokens",
+        )  # fmt: skip
+    n = body.n or 1
+    if n * len(prompts) > limits.max_streams:
+        raise ApiError(400, f"n times the prompts must be at most {limits.max_streams}", param="n")
+    if any(len(p) > limits.max_prompt for p in prompts):
+        raise ApiError(
+            400, f"a prompt may hold at most {limits.max_prompt} characters", param="prompt"
+        )
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if len(stop) > 4:
+        raise ApiError(400, "at most 4 stop strings", param="stop")
+    temperature = 1.0 if body.temperature is None else body.temperature
+    top_p = None if body.top_p is None or body.top_p >= 1 else body.top_p
+    jobs = []
+    for prompt in prompts:
+        try:
+            ids = scheduler.prompt_ids(prompt, drop_unknown)
+        except TextgenError as err:
+            raise ApiError(400, str(err), param="prompt") from None
+        jobs.append(
+            Job(
+                ids, n=n, max_tokens=max_tokens, temperature=temperature, top_k=body.top_k,
+                top_p=top_p, stop=stop, seed=body.seed, logprobs=body.logprobs,
+                timeout=limits.request_timeout,
+            )
+        )  # fmt: skip
+    return jobs, prompts
+
+
+async def _pieces(
+    jobs: list[Job], scheduler: Scheduler, poll: float | None = None
+) -> AsyncIterator[list]:
+    """``(job number, Piece)`` pairs from the engine thread, gathered for a while between
+    deliveries (``STREAM_FLUSH_SECONDS``; the first at once); ``[]`` when ``poll`` s pass idle."""
+    least, per_stream, most = STREAM_FLUSH_SECONDS
+    loop = asyncio.get_running_loop()
+    ready = asyncio.Event()
+
+    def wake() -> None:
+        loop.call_soon_threadsafe(ready.set)
+
+    for job in jobs:
+        job.on_ready = wake
+    while True:
+        ready.clear()
+        batch = [(p, piece) for p, job in enumerate(jobs) for piece in job.take(timeout=0)]
+        if batch:
+            yield batch
+        if all(job.drained for job in jobs):
+            return
+        if batch:
+            # Let pieces gather: waking per character would cost more than the engine.
+            await asyncio.sleep(min(most, max(least, per_stream * scheduler.active_streams)))
+        try:
+            await asyncio.wait_for(ready.wait(), poll)
+        except TimeoutError:
+            yield []
+
+
+class _Choice:
+    """Accumulates one choice's text, log-probabilities and finish reason."""
+
+    def __init__(self, index: int, prefix: str, want_logprobs: bool) -> None:
+        self.index, self.text, self.finish = index, prefix, None
+        self.generated = 0
+        self.logprobs = Logprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
+        self.want_logprobs = want_logprobs
+
+    def add(self, piece: Piece) -> Logprobs | None:
+        """Take a piece; returns the log-probabilities it brought (when asked for)."""
+        new = None
+        if self.want_logprobs:
+            new = Logprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
+            offset = len(self.text)
+            for k, (char, logprob, top) in enumerate(piece.logprobs or []):
+                for target in (self.logprobs, new):
+                    target.tokens.append(char)
+                    target.token_logprobs.append(logprob)
+                    target.top_logprobs.append(top)
+                    target.text_offset.append(offset + k)
+        self.text += piece.text
+        self.generated += len(piece.text)
+        self.finish = piece.finish_reason or self.finish
+        return new
+
+
+def _usage(prompts: list[str], choices: list[_Choice]) -> Usage:
+    prompt_tokens = sum(len(p) for p in prompts)
+    completion = sum(c.generated for c in choices)
+    return Usage(
+        prompt_tokens=prompt_tokens, completion_tokens=completion,
+        total_tokens=prompt_tokens + completion,
+    )  # fmt: skip
+
+
+async def _complete(jobs, scheduler, prompts, body, head, request: Request) -> Completion:
+    """Wait for every choice of every prompt; cancel if the client goes away."""
+    n = body.n or 1
+    want = body.logprobs is not None
+    choices = [
+        _Choice(p * n + i, prompts[p] if body.echo else "", want)
+        for p in range(len(jobs))
+        for i in range(n)
+    ]
+    try:
+        async for batch in _pieces(jobs, scheduler, poll=0.5):
+            for p, piece in batch:
+                choices[p * n + piece.index].add(piece)
+            if not batch and await request.is_disconnected():
+                return JSONResponse({}, status_code=499)
+    finally:
+        for job in jobs:
+            job.cancel()
+    return Completion(
+        **head,
+        choices=[
+            Choice(
+                index=c.index, text=c.text, finish_reason=c.finish,
+                logprobs=c.logprobs if want else None,
+            )
+            for c in choices
+        ],
+        usage=_usage(prompts, choices),
+    )  # fmt: skip
+
+
+async def _stream(jobs, scheduler, prompts, body, head) -> AsyncIterator[str]:
+    """Server-Sent Events: one chunk per choice with new text, then ``[DONE]``."""
+    n = body.n or 1
+    want = body.logprobs is not None
+    choices = [_Choice(p * n + i, "", want) for p in range(len(jobs)) for i in range(n)]
+
+    def chunk(index: int, text: str, finish: str | None, logprobs) -> str:
+        choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+        payload = {**head, "object": "text_completion", "choices": [choice]}
+        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+    try:
+        if body.echo:
+            for c in choices:
+                yield chunk(c.index, prompts[c.index // n], None, None)
+        async for batch in _pieces(jobs, scheduler):
+            merged: dict[int, tuple] = {}
+            for p, piece in batch:
+                c = choices[p * n + piece.index]
+                new = c.add(piece)
+                text, lp, _ = merged.get(c.index, ("", None, None))
+                if new is not None and lp is not None:
+                    for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+                        getattr(lp, key).extend(getattr(new, key))
+                else:
+                    lp = lp or new
+                merged[c.index] = (text + piece.text, lp, piece.finish_reason)
+            for index, (text, lp, finish) in merged.items():
+                yield chunk(index, text, finish, lp.model_dump() if lp is not None else None)
+        if body.stream_options is not None and body.stream_options.include_usage:
+            usage = _usage(prompts, choices).model_dump()
+            payload = {**head, "object": "text_completion", "choices": [], "usage": usage}
+            yield f"data: {json.dumps(payload)}\n\n"
+        yield "data: [DONE]\n\n"
+    finally:
+        # The client went away or the stream ended: the rows leave the batch before the next step.
+        for job in jobs:
+            job.cancel()
+
+
+class _BodyLimit:
+    """Answer 413 to a request body larger than ``max_body`` bytes, declared or sent."""
+
+    def __init__(self, app, max_body: int) -> None:
+        self.app, self.max_body = app, max_body
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        too_big = ApiError(
+            413, f"the request body is larger than {self.max_body} bytes", code="request_too_large"
+        )
+        try:
+            if declared is not None and int(declared) > self.max_body:
+                return await too_big.response()(scope, receive, send)
+        except ValueError:
+            return await ApiError(400, "bad Content-Length").response()(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    raise _TooBig
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooBig:
+            await too_big.response()(scope, receive, send)
+
+
+class _TooBig(Exception):
+    pass
+
+
+def serve(
+    run_dirs: list[Path],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    limits: Limits = Limits(),
+    api_key: str | None = None,
+    drop_unknown: bool = False,
+    which: str = "best",
+) -> None:
+    """Run the server until SIGTERM or Ctrl-C; in-flight streams end first, then it returns."""
+    import uvicorn
+
+    for run_dir in run_dirs:
+        runs.read_config(run_dir)  # a missing or bad run fails here, in one line
+        runs.weights_file(run_dir, which)
+    names = [Path(d).resolve().name for d in run_dirs]
+    if len(set(names)) != len(names):
+        raise TextgenError(f"two runs share a directory name (the model id): {', '.join(names)}")
+    app = create_app(
+        run_dirs, limits=limits, api_key=api_key, drop_unknown=drop_unknown, which=which
+    )
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            # End the running requests first, so their streams finish with [DONE].
+            app.state.models.close()
+            super().handle_exit(sig, frame)
+            # uvicorn re-raises the signal once it has shut down, which would make a clean
+            # stop exit -15 (or print a KeyboardInterrupt); a requested stop exits 0.
+            self._captured_signals.clear()
+
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5
+    )
+    Server(config).run()

@@ -1,0 +1,401 @@
+"""Continuous batching: all in-flight requests of a model advance one engine step per character.
+
+A :class:`Job` is one prompt with ``n`` choices; each choice is a row of the engine's batch. A
+:class:`Scheduler` owns one numpy ``RecurrentStack`` and runs it in its own thread, so that a web
+server's event loop stays free to accept and stream. Between two steps, new jobs' prompts are fed
+(in chunks, so a long prompt never stalls the others for long) and their rows join the batch;
+rows that finished, stopped, timed out or were cancelled leave it at once.
+
+Each row has its own temperature, top-k, top-p, stop strings and generator. Row ``i`` of a job
+with seed ``S`` draws from ``np.random.default_rng([S, i])``, consumed exactly as
+``Sampler.draw_function`` consumes it (``vocab`` exponentials per drawn character, none when
+greedy), so choice ``i`` equals sample ``i`` of ``textgen sample --num-samples n --seed S``
+whatever else shares the batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from textgen.draw import LogExponentials, sample_ids
+from textgen.errors import TextgenError
+from textgen.options import SamplingOptions
+from textgen.sampler import Sampler, _StopMatcher
+
+__all__ = ["Busy", "Job", "Piece", "Scheduler"]
+
+# Prompt characters fed per scheduler iteration: bounds how long a long prompt holds up the
+# streams already running (about a millisecond per 10 characters for a 512-unit LSTM).
+PREFILL_CHUNK = 128
+
+
+class Busy(TextgenError):
+    """The scheduler has no free rows for the job; try again later."""
+
+
+@dataclass
+class Piece:
+    """New output of one choice: text, and when the choice ended, why (``"stop"``/``"length"``).
+
+    ``logprobs`` (when asked for) holds one ``(char, logprob, {char: logprob} of the top
+    alternatives)`` per character of ``text``.
+    """
+
+    index: int
+    text: str
+    finish_reason: str | None = None
+    logprobs: list[tuple[str, float, dict[str, float]]] | None = None
+
+
+class Job:
+    """One prompt and the settings of its ``n`` choices; results arrive as :class:`Piece` lists.
+
+    Args:
+        prompt_ids: the ids fed before the first draw (at least one).
+        n: choices, each a row of the batch drawing from ``default_rng([seed, i])``.
+        max_tokens: characters per choice.
+        seed: a non-negative integer; random when None.
+        logprobs: how many top alternatives to report per character (None: no log-probabilities).
+        timeout: seconds after submission when the job's rows leave, ending as ``"length"``.
+    """
+
+    def __init__(
+        self,
+        prompt_ids: np.ndarray,
+        *,
+        n: int = 1,
+        max_tokens: int = 16,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+        logprobs: int | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        # The same checks, and messages, as every other way of sampling.
+        SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, stop=tuple(stop))
+        if n < 1 or max_tokens < 0 or len(prompt_ids) == 0:
+            raise TextgenError("a job needs n >= 1, max_tokens >= 0 and a non-empty prompt")
+        if seed is None:
+            seed = int(np.random.SeedSequence().entropy % (2**63))
+        if seed < 0:
+            raise TextgenError(f"seed must be >= 0, got {seed}")
+        self.prompt_ids = np.asarray(prompt_ids, dtype=np.int64)
+        self.n, self.max_tokens, self.seed = n, max_tokens, seed
+        self.draw_key = (float(temperature), top_k, top_p)
+        self.stop = tuple(s for s in stop if s)
+        self.logprobs = logprobs
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.on_ready: Callable[[], None] | None = None  # called (from the engine thread) when
+        # pieces are waiting and nobody was told yet; a web server sets it to wake its loop.
+        self._lock = threading.Condition()
+        self._pieces: list[Piece] = []
+        self._told = False
+        self._open = n  # choices not finished yet
+        self.cancelled = False
+
+    @property
+    def done(self) -> bool:
+        """True once every choice has finished (its last piece may still be waiting)."""
+        return self._open == 0
+
+    @property
+    def drained(self) -> bool:
+        """True once every choice has finished and every piece has been taken."""
+        with self._lock:
+            return self._open == 0 and not self._pieces
+
+    def cancel(self) -> None:
+        """Stop generating: the job's rows leave the batch before the next step."""
+        self.cancelled = True
+
+    def take(self, timeout: float | None = None) -> list[Piece]:
+        """The pieces produced since the last call; waits up to ``timeout`` for at least one."""
+        with self._lock:
+            if not self._pieces and not self.done:
+                self._lock.wait(timeout)
+            pieces, self._pieces, self._told = self._pieces, [], False
+            return pieces
+
+    def _deliver(self, piece: Piece) -> None:
+        with self._lock:
+            self._pieces.append(piece)
+            if piece.finish_reason is not None:
+                self._open -= 1
+            self._lock.notify_all()
+            tell = not self._told and self.on_ready is not None
+            self._told = True
+        if tell:
+            # RuntimeError: the caller's event loop has closed, so nobody is listening.
+            with contextlib.suppress(RuntimeError):
+                self.on_ready()
+
+
+class _Drawn(LogExponentials):
+    """Noise already drawn row by row, handed to ``sample_ids`` as one block."""
+
+    def __init__(self, values: np.ndarray | None) -> None:
+        self._values = values
+
+    def next(self, batch: int, vocab: int) -> np.ndarray:
+        return self._values
+
+
+@dataclass
+class _Row:
+    job: Job
+    index: int
+    noise: LogExponentials
+    matcher: _StopMatcher | None
+    produced: int = 0
+    held: list = field(default_factory=list)  # log-probability entries of held-back text
+    done: bool = False
+
+
+class Scheduler:
+    """Runs all jobs of one model as one batch, in a background thread.
+
+    Args:
+        sampler: a numpy-engine :class:`~textgen.sampler.Sampler`; the scheduler takes over its
+            engine (do not use the sampler elsewhere meanwhile).
+        max_streams: rows (choices) admitted at once, queued or running; more raise :class:`Busy`.
+        on_step: called with the batch size before every engine step (for tests and metrics).
+    """
+
+    def __init__(
+        self,
+        sampler: Sampler,
+        *,
+        max_streams: int = 128,
+        on_step: Callable[[int], None] | None = None,
+    ) -> None:
+        if not hasattr(sampler.engine, "state"):
+            raise TextgenError("serving needs the numpy engine")
+        self.sampler, self.tokenizer = sampler, sampler.tokenizer
+        self.max_streams, self.on_step = max_streams, on_step
+        self._stack = sampler.engine
+        self._chars = list(self.tokenizer.chars) + (["\ufffd"] if self.tokenizer.unknown else [])
+        unknown = self.tokenizer.unknown_id
+        self._exclude = None if unknown is None else [unknown]
+        self._cond = threading.Condition()
+        self._queue: list[Job] = []
+        self._reserved = 0  # rows of jobs admitted and not finished
+        self._active = 0  # rows in the running batch
+        self._closing = False
+        self._thread = threading.Thread(target=self._loop, name="textgen-batcher", daemon=True)
+        self._thread.start()
+
+    # -- client side ----------------------------------------------------------------------------
+    @property
+    def active_streams(self) -> int:
+        """Rows in the running batch right now."""
+        return self._active
+
+    @property
+    def reserved_streams(self) -> int:
+        """Rows of every admitted job not finished yet, queued ones included."""
+        return self._reserved
+
+    def prompt_ids(self, prompt: str, drop_unknown: bool = False) -> np.ndarray:
+        """The ids a prompt is fed as; an empty prompt starts as ``textgen sample`` does."""
+        return self.sampler.prime_ids(prompt, drop_unknown)
+
+    def submit(self, job: Job) -> Job:
+        """Queue a job; its rows join the batch between two steps.
+
+        Raises:
+            Busy: fewer than ``job.n`` rows are free.
+        """
+        with self._cond:
+            if self._closing:
+                raise Busy("the server is shutting down")
+            if self._reserved + job.n > self.max_streams:
+                raise Busy(f"all {self.max_streams} streams are busy; try again shortly")
+            self._reserved += job.n
+            self._queue.append(job)
+            self._cond.notify()
+        return job
+
+    def generate(self, job: Job, timeout: float = 60.0) -> list[str]:
+        """Submit a job and wait for its texts, one per choice."""
+        self.submit(job)
+        texts = [[] for _ in range(job.n)]
+        end = time.monotonic() + timeout
+        while True:
+            for piece in job.take(timeout=max(0.0, end - time.monotonic())):
+                texts[piece.index].append(piece.text)
+            if job.drained:
+                return ["".join(t) for t in texts]
+            if time.monotonic() > end:
+                job.cancel()
+                raise TimeoutError("the job did not finish in time")
+
+    def close(self) -> None:
+        """End every job now (its choices finish as ``"length"``) and stop the thread."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join(timeout=10)
+
+    # -- engine thread ----------------------------------------------------------------------
+    def _loop(self) -> None:
+        rows: list[_Row] = []
+        logits = np.empty((0, self._stack.vocab_size), np.float32)
+        prefill = None  # (job, ids fed so far, its state, its last logits) while feeding a prompt
+        while True:
+            with self._cond:
+                while not rows and not self._queue and prefill is None and not self._closing:
+                    self._cond.wait()
+                if self._closing:
+                    queued, self._queue = self._queue, []
+                    break
+            if rows:
+                ids = self._draw(rows, logits)
+                self._emit(rows, ids, logits)
+                keep = [i for i, row in enumerate(rows) if not row.done]
+                if len(keep) < len(rows):
+                    if keep:
+                        self._stack.state = self._stack.state[:, :, keep]
+                    rows, ids = [rows[i] for i in keep], ids[keep]
+                    self._release(len(logits) - len(keep))
+                if rows:
+                    if self.on_step is not None:
+                        self.on_step(len(rows))
+                    logits = self._stack.step(ids).copy()  # the engine reuses its buffer
+                else:
+                    logits = logits[:0]
+            prefill = self._prefill(prefill, bool(rows))
+            if prefill is not None and prefill[1] == len(prefill[0].prompt_ids):
+                rows, logits = self._join(prefill[0], prefill[2], prefill[3], rows, logits)
+                prefill = None
+            self._active = len(rows)
+        for row in rows:
+            self._finish(row, "length")
+        for job in queued:
+            for i in range(job.n):
+                job._deliver(Piece(i, "", "length"))
+        self._active = 0
+
+    def _prefill(self, current, running: bool):
+        """Feed the next chunk of the job being prefilled (taking one from the queue if none)."""
+        if current is None:
+            with self._cond:
+                while self._queue and current is None:
+                    job = self._queue.pop(0)
+                    if job.cancelled or job.max_tokens == 0:
+                        self._reserved -= job.n
+                        for i in range(job.n):
+                            job._deliver(Piece(i, "", "length"))
+                        continue
+                    current = (job, 0, None, None)
+            if current is None:
+                return None
+        job, fed, state, _ = current
+        stack = self._stack
+        # The running rows' state is set aside while the prompt is fed through the same stack.
+        running = stack.state if running else None
+        if state is None:
+            stack.reset(1)
+        else:
+            stack.state = state
+        end = min(len(job.prompt_ids), fed + PREFILL_CHUNK)
+        last = stack.feed(job.prompt_ids[None, fed:end]).copy()
+        state = stack.state
+        if running is not None:
+            stack.state = running
+        return (job, end, state, last)
+
+    def _join(self, job: Job, state, last, rows, logits):
+        """Add a prefilled job's rows to the batch (all start from the same state)."""
+        if job.cancelled:
+            self._release(job.n)
+            return rows, logits
+        new = []
+        for i in range(job.n):
+            gen = np.random.default_rng([job.seed, i])
+            matcher = _StopMatcher(job.stop) if job.stop else None
+            new.append(_Row(job, i, LogExponentials(gen, 1, len(self._chars)), matcher))
+        fork = np.repeat(state, job.n, axis=2)
+        if rows:
+            self._stack.state = np.concatenate([self._stack.state, fork], axis=2)
+        else:
+            self._stack.state = fork
+        logits = np.concatenate([logits, np.repeat(last, job.n, axis=0)])
+        return rows + new, logits
+
+    def _release(self, count: int) -> None:
+        with self._cond:
+            self._reserved -= count
+
+    def _draw(self, rows: list[_Row], logits: np.ndarray) -> np.ndarray:
+        """One id per row; rows sharing settings are drawn together, each with its own noise."""
+        ids = np.empty(len(rows), np.int64)
+        groups: dict[tuple, list[int]] = {}
+        for r, row in enumerate(rows):
+            groups.setdefault(row.job.draw_key, []).append(r)
+        vocab = logits.shape[1]
+        for (temperature, top_k, top_p), members in groups.items():
+            noise = None
+            if temperature > 0:  # greedy draws no noise, as in Sampler
+                noise = np.concatenate([rows[r].noise.next(1, vocab) for r in members])
+            ids[members] = sample_ids(
+                logits[members],
+                _Drawn(noise),
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                exclude=self._exclude,
+            )
+        return ids
+
+    def _emit(self, rows: list[_Row], ids: np.ndarray, logits: np.ndarray) -> None:
+        """Hand each row's new character to its job; mark rows that finished."""
+        chars = self._chars
+        now = time.monotonic()
+        logp = None
+        if any(row.job.logprobs is not None for row in rows):
+            shifted = logits - logits.max(axis=1, keepdims=True)
+            logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        for r, (row, char_id) in enumerate(zip(rows, ids.tolist())):
+            job = row.job
+            if job.cancelled or (job.deadline is not None and now > job.deadline):
+                self._finish(row, "length")
+                continue
+            char = chars[char_id]
+            row.produced += 1
+            if logp is not None and job.logprobs is not None:
+                top = np.argsort(-logp[r])[: job.logprobs]
+                alternatives = {chars[t]: float(logp[r, t]) for t in top.tolist()}
+                row.held.append((char, float(logp[r, char_id]), alternatives))
+            if row.matcher is None:
+                text = char
+            else:
+                text = row.matcher.feed(char)
+                if row.matcher.done:
+                    self._finish(row, "stop", text)
+                    continue
+            if row.produced >= job.max_tokens:
+                self._finish(row, "length", text)
+            elif text:
+                job._deliver(Piece(row.index, text, None, self._logprobs_for(row, text)))
+
+    def _finish(self, row: _Row, reason: str, text: str = "") -> None:
+        if reason == "length" and row.matcher is not None:
+            text += row.matcher.flush()
+        row.done = True
+        row.job._deliver(Piece(row.index, text, reason, self._logprobs_for(row, text)))
+
+    @staticmethod
+    def _logprobs_for(row: _Row, text: str):
+        if row.job.logprobs is None:
+            return None
+        # One entry per character: released text takes the oldest held entries.
+        entries, row.held = row.held[: len(text)], row.held[len(text) :]
+        return entries
