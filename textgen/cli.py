@@ -373,6 +373,29 @@ def evaluate(run_dir, text_file, which, context) -> None:
     _run(action)
 
 
+@main.command(name="export")
+@click.argument("run_dir", metavar="RUN", type=click.Path())
+@click.argument("out", type=click.Path())
+@click.option(
+    "--format",
+    "fmt",
+    metavar="keras|savedmodel|onnx",
+    help="Artefact format. [default: from OUT's suffix, .keras or .onnx]",
+)
+@click.option("--which", type=click.Choice(["best", "latest"]), default="best", show_default=True)
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+def export(run_dir, out, fmt, which, force) -> None:
+    """Export RUN's model to OUT for use without textgen (tokenizer.json goes beside it)."""
+
+    def action():
+        from textgen.export import export_run
+
+        path = export_run(Path(run_dir), Path(out), fmt, which=which, force=force)
+        click.echo(f"exported {fmt or path.suffix[1:]} model to {path}")
+
+    _run(action)
+
+
 def _add_corpus_commands() -> None:
     from textgen.cli_corpus import corpus
 

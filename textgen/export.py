@@ -1,0 +1,489 @@
+"""Export a trained run to formats that work where textgen is not installed.
+
+Three formats, one function each, and :func:`export_run` to pick one:
+
+- ``keras``: a ``.keras`` file of the stock model (Embedding -> recurrent layers -> Dropout ->
+  Dense) that ``keras.saving.load_model`` opens with no custom objects.
+- ``savedmodel``: a TensorFlow SavedModel directory with three signatures: ``serving_default``
+  (ids ``[batch, time]`` -> logits ``[batch, time, vocab]``), ``step`` (one id per stream and the
+  states in, logits and the new states out) and ``generate`` (a prompt string in, the prompt
+  followed by the generated text out, looped in the graph with stateless random ops).
+- ``onnx``: a one-step ONNX graph: ``ids`` (int64 ``[batch]``) and the states ``h_0``, ``c_0``
+  (LSTM only), ``h_1``, ... (float32 ``[batch, units]``) in; ``logits`` and the new states
+  ``new_h_0``, ``new_c_0``, ... out, in the same order.
+
+The SavedModel and ONNX graphs spell out the Keras cell equations (``LSTMCell``, ``GRUCell``
+with ``reset_after=True``, ``SimpleRNNCell``) with plain ops instead of tracing Keras layers:
+no cuDNN-only op can reach the graph, TF Serving and onnxruntime run every op they hold, and
+ONNX export needs only numpy and the ``onnx`` package (no TensorFlow, no tf2onnx, whose
+releases trail TensorFlow's). Tests hold every graph to the Keras model's logits.
+
+Each export writes ``tokenizer.json`` beside the artefact (in the folder that holds it) and
+embeds the vocabulary where the format allows: an entry ``tokenizer.json`` in the ``.keras``
+archive, an asset (and in-graph constants) in the SavedModel, a ``tokenizer`` metadata entry in
+the ONNX model. The SavedModel takes ids as int32, as the Keras model does.
+
+An artefact is written under a temporary name beside ``out`` and renamed into place, so a
+failed export leaves any previous one intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from textgen import checkpoint as ckpt
+from textgen.errors import CheckpointError, TextgenError
+from textgen.tokenizer import UNKNOWN_CHAR, Tokenizer
+
+FORMATS = ("keras", "savedmodel", "onnx")
+_SUFFIXES = {".keras": "keras", ".onnx": "onnx"}
+_STATES = {"lstm": ("h", "c"), "gru": ("h",), "simple": ("h",)}
+ONNX_OPSET = 17
+
+
+@dataclass
+class ExportSource:
+    """What every exporter reads from a run: its model settings, vocabulary and weights."""
+
+    run_dir: Path
+    model: dict  # the ``model`` section of config.json
+    tokenizer: Tokenizer
+    weights: dict[str, np.ndarray]
+
+    @property
+    def cell(self) -> str:
+        """``"lstm"``, ``"gru"`` or ``"simple"``."""
+        return self.model["cell"]
+
+    @property
+    def num_layers(self) -> int:
+        """Number of recurrent layers."""
+        return self.model["num_layers"]
+
+
+def state_names(cell: str, num_layers: int) -> list[str]:
+    """The state inputs of the step graphs, in order: ``h_0``, ``c_0`` (LSTM), ``h_1``, ..."""
+    return [f"{s}_{i}" for i in range(num_layers) for s in _STATES[cell]]
+
+
+def load_source(run_dir: str | Path, which: str = "best") -> ExportSource:
+    """Read a run directory for export; anything that does not load is a CheckpointError."""
+    from textgen.kernels import RecurrentStack
+
+    run_dir = Path(run_dir)
+    config = ckpt.read_config(run_dir)
+    tokenizer = Tokenizer.load(run_dir / ckpt.TOKENIZER)
+    weights = ckpt.load_checkpoint(ckpt.weights_file(run_dir, which)).weights
+    model = config["model"]
+    try:
+        # The numpy engine checks every weight's shape against the others.
+        stack = RecurrentStack(weights, model["cell"])
+        if stack.vocab_size != tokenizer.vocab_size or stack.num_layers != model["num_layers"]:
+            raise TextgenError(
+                f"{stack.num_layers} layers and {stack.vocab_size} outputs, config and "
+                f"tokenizer say {model['num_layers']} and {tokenizer.vocab_size}"
+            )
+    except (TextgenError, KeyError) as err:
+        message = f"{run_dir} holds weights that do not fit its config: {err}"
+        raise CheckpointError(message) from None
+    return ExportSource(run_dir, model, tokenizer, weights)
+
+
+def export_run(
+    run_dir: str | Path,
+    out: str | Path,
+    fmt: str | None = None,
+    which: str = "best",
+    force: bool = False,
+) -> Path:
+    """Export a run's ``best`` or ``latest`` weights to ``out`` in format ``fmt``.
+
+    Args:
+        run_dir: the run directory.
+        out: the artefact to write: a ``.keras`` file, a SavedModel folder or an ONNX file.
+        fmt: ``"keras"``, ``"savedmodel"`` or ``"onnx"``; None infers it from ``out``'s suffix
+            (``.keras`` or ``.onnx``).
+        which: ``"best"`` or ``"latest"`` checkpoint.
+        force: replace an existing ``out`` (and a different ``tokenizer.json`` beside it).
+
+    Returns:
+        The path of the artefact.
+
+    Raises:
+        TextgenError: an unknown or unclear format, an existing output without ``force``, a
+            run that does not load, or a missing optional package.
+    """
+    out = Path(out)
+    if fmt is None:
+        fmt = _SUFFIXES.get(out.suffix.lower())
+        if fmt is None:
+            raise TextgenError(f"cannot tell the format from {out.name!r}; pass --format")
+    if fmt not in FORMATS:
+        raise TextgenError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if which not in ("best", "latest"):
+        raise TextgenError(f"unknown checkpoint {which!r}; choose best or latest")
+    if fmt == "keras" and out.suffix != ".keras":
+        raise TextgenError(f"a Keras model file must end in .keras, got {out.name!r}")
+    if (out.exists() or out.is_symlink()) and not force:
+        raise TextgenError(f"{out} already exists; pass --force to replace it")
+    source = load_source(run_dir, which)
+    vocab_file = out.parent / ckpt.TOKENIZER
+    vocab_text = (source.run_dir / ckpt.TOKENIZER).read_bytes()
+    copy_vocab = _needs_copy(vocab_file, vocab_text, force)
+    writer = {"keras": export_keras, "savedmodel": export_savedmodel, "onnx": export_onnx}[fmt]
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise TextgenError(f"cannot write {out}: {err.strerror}") from None
+    _write_in_place(out, lambda tmp: writer(source, tmp))
+    if copy_vocab:
+        ckpt.atomic_write(vocab_file, lambda f: f.write(vocab_text))
+    return out
+
+
+def _needs_copy(vocab_file: Path, vocab_text: bytes, force: bool) -> bool:
+    """Whether ``tokenizer.json`` must be written beside the artefact (refused if it differs)."""
+    if not vocab_file.exists():
+        return True
+    if vocab_file.is_file() and vocab_file.read_bytes() == vocab_text:
+        return False
+    if not force:
+        raise TextgenError(
+            f"{vocab_file} already exists with another vocabulary; pass --force to replace it"
+        )
+    return True
+
+
+def _write_in_place(out: Path, write: Callable[[Path], None]) -> None:
+    """Let ``write`` build the artefact at a temporary path, then move it to ``out``."""
+    tmp_root = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = tmp_root / out.name  # keeps the suffix that Keras insists on
+    try:
+        write(tmp)
+        if out.is_dir() and not out.is_symlink():
+            old = tmp_root / "replaced"
+            os.replace(out, old)  # a directory cannot be renamed over a non-empty one
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+
+
+# -- Keras ---------------------------------------------------------------------------------------
+
+
+def export_keras(source: ExportSource, out: Path) -> None:
+    """Save the stock Keras model with the run's weights, and the vocabulary inside the archive.
+
+    ``keras.saving.load_model`` ignores archive entries it does not know, so the extra
+    ``tokenizer.json`` entry costs nothing to readers that do not want it.
+    """
+    import zipfile
+
+    from textgen.model import model_from_config
+
+    model = model_from_config(source.model, source.weights)
+    model.save(out)
+    with zipfile.ZipFile(out, "a") as archive:
+        archive.writestr(ckpt.TOKENIZER, json.dumps(source.tokenizer.to_json()))
+
+
+# -- SavedModel ----------------------------------------------------------------------------------
+
+
+def export_savedmodel(source: ExportSource, out: Path) -> None:
+    """Write a SavedModel with ``serving_default``, ``step`` and ``generate`` signatures.
+
+    GPUs are hidden first when TensorFlow has not started yet. The graph holds only plain
+    matmuls and elementwise ops in any case, so it runs the same on any device.
+    """
+    from textgen.backend import tf
+
+    with contextlib.suppress(RuntimeError):  # the runtime already started: nothing to hide
+        tf.config.set_visible_devices([], "GPU")
+    module = _build_module(tf, source)
+    tf.saved_model.save(
+        module,
+        str(out),
+        signatures={
+            "serving_default": module.logits.get_concrete_function(),
+            "step": module.step.get_concrete_function(),
+            "generate": module.generate.get_concrete_function(),
+        },
+    )
+
+
+def _build_module(tf, source: ExportSource):
+    """A ``tf.Module`` holding the weights as variables and the three graph functions."""
+    cell, layers, tokenizer = source.cell, source.num_layers, source.tokenizer
+    w = source.weights
+    names = state_names(cell, layers)
+    per_layer = len(_STATES[cell])
+    vocab = tokenizer.vocab_size
+    units = w["rnn_0/recurrent_kernel"].shape[0]
+    known = np.array([ord(c) for c in tokenizer.chars], np.int32)
+    decoded = np.append(known, np.int32(ord(UNKNOWN_CHAR))) if tokenizer.unknown else known
+    unknown_id = tokenizer.unknown_id
+    start_id = _start_id(tokenizer)
+
+    module = tf.Module(name="textgen")
+    module.embedding = tf.Variable(w["embedding"], trainable=False, name="embedding")
+    module.cells = [
+        [
+            tf.Variable(w[f"rnn_{i}/{part}"], trainable=False, name=f"rnn_{i}_{part}")
+            for part in ("kernel", "recurrent_kernel", "bias")
+        ]
+        for i in range(layers)
+    ]
+    module.dense_kernel = tf.Variable(w["dense/kernel"], trainable=False, name="dense_kernel")
+    module.dense_bias = tf.Variable(w["dense/bias"], trainable=False, name="dense_bias")
+    module.tokenizer = tf.saved_model.Asset(str(source.run_dir / ckpt.TOKENIZER))
+
+    def cell_step(x, states, kernel, recurrent, bias):
+        # Keras's cell equations, term by term (activation tanh, recurrent activation sigmoid).
+        if cell == "lstm":
+            h, c = states
+            i_gate, f_gate, candidate, o_gate = tf.split(
+                tf.matmul(x, kernel) + tf.matmul(h, recurrent) + bias, 4, axis=1
+            )
+            c = tf.sigmoid(f_gate) * c + tf.sigmoid(i_gate) * tf.tanh(candidate)
+            h = tf.sigmoid(o_gate) * tf.tanh(c)
+            return [h, c]
+        if cell == "gru":  # reset_after=True: the reset gate scales the recurrent projection
+            (h,) = states
+            x_z, x_r, x_h = tf.split(tf.matmul(x, kernel) + bias[0], 3, axis=1)
+            h_z, h_r, h_h = tf.split(tf.matmul(h, recurrent) + bias[1], 3, axis=1)
+            z = tf.sigmoid(x_z + h_z)
+            r = tf.sigmoid(x_r + h_r)
+            candidate = tf.tanh(x_h + r * h_h)
+            return [z * h + (1.0 - z) * candidate]
+        (h,) = states
+        return [tf.tanh(tf.matmul(x, kernel) + tf.matmul(h, recurrent) + bias)]
+
+    def advance(ids, states):
+        """One id per stream -> (logits (B, vocab), new flat states)."""
+        x = tf.gather(module.embedding, ids)
+        new = []
+        for i, (kernel, recurrent, bias) in enumerate(module.cells):
+            layer_states = cell_step(
+                x, states[i * per_layer : (i + 1) * per_layer], kernel, recurrent, bias
+            )
+            new += layer_states
+            x = layer_states[0]
+        return tf.matmul(x, module.dense_kernel) + module.dense_bias, new
+
+    def zeros(batch):
+        return [tf.zeros([batch, units], tf.float32) for _ in names]
+
+    state_specs = [tf.TensorSpec([None, units], tf.float32, name=n) for n in names]
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int32, name="ids"), *state_specs])
+    def step(ids, *states):
+        logits, new = advance(ids, list(states))
+        return {"logits": logits, **{f"new_{n}": s for n, s in zip(names, new)}}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="ids")])
+    def logits(ids):
+        time_major = tf.transpose(ids)  # (T, B)
+
+        def scan_step(carry, ids_t):
+            out, new = advance(ids_t, list(carry[1:]))
+            return (out, *new)
+
+        first = (tf.zeros([tf.shape(ids)[0], vocab], tf.float32), *zeros(tf.shape(ids)[0]))
+        outputs = tf.scan(scan_step, time_major, initializer=first)[0]  # (T, B, vocab)
+        return {"logits": tf.transpose(outputs, [1, 0, 2])}
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([], tf.string, name="prompt"),
+            tf.TensorSpec([], tf.int32, name="length"),
+            tf.TensorSpec([], tf.float32, name="temperature"),
+            tf.TensorSpec([], tf.int64, name="seed"),
+        ]
+    )
+    def generate(prompt, length, temperature, seed):
+        tf.debugging.assert_non_negative(length, message="length must be >= 0")
+        tf.debugging.assert_non_negative(temperature, message="temperature must be >= 0")
+        points = tf.strings.unicode_decode(prompt, "UTF-8")
+        table = tf.constant(known)
+        where = tf.minimum(tf.searchsorted(table, points), len(known) - 1)
+        is_known = tf.gather(table, where) == points
+        if unknown_id is None:
+            tf.debugging.assert_equal(
+                tf.reduce_all(is_known),
+                True,
+                message="the prompt has characters outside the vocabulary",
+            )
+            prime = where
+        else:
+            prime = tf.where(is_known, where, unknown_id)
+        # Like textgen's sampler: with no prompt the model starts as if after a newline.
+        prime = tf.cond(tf.size(prime) > 0, lambda: prime, lambda: tf.constant([start_id]))
+
+        def feed(i, out, *states):
+            out, new = advance(tf.reshape(prime[i], [1]), list(states))
+            return (i + 1, out, *new)
+
+        primed = tf.while_loop(
+            lambda i, *_: i < tf.size(prime),
+            feed,
+            (tf.constant(0), tf.zeros([1, vocab]), *zeros(1)),
+        )
+        exclude = tf.one_hot(unknown_id if unknown_id is not None else vocab, vocab + 1)[:vocab]
+        mask = tf.where(exclude > 0, -np.inf, 0.0)[None, :]  # the unknown id is never drawn
+
+        def draw(t, out, drawn, *states):
+            scores = out + mask
+            choice = tf.cond(
+                temperature > 0,
+                lambda: tf.random.stateless_categorical(
+                    scores / temperature,
+                    1,
+                    seed=tf.stack([seed, tf.cast(t, tf.int64)]),
+                    dtype=tf.int32,
+                )[:, 0],
+                lambda: tf.argmax(scores, axis=1, output_type=tf.int32),
+            )
+            out, new = advance(choice, list(states))
+            return (t + 1, out, drawn.write(t, choice[0]), *new)
+
+        result = tf.while_loop(
+            lambda t, *_: t < length,
+            draw,
+            (tf.constant(0), primed[1], tf.TensorArray(tf.int32, size=length), *primed[2:]),
+        )
+        text = tf.strings.unicode_encode(tf.gather(decoded, result[2].stack()), "UTF-8")
+        return {"text": prompt + text}
+
+    module.step, module.logits, module.generate = step, logits, generate
+    return module
+
+
+def _start_id(tokenizer: Tokenizer) -> int:
+    """The first input when there is no prompt, chosen as ``textgen.Sampler`` chooses it."""
+    for start in ("\n", " "):
+        if start in tokenizer.chars:
+            return int(tokenizer.encode(start)[0])
+    return 0
+
+
+# -- ONNX ----------------------------------------------------------------------------------------
+
+
+def export_onnx(source: ExportSource, out: Path) -> None:
+    """Write the one-step ONNX graph, with the vocabulary in its ``tokenizer`` metadata entry."""
+    try:
+        import onnx
+    except ImportError:
+        raise TextgenError(
+            "ONNX export needs the onnx package: pip install 'textgen[export]'"
+        ) from None
+    model = onnx_model(source)
+    onnx.checker.check_model(model)
+    out.write_bytes(model.SerializeToString())
+
+
+def onnx_model(source: ExportSource):
+    """Build the one-step graph from the weights as an ``onnx.ModelProto``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    cell, w = source.cell, source.weights
+    names = state_names(cell, source.num_layers)
+    units = w["rnn_0/recurrent_kernel"].shape[0]
+    vocab = source.tokenizer.vocab_size
+    nodes, inits = [], []
+    count = iter(range(1_000_000))
+
+    def const(name: str, value: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
+        return name
+
+    def op(kind: str, *inputs: str, outputs: int = 1, out: str | None = None, **attrs):
+        made = [out] if out else [f"{kind.lower()}_{next(count)}" for _ in range(outputs)]
+        nodes.append(helper.make_node(kind, list(inputs), made, **attrs))
+        return made[0] if outputs == 1 else made
+
+    def linear(x: str, kernel: str, bias: str | None = None, out: str | None = None) -> str:
+        y = op("MatMul", x, kernel)
+        return op("Add", y, bias, out=out) if bias else y
+
+    if cell != "simple":  # the sizes of the gate blocks, for Split
+        gates = 4 if cell == "lstm" else 3
+        inits.append(numpy_helper.from_array(np.full(gates, units, np.int64), "gate_sizes"))
+    one = const("one", np.ones(1)) if cell == "gru" else ""
+    x = op("Gather", const("embedding", w["embedding"]), "ids", axis=0)
+    for i in range(source.num_layers):
+        kernel = const(f"rnn_{i}/kernel", w[f"rnn_{i}/kernel"])
+        recurrent = const(f"rnn_{i}/recurrent_kernel", w[f"rnn_{i}/recurrent_kernel"])
+        bias = w[f"rnn_{i}/bias"]
+        h = f"h_{i}"
+        if cell == "lstm":
+            both = op("Add", linear(x, kernel), linear(h, recurrent, const(f"rnn_{i}/bias", bias)))
+            i_gate, f_gate, candidate, o_gate = op("Split", both, "gate_sizes", axis=1, outputs=4)
+            c = op(
+                "Add",
+                op("Mul", op("Sigmoid", f_gate), f"c_{i}"),
+                op("Mul", op("Sigmoid", i_gate), op("Tanh", candidate)),
+                out=f"new_c_{i}",
+            )
+            x = op("Mul", op("Sigmoid", o_gate), op("Tanh", c), out=f"new_h_{i}")
+        elif cell == "gru":  # reset_after=True, as Keras's GRUCell
+            from_x = linear(x, kernel, const(f"rnn_{i}/input_bias", bias[0]))
+            from_h = linear(h, recurrent, const(f"rnn_{i}/recurrent_bias", bias[1]))
+            x_z, x_r, x_h = op("Split", from_x, "gate_sizes", axis=1, outputs=3)
+            h_z, h_r, h_h = op("Split", from_h, "gate_sizes", axis=1, outputs=3)
+            z = op("Sigmoid", op("Add", x_z, h_z))
+            r = op("Sigmoid", op("Add", x_r, h_r))
+            candidate = op("Tanh", op("Add", x_h, op("Mul", r, h_h)))
+            x = op(
+                "Add",
+                op("Mul", z, h),
+                op("Mul", op("Sub", one, z), candidate),
+                out=f"new_h_{i}",
+            )
+        else:
+            both = op("Add", linear(x, kernel), linear(h, recurrent, const(f"rnn_{i}/bias", bias)))
+            x = op("Tanh", both, out=f"new_h_{i}")
+    dense_kernel = const("dense/kernel", w["dense/kernel"])
+    linear(x, dense_kernel, const("dense/bias", w["dense/bias"]), out="logits")
+
+    def spec(name: str, dtype, *dims):
+        return helper.make_tensor_value_info(name, dtype, ["batch", *dims])
+
+    graph = helper.make_graph(
+        nodes,
+        f"textgen_{cell}_step",
+        [spec("ids", TensorProto.INT64), *(spec(n, TensorProto.FLOAT, units) for n in names)],
+        [
+            spec("logits", TensorProto.FLOAT, vocab),
+            *(spec(f"new_{n}", TensorProto.FLOAT, units) for n in names),
+        ],
+        initializer=inits,
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
+        producer_name="textgen",
+        doc_string="One step of a textgen character model: ids and states in, logits and "
+        "new states out.",
+    )
+    model.ir_version = 8  # the newest that onnxruntime releases of the last years all read
+    helper.set_model_props(
+        model,
+        {
+            "tokenizer": json.dumps(source.tokenizer.to_json()),
+            "cell": cell,
+            "num_layers": str(source.num_layers),
+            "units": str(units),
+        },
+    )
+    return model
