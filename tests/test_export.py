@@ -75,14 +75,14 @@ def make_run(root: Path, like: Path, *, cell: str, layers: int, units: int, max_
     rng = np.random.default_rng(units)
     weights = {"embedding": rng.normal(0, 1, (vocab, emb))}
     for i in range(layers):
-        weights[f"rnn_{i}/kernel"] = rng.normal(0, 0.6, (emb if i == 0 else units, gates * units))
-        weights[f"rnn_{i}/recurrent_kernel"] = rng.normal(0, 0.6, (units, gates * units))
+        weights[f"rnn_{i}/kernel"] = rng.normal(0, 1.2, (emb if i == 0 else units, gates * units))
+        weights[f"rnn_{i}/recurrent_kernel"] = rng.normal(0, 1.2, (units, gates * units))
         shape = (2, 3 * units) if cell == "gru" else (gates * units,)
         weights[f"rnn_{i}/bias"] = rng.normal(0, 0.3, shape)
-    weights["dense/kernel"] = rng.normal(0, 1, (units, vocab))
+    weights["dense/kernel"] = rng.normal(0, 0.4, (units, vocab))  # logits of order 1
     weights["dense/bias"] = rng.normal(0, 0.3, vocab)
     if tokenizer.unknown:  # make the unknown id tempting, so that excluding it is tested
-        weights["dense/bias"][tokenizer.unknown_id] += 2.0
+        weights["dense/bias"][tokenizer.unknown_id] += 1.5
     root.mkdir(parents=True)
     ckpt.write_config(root, config)
     tokenizer.save(root / ckpt.TOKENIZER)
@@ -204,6 +204,11 @@ for name, (path, ids, prime, length) in cases.items():
         "seeded": [generate(0.8, 7), generate(0.8, 7), generate(0.8, 8)],
         "empty_prompt": generate(1.0, 3, prompt="", n=12),
     }
+    try:
+        generate(0.0, 0, prompt="\\x01")
+        result[name]["unknown_prompt"] = "accepted"
+    except tf.errors.InvalidArgumentError as err:
+        result[name]["unknown_prompt"] = err.message
 print(json.dumps(result))
 """
 
@@ -229,16 +234,21 @@ def test_savedmodel_without_textgen_matches_logits_and_greedy_text(
         assert first == again and first != other
         assert first.startswith(PRIME) and len(first) == len(PRIME) + LENGTH
         assert len(got["empty_prompt"]) == 12
+        unknown = json.loads((runs[name] / ckpt.TOKENIZER).read_text())["unknown"]
+        if unknown:
+            assert got["unknown_prompt"] == "accepted"
+        else:
+            assert "outside the vocabulary" in got["unknown_prompt"]
 
-        # The same seed in this process gives the text the other process produced.
-        generate = tf.saved_model.load(cases[name][0]).signatures["generate"]
-        here = generate(
-            prompt=tf.constant(PRIME),
-            length=tf.constant(LENGTH),
-            temperature=tf.constant(0.8),
-            seed=tf.constant(7, tf.int64),
-        )["text"].numpy()
-        assert here.decode("utf-8") == first
+    # The same seed in this process gives the text the other process produced.
+    generate = tf.saved_model.load(cases["lstm2"][0]).signatures["generate"]
+    here = generate(
+        prompt=tf.constant(PRIME),
+        length=tf.constant(LENGTH),
+        temperature=tf.constant(0.8),
+        seed=tf.constant(7, tf.int64),
+    )["text"].numpy()
+    assert here.decode("utf-8") == result["lstm2"]["seeded"][0]
 
 
 def test_savedmodel_greedy_text_equals_textgen_sample_command(runs, exported):

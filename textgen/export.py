@@ -165,14 +165,19 @@ def _needs_copy(vocab_file: Path, vocab_text: bytes, force: bool) -> bool:
 
 def _write_in_place(out: Path, write: Callable[[Path], None]) -> None:
     """Let ``write`` build the artefact at a temporary path, then move it to ``out``."""
-    tmp_root = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        tmp_root = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as err:
+        raise TextgenError(f"cannot write {out}: {err.strerror}") from None
     tmp = tmp_root / out.name  # keeps the suffix that Keras insists on
     try:
         write(tmp)
-        if out.is_dir() and not out.is_symlink():
-            old = tmp_root / "replaced"
-            os.replace(out, old)  # a directory cannot be renamed over a non-empty one
+        if out.exists() or out.is_symlink():
+            # Moved aside first: a folder cannot be renamed over a file or a non-empty folder.
+            os.replace(out, tmp_root / "replaced")
         os.replace(tmp, out)
+    except OSError as err:
+        raise TextgenError(f"cannot write {out}: {err.strerror or err}") from None
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
 
