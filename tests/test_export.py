@@ -142,40 +142,31 @@ def test_vocabulary_travels_with_every_artefact(runs, exported):
         assert json.loads(assets.read_text(encoding="utf-8")) == vocab
 
 
+# The Keras and SavedModel checks share one process, so TensorFlow is imported once.
 KERAS_SCRIPT = """
-import json, zipfile
+import json
 import numpy as np
 import keras
-cases = json.loads(sys.argv[1])
-result = {}
-for name, (path, ids) in cases.items():
+keras_result = {}
+for name, (path, ids) in json.loads(sys.argv[1])["keras"].items():
     model = keras.saving.load_model(path)
-    result[name] = {
+    keras_result[name] = {
         "logits": np.asarray(model(np.array(ids, np.int32))).tolist(),
         "layers": [type(layer).__module__.split(".")[0] for layer in model.layers],
     }
-print(json.dumps(result))
 """
 
 
-def test_keras_file_loads_without_textgen_and_matches_logits(exported, reference, tmp_path):
-    cases = {
-        name: (str(folder / "model.keras"), reference[name]["ids"].tolist())
-        for name, folder in exported.items()
-    }
-    result = json.loads(run_isolated(tmp_path, KERAS_SCRIPT, json.dumps(cases)))
-    for name, got in result.items():
+def test_keras_file_loads_without_textgen_and_matches_logits(tensorflow_side, reference):
+    for name, got in tensorflow_side["keras"].items():
         assert set(got["layers"]) == {"keras"}, got["layers"]  # stock layers only
         np.testing.assert_allclose(got["logits"], reference[name]["logits"], atol=1e-5)
 
 
 SAVEDMODEL_SCRIPT = """
-import json
-import numpy as np
 import tensorflow as tf
-cases = json.loads(sys.argv[1])
 result = {}
-for name, (path, ids, prime, length) in cases.items():
+for name, (path, ids, prime, length) in json.loads(sys.argv[1])["savedmodel"].items():
     signatures = tf.saved_model.load(path).signatures
     ids = np.array(ids, np.int32)
     full = signatures["serving_default"](ids=tf.constant(ids))["logits"].numpy()
@@ -209,20 +200,33 @@ for name, (path, ids, prime, length) in cases.items():
         result[name]["unknown_prompt"] = "accepted"
     except tf.errors.InvalidArgumentError as err:
         result[name]["unknown_prompt"] = err.message
-print(json.dumps(result))
+print(json.dumps({"keras": keras_result, "savedmodel": result}))
 """
 
 
+@pytest.fixture(scope="module")
+def tensorflow_side(exported, reference, tmp_path_factory) -> dict:
+    """The Keras files and SavedModels, run by TensorFlow in a process without textgen."""
+    cases = {
+        "keras": {
+            name: (str(folder / "model.keras"), reference[name]["ids"].tolist())
+            for name, folder in exported.items()
+        },
+        "savedmodel": {
+            name: (str(folder / "savedmodel"), reference[name]["ids"].tolist(), PRIME, LENGTH)
+            for name, folder in exported.items()
+        },
+    }
+    tmp = tmp_path_factory.mktemp("tensorflow_side")
+    return json.loads(run_isolated(tmp, KERAS_SCRIPT + SAVEDMODEL_SCRIPT, json.dumps(cases)))
+
+
 def test_savedmodel_without_textgen_matches_logits_and_greedy_text(
-    exported, reference, runs, tmp_path
+    tensorflow_side, exported, reference, runs
 ):
     from textgen.backend import tf
 
-    cases = {
-        name: (str(folder / "savedmodel"), reference[name]["ids"].tolist(), PRIME, LENGTH)
-        for name, folder in exported.items()
-    }
-    result = json.loads(run_isolated(tmp_path, SAVEDMODEL_SCRIPT, json.dumps(cases)))
+    result = tensorflow_side["savedmodel"]
     for name, got in result.items():
         want = reference[name]
         np.testing.assert_allclose(got["logits"], want["logits"], atol=1e-5)
@@ -241,7 +245,7 @@ def test_savedmodel_without_textgen_matches_logits_and_greedy_text(
             assert "outside the vocabulary" in got["unknown_prompt"]
 
     # The same seed in this process gives the text the other process produced.
-    generate = tf.saved_model.load(cases["lstm2"][0]).signatures["generate"]
+    generate = tf.saved_model.load(str(exported["lstm2"] / "savedmodel")).signatures["generate"]
     here = generate(
         prompt=tf.constant(PRIME),
         length=tf.constant(LENGTH),
