@@ -42,8 +42,9 @@ def _parse_setting(text: str) -> tuple[str, object]:
 
 def score_best(run_dir: Path, corpus: Path, config) -> tuple[float, float]:
     """Loss of ``best.npz`` on the held-out ids: with the run's context, and from zero states."""
-    from textgen.data import read_corpus, split_ids
+    from textgen.corpus.reading import read_corpus
     from textgen.evaluation import evaluate_ids, run_scorer
+    from textgen.windows import split_ids
 
     tokenizer, step, _ = run_scorer(run_dir, "best")
     ids = tokenizer.encode(read_corpus(corpus))

@@ -290,17 +290,18 @@ def table(layers: int, args: argparse.Namespace) -> None:
 
 def _saved_run(folder: Path) -> Path:
     """A 1 x LSTM 512 run directory with random weights, as ``textgen sample`` reads it."""
-    from textgen import checkpoint as ckpt
+    from textgen import run as ckpt
+    from textgen.checkpoint import Checkpoint, save_checkpoint
+    from textgen.config import ModelConfig, RunConfig, TrainConfig
     from textgen.model import build_model, get_weights
 
     run_dir = folder / "run"
     run_dir.mkdir()
-    model = build_model(VOCAB, embedding_dim=EMBEDDING, units=512)
+    shape = ModelConfig(VOCAB, embedding_dim=EMBEDDING, units=512)
+    model = build_model(shape)
     Tokenizer([chr(c) for c in range(32, 32 + VOCAB)]).save(run_dir / ckpt.TOKENIZER)
-    ckpt.save_checkpoint(run_dir / ckpt.BEST, ckpt.Checkpoint(get_weights(model)))
-    config = {"model": {"vocab_size": VOCAB, "embedding_dim": EMBEDDING, "units": 512,
-                        "num_layers": 1, "cell": "lstm"}}  # fmt: skip
-    ckpt.write_config(run_dir, config)
+    save_checkpoint(run_dir / ckpt.BEST, Checkpoint(get_weights(model)))
+    ckpt.write_config(run_dir, RunConfig(shape, TrainConfig()))
     return run_dir
 
 

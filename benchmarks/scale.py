@@ -89,7 +89,7 @@ def report(**values):
 PREPARE_CHILD = (
     _COMMON
     + """
-from textgen.prepare import prepare_corpus
+from textgen.corpus.ids import prepare_corpus
 base = rss_mb()
 t0, c0 = time.perf_counter(), time.process_time()
 prepared = prepare_corpus(args["path"], cache_dir=args["cache"])
@@ -127,7 +127,7 @@ from textgen.backend import tf  # noqa: F401  (imported before the clock starts)
 import_s = time.perf_counter() - t0
 import numpy as np
 import textgen.training as tr
-from textgen.prepare import PreparedCorpus
+from textgen.corpus.ids import PreparedCorpus
 from textgen.tokenizer import Tokenizer
 
 marks = {}
@@ -210,7 +210,7 @@ def source_lines() -> list[str]:
     if SHAKESPEARE.exists():
         text = SHAKESPEARE.read_text(encoding="utf-8")
     else:
-        from textgen.corpora import resolve_corpus
+        from textgen.corpus.catalogue import resolve_corpus
 
         text = resolve_corpus("pydocs", progress=False).read_text(encoding="utf-8")
     return text.splitlines(keepends=True)
@@ -461,7 +461,7 @@ def main(argv: list[str] | None = None) -> None:
         if not args.no_pysource:
             os.environ["TEXTGEN_CORPUS_DIR"] = str(work / "corpora")
             sys.path.insert(0, str(REPO))
-            from textgen.corpora import resolve_corpus
+            from textgen.corpus.catalogue import resolve_corpus
 
             corpora.append(("pysource", resolve_corpus("pysource", progress=False)))
         started, load_before = time.monotonic(), os.getloadavg()[0]

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from textgen import corpora
 from textgen.cli_corpus import corpus
+from textgen.corpus import catalogue as corpora
 from textgen.errors import CorpusError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -567,7 +567,7 @@ def test_catalogue_entries_are_well_formed():
 
 def test_modules_do_not_import_tensorflow():
     code = (
-        "import sys, textgen.corpora, textgen.cli_corpus; "
+        "import sys, textgen.corpus, textgen.cli_corpus; "
         "sys.exit(', '.join(m for m in ('tensorflow', 'keras') if m in sys.modules) or None)"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -23,13 +23,14 @@ import pytest
 from conftest import TINY, make_text
 
 from textgen import CheckpointError, Sampler, Tokenizer
-from textgen import checkpoint as ckpt
+from textgen import run as ckpt
+from textgen.checkpoint import Checkpoint, load_checkpoint
 from textgen.training import HISTORY_FIELDS, train
 
 REPO = Path(__file__).resolve().parents[1]
 # Checkpoints are written after almost every batch, so kills land anywhere in the save cycle.
 SETTINGS = {**TINY, "epochs": 3, "checkpoint_every": 0.05}
-FINAL_NAMES = {ckpt.CONFIG, ckpt.TOKENIZER, ckpt.LATEST, ckpt.BEST, ckpt.HISTORY}
+FINAL_NAMES = {ckpt.CONFIG, ckpt.TOKENIZER, ckpt.LATEST, ckpt.BEST, ckpt.HISTORY, ckpt.LOCK}
 # atomic_write's temporary names: ".<final name>.<random>.tmp"
 TEMP_NAME = re.compile("|".join(rf"\.{re.escape(name)}\..+\.tmp" for name in FINAL_NAMES))
 
@@ -98,9 +99,9 @@ def reference(tmp_path_factory):
     corpus = root / "corpus.txt"
     corpus.write_text(make_text(300), encoding="utf-8")
     train(corpus, run_dir=root / "straight", **_quiet(**SETTINGS))
-    final = ckpt.load_checkpoint(root / "straight" / ckpt.LATEST)
-    steps_per_epoch = final.state["step"] // SETTINGS["epochs"]
-    assert final.state["epoch"] == SETTINGS["epochs"] and steps_per_epoch >= 40
+    final = load_checkpoint(root / "straight" / ckpt.LATEST)
+    steps_per_epoch = final.state.step // SETTINGS["epochs"]
+    assert final.state.epoch == SETTINGS["epochs"] and steps_per_epoch >= 40
     return corpus, final, steps_per_epoch
 
 
@@ -153,7 +154,7 @@ def _wait_for(child, log: Path, condition, what: str, timeout: float = 90.0):
 def _latest_state(run: Path) -> dict | None:
     """The loop state in latest.npz, read while training may be replacing it."""
     path = run / ckpt.LATEST
-    return ckpt.load_checkpoint(path).state if path.exists() else None
+    return load_checkpoint(path).state.to_json() if path.exists() else None
 
 
 def _sigkill(child) -> None:
@@ -167,12 +168,12 @@ def _assert_intact(run: Path) -> dict:
     names = {p.name for p in run.iterdir()}
     strays = [n for n in names - FINAL_NAMES if not TEMP_NAME.fullmatch(n)]
     assert not strays, strays
-    assert ckpt.read_config(run)["training"]["units"] == SETTINGS["units"]
+    assert ckpt.read_config(run).training.units == SETTINGS["units"]
     assert Tokenizer.load(run / ckpt.TOKENIZER).vocab_size > 10
-    latest = ckpt.load_checkpoint(run / ckpt.LATEST)
+    latest = load_checkpoint(run / ckpt.LATEST)
     assert latest.optimizer and latest.weights
     if (run / ckpt.BEST).exists():
-        assert ckpt.load_checkpoint(run / ckpt.BEST).weights
+        assert load_checkpoint(run / ckpt.BEST).weights
     if (run / ckpt.HISTORY).exists():
         with (run / ckpt.HISTORY).open(newline="") as handle:
             reader = csv.DictReader(handle)
@@ -181,16 +182,16 @@ def _assert_intact(run: Path) -> dict:
         assert all(None not in row.values() and None not in row for row in rows)
     for which in ("best", "latest"):
         assert len(Sampler.from_checkpoint(run, which=which).generate(20, seed=0)) == 20
-    return latest.state
+    return latest.state.to_json()
 
 
-def _resume_and_compare(corpus: Path, run: Path, final: ckpt.Checkpoint) -> None:
+def _resume_and_compare(corpus: Path, run: Path, final: Checkpoint) -> None:
     result = train(corpus, run_dir=run, resume=True, **_quiet())
     assert result.stopped == "completed"
     assert result.epochs_done == SETTINGS["epochs"]
     _assert_intact(run)
-    resumed = ckpt.load_checkpoint(run / ckpt.LATEST)
-    assert resumed.state["step"] == final.state["step"]
+    resumed = load_checkpoint(run / ckpt.LATEST)
+    assert resumed.state.step == final.state.step
     assert resumed.weights.keys() == final.weights.keys()
     for name, value in final.weights.items():
         np.testing.assert_allclose(resumed.weights[name], value, atol=1e-5, err_msg=name)
@@ -261,7 +262,7 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_checkpoint(
     # complete checkpoint.
     assert partial.exists() and partial.stat().st_size == stalled["written"]
     with pytest.raises(CheckpointError, match="damaged"):
-        ckpt.load_checkpoint(partial)
+        load_checkpoint(partial)
     assert (run / ckpt.LATEST).read_bytes() == before
     state = _assert_intact(run)
     assert per_epoch <= state["step"] < stalled["step"]

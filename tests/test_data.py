@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from textgen.data import epoch_starts, read_corpus, split_ids, window_dataset
+from textgen.corpus.reading import read_corpus
 from textgen.errors import CorpusError
+from textgen.windows import epoch_starts, split_ids, window_dataset
 
 
 def test_read_corpus_errors(tmp_path):

@@ -8,6 +8,7 @@ SimpleRNN whose vocabulary has an unknown id (which greedy decoding must never p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -20,10 +21,11 @@ import pytest
 from click.testing import CliRunner
 from conftest import make_text
 
-from textgen import checkpoint as ckpt
+from textgen.checkpoint import Checkpoint, save_checkpoint
 from textgen.cli import main
 from textgen.errors import TextgenError
 from textgen.export import export_run, state_names
+from textgen.run import BEST, CONFIG, TOKENIZER, open_run, read_config, write_config
 from textgen.sampler import Sampler
 from textgen.tokenizer import Tokenizer
 
@@ -65,11 +67,11 @@ def run_isolated(tmp_path: Path, code: str, *args: str, cwd: Path | None = None)
 def make_run(root: Path, like: Path, *, cell: str, layers: int, units: int, max_vocab=None):
     """A run directory in textgen's format, holding random weights of a given shape."""
     tokenizer = Tokenizer.from_text(make_text(), max_vocab=max_vocab)
-    assert not tokenizer.unknown_chars(PRIME)  # the README loop looks the prime up
-    config = ckpt.read_config(like)
+    assert set(PRIME) <= set(tokenizer.chars)  # the README loop looks the prime up
+    config = read_config(like)
     emb, vocab = 5, tokenizer.vocab_size
-    config["model"].update(
-        cell=cell, num_layers=layers, units=units, vocab_size=vocab, embedding_dim=emb
+    config.model = dataclasses.replace(
+        config.model, cell=cell, num_layers=layers, units=units, vocab_size=vocab, embedding_dim=emb
     )
     gates = {"lstm": 4, "gru": 3, "simple": 1}[cell]
     rng = np.random.default_rng(units)
@@ -84,10 +86,10 @@ def make_run(root: Path, like: Path, *, cell: str, layers: int, units: int, max_
     if tokenizer.unknown:  # make the unknown id tempting, so that excluding it is tested
         weights["dense/bias"][tokenizer.unknown_id] += 1.5
     root.mkdir(parents=True)
-    ckpt.write_config(root, config)
-    tokenizer.save(root / ckpt.TOKENIZER)
+    write_config(root, config)
+    tokenizer.save(root / TOKENIZER)
     weights = {k: v.astype(np.float32) for k, v in weights.items()}
-    ckpt.save_checkpoint(root / ckpt.BEST, ckpt.Checkpoint(weights))
+    save_checkpoint(root / BEST, Checkpoint(weights))
     return root
 
 
@@ -118,15 +120,12 @@ def exported(runs, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def reference(runs) -> dict[str, dict]:
     """textgen's own logits for TEXT (batch of two) and greedy text, per run."""
-    from textgen.export import load_source
-    from textgen.model import model_from_config
-
     out = {}
     for name, run in runs.items():
-        source = load_source(run)
-        ids = source.tokenizer.encode(TEXT)
+        loaded = open_run(run)
+        ids = loaded.tokenizer.encode(TEXT)
         batch = np.stack([ids, ids[::-1]]).astype(np.int32)
-        model = model_from_config(source.model, source.weights)
+        model = loaded.build_model()
         greedy = Sampler.from_checkpoint(run).generate(LENGTH, temperature=0, prime=PRIME)
         out[name] = {"ids": batch, "logits": np.asarray(model(batch)), "greedy": PRIME + greedy}
     return out
@@ -134,7 +133,7 @@ def reference(runs) -> dict[str, dict]:
 
 def test_vocabulary_travels_with_every_artefact(runs, exported):
     for name, folder in exported.items():
-        vocab = json.loads((runs[name] / ckpt.TOKENIZER).read_text(encoding="utf-8"))
+        vocab = json.loads((runs[name] / TOKENIZER).read_text(encoding="utf-8"))
         assert json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")) == vocab
         with zipfile.ZipFile(folder / "model.keras") as archive:
             assert json.loads(archive.read("tokenizer.json")) == vocab
@@ -231,14 +230,14 @@ def test_savedmodel_without_textgen_matches_logits_and_greedy_text(
         want = reference[name]
         np.testing.assert_allclose(got["logits"], want["logits"], atol=1e-5)
         np.testing.assert_allclose(got["stepped"], want["logits"], atol=1e-5)
-        model = ckpt.read_config(runs[name])["model"]
-        assert sorted(got["state_names"]) == sorted(state_names(model["cell"], model["num_layers"]))
+        model = read_config(runs[name]).model
+        assert sorted(got["state_names"]) == sorted(state_names(model.cell, model.num_layers))
         assert got["greedy"] == want["greedy"]
         first, again, other = got["seeded"]
         assert first == again and first != other
         assert first.startswith(PRIME) and len(first) == len(PRIME) + LENGTH
         assert len(got["empty_prompt"]) == 12
-        unknown = json.loads((runs[name] / ckpt.TOKENIZER).read_text())["unknown"]
+        unknown = json.loads((runs[name] / TOKENIZER).read_text())["unknown"]
         if unknown:
             assert got["unknown_prompt"] == "accepted"
         else:
@@ -308,14 +307,14 @@ def test_onnx_without_textgen_matches_logits(exported, reference, runs, tmp_path
     }
     result = json.loads(run_isolated(tmp_path, ONNX_SCRIPT, json.dumps(cases)))
     for name, got in result.items():
-        model = ckpt.read_config(runs[name])["model"]
-        names = state_names(model["cell"], model["num_layers"])
+        model = read_config(runs[name]).model
+        names = state_names(model.cell, model.num_layers)
         assert [n for n, _, _ in got["inputs"]] == ["ids", *names]
         assert got["inputs"][0][1] == "tensor(int64)"
-        assert all(t == "tensor(float)" and s[1] == model["units"] for _, t, s in got["inputs"][1:])
+        assert all(t == "tensor(float)" and s[1] == model.units for _, t, s in got["inputs"][1:])
         assert got["outputs"] == ["logits", *(f"new_{n}" for n in names)]
         np.testing.assert_allclose(got["logits"], reference[name]["logits"], atol=1e-5)
-        vocab = json.loads((runs[name] / ckpt.TOKENIZER).read_text(encoding="utf-8"))
+        vocab = json.loads((runs[name] / TOKENIZER).read_text(encoding="utf-8"))
         assert got["tokenizer"] == vocab
 
 
@@ -393,11 +392,11 @@ def test_export_command_errors(trained_run, runs, tmp_path):
     assert_one_line_error(export_cli(tmp_path / "missing", tmp_path / "m.onnx"), "no such run")
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / ckpt.CONFIG).write_text((trained_run / ckpt.CONFIG).read_text())
-    (broken / ckpt.TOKENIZER).write_text((runs["simple_unk"] / ckpt.TOKENIZER).read_text())
-    (broken / ckpt.BEST).write_bytes((trained_run / ckpt.BEST).read_bytes())
-    assert_one_line_error(export_cli(broken, tmp_path / "m.onnx"), "do not fit")
-    (broken / ckpt.BEST).write_bytes(b"not a checkpoint")
+    (broken / CONFIG).write_text((trained_run / CONFIG).read_text())
+    (broken / TOKENIZER).write_text((runs["simple_unk"] / TOKENIZER).read_text())
+    (broken / BEST).write_bytes((trained_run / BEST).read_bytes())
+    assert_one_line_error(export_cli(broken, tmp_path / "m.onnx"), "the tokenizer has")
+    (broken / BEST).write_bytes(b"not a checkpoint")
     assert_one_line_error(export_cli(broken, tmp_path / "m.onnx"), "damaged")
     assert not (tmp_path / "m.onnx").exists()
 

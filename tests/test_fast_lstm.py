@@ -8,7 +8,8 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
-from textgen.fast_lstm import forward_logits, lstm_sequence, lstm_sequence_from_ids  # noqa: E402
+from textgen.fast_lstm import lstm_sequence, lstm_sequence_from_ids  # noqa: E402
+from textgen.forward import make_forward  # noqa: E402
 from textgen.model import build_model  # noqa: E402
 
 B, T, D, H = 3, 5, 4, 6
@@ -143,6 +144,11 @@ def test_works_in_tf_function_with_dynamic_shapes() -> None:
         np.testing.assert_allclose(dx.numpy(), tape.gradient(total, x).numpy(), atol=1e-5)
 
 
+def forward_logits(model, ids, *, training: bool, dropout_rate: float = 0.0, seed=None):
+    """The training forward pass of ``textgen.forward`` for a model."""
+    return make_forward(model, dropout_rate)(ids, training=training, seed=seed)
+
+
 def _ids(vocab: int, seed: int = 3) -> tf.Tensor:
     return tf.constant(np.random.default_rng(seed).integers(0, vocab, size=(B, T)), tf.int32)
 
@@ -257,9 +263,10 @@ def test_adam_steps_match_stock_autodiff_with_dense_gradients() -> None:
     _assert_all_close(fast.get_weights(), stock.get_weights(), 1e-4)
 
 
-def test_forward_logits_rejects_non_lstm_models() -> None:
-    from textgen.errors import TextgenError
-
-    model = build_model(11, embedding_dim=D, units=H, cell="gru")
-    with pytest.raises(TextgenError, match="LSTM"):
-        forward_logits(model, _ids(11), training=False)
+@pytest.mark.parametrize("cell", ["gru", "simple"])
+def test_other_cells_run_through_their_keras_layers(cell: str) -> None:
+    keras.utils.set_random_seed(12)
+    model = build_model(11, embedding_dim=D, units=H, num_layers=2, cell=cell)
+    ids = _ids(11)
+    logits = forward_logits(model, ids, training=False)
+    np.testing.assert_allclose(logits.numpy(), model(ids).numpy(), rtol=1e-5, atol=1e-5)

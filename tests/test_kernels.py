@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from textgen.draw import LogExponentials, sample_ids
+from textgen.engine import RecurrentStack
 from textgen.errors import TextgenError
-from textgen.kernels import LogExponentials, RecurrentStack, sample_ids
+from textgen.options import SamplingOptions
 
 VOCAB, EMB, UNITS = 7, 3, 5
 CASES = [(cell, layers) for cell in ("lstm", "gru", "simple") for layers in (1, 2)]
@@ -234,15 +236,17 @@ def test_block_drawn_noise_gives_the_ids_of_step_by_step_draws(per_row: bool) ->
         blocked.next(2, VOCAB)
 
 
-def test_sampling_rejects_bad_arguments() -> None:
+def test_sampling_options_reject_bad_values_in_one_place() -> None:
+    for temperature in (-1, float("nan"), float("inf"), "hot"):
+        with pytest.raises(TextgenError, match="temperature"):
+            SamplingOptions(temperature=temperature)
+    with pytest.raises(TextgenError, match="top-k"):
+        SamplingOptions(top_k=0)
+    with pytest.raises(TextgenError, match="top-p"):
+        SamplingOptions(top_p=0)
+    with pytest.raises(TextgenError, match="stop string"):
+        SamplingOptions(stop=["\n", ""])
+    assert SamplingOptions(stop="\n\n").stop == ("\n\n",)
     logits = np.zeros((2, VOCAB), np.float32)
-    rng = np.random.default_rng(0)
-    for temperature in (-1, float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="temperature"):
-            sample_ids(logits, rng, temperature=temperature)
-    with pytest.raises(ValueError, match="top_k"):
-        sample_ids(logits, rng, top_k=0)
-    with pytest.raises(ValueError, match="top_p"):
-        sample_ids(logits, rng, top_p=0)
     with pytest.raises(ValueError, match="one Generator per row"):
-        sample_ids(logits, [rng])
+        sample_ids(logits, [np.random.default_rng(0)])

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from textgen import Sampler, build_model
-from textgen import data as data_module
+from textgen.corpus import reading as data_module
+from textgen.corpus.ids import prepare_corpus
 from textgen.errors import CorpusError, VocabularyError
-from textgen.prepare import prepare_corpus
 from textgen.tokenizer import Tokenizer
 
 

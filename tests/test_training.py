@@ -8,8 +8,9 @@ import pytest
 from conftest import TINY, make_text
 
 from textgen import CheckpointError, Sampler, build_model, training
-from textgen import checkpoint as ckpt
+from textgen.checkpoint import load_checkpoint
 from textgen.model import set_weights
+from textgen.run import open_run
 from textgen.training import TrainingInterrupted, train
 
 
@@ -31,7 +32,7 @@ def test_run_directory_is_self_contained(trained_run):
 
 def test_checkpoint_loads_into_a_stock_keras_model_with_identical_predictions(trained_run):
     config = json.loads((trained_run / "config.json").read_text())["model"]
-    saved = ckpt.load_checkpoint(trained_run / "best.npz")
+    saved = load_checkpoint(trained_run / "best.npz")
     model = build_model(
         config["vocab_size"],
         embedding_dim=config["embedding_dim"],
@@ -55,8 +56,8 @@ def _interrupt_after_first_epoch(line: str) -> None:
 
 
 def _assert_same_checkpoint(a_path, b_path):
-    a, b = ckpt.load_checkpoint(a_path), ckpt.load_checkpoint(b_path)
-    assert a.state["step"] == b.state["step"]
+    a, b = load_checkpoint(a_path), load_checkpoint(b_path)
+    assert a.state.step == b.state.step
     for name, value in a.weights.items():
         np.testing.assert_allclose(b.weights[name], value, atol=1e-5, err_msg=name)
     for x, y in zip(a.optimizer, b.optimizer):
@@ -74,7 +75,7 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, corp
             echo=_interrupt_after_first_epoch,
             **settings,
         )
-    assert ckpt.load_checkpoint(tmp_path / "split" / "latest.npz").state["epoch"] == 1
+    assert load_checkpoint(tmp_path / "split" / "latest.npz").state.epoch == 1
     result = train(corpus, run_dir=tmp_path / "split", resume=True, **_quiet())
     assert result.epochs_done == 3
     rows = list(csv.DictReader((tmp_path / "split" / "history.csv").open()))
@@ -82,28 +83,24 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, corp
     _assert_same_checkpoint(tmp_path / "straight" / "latest.npz", tmp_path / "split" / "latest.npz")
 
 
-def test_interrupt_mid_epoch_resumes_at_the_same_batch(tmp_path, corpus, monkeypatch):
+def test_interrupt_mid_epoch_resumes_at_the_same_batch(tmp_path, corpus):
     corpus.write_text(make_text(1500))
     settings = {**TINY, "epochs": 2}
     train(corpus, run_dir=tmp_path / "straight", **_quiet(**settings))
-    total = ckpt.load_checkpoint(tmp_path / "straight" / "latest.npz").state["step"]
+    total = load_checkpoint(tmp_path / "straight" / "latest.npz").state.step
     assert total >= 10
-    # Ctrl-C arrives before the step that is 60% of the way through the run: counted in steps,
+    # Ctrl-C arrives after the step that is 60% of the way through the run: counted in steps,
     # not seconds, so the moment is the same on a fast or a loaded machine.
-    real_rate, calls = training.learning_rate_at, 0
 
-    def interrupting_rate(cfg, progress):
-        nonlocal calls
-        calls += 1
-        if calls == int(total * 0.6):
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_rate(cfg, progress)
+    class CtrlC(training.Callback):
+        def on_batch_end(self, state, loss):
+            if state.step == int(total * 0.6):
+                os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(training, "learning_rate_at", interrupting_rate)
     with pytest.raises(TrainingInterrupted):
-        train(corpus, run_dir=tmp_path / "split", **_quiet(**settings))
-    state = ckpt.load_checkpoint(tmp_path / "split" / "latest.npz").state
-    assert 0 < state["step"] < total
+        train(corpus, run_dir=tmp_path / "split", callbacks=[CtrlC()], **_quiet(**settings))
+    state = load_checkpoint(tmp_path / "split" / "latest.npz").state
+    assert 0 < state.step < total
     train(corpus, run_dir=tmp_path / "split", resume=True, **_quiet())
     _assert_same_checkpoint(tmp_path / "straight" / "latest.npz", tmp_path / "split" / "latest.npz")
 
@@ -169,18 +166,46 @@ def test_damaged_checkpoints_are_reported(tmp_path, trained_run):
         Sampler.from_checkpoint(tmp_path / "missing")
 
 
-def test_a_run_killed_before_its_first_checkpoint_can_resume(tmp_path, corpus, monkeypatch):
-    from textgen import training
+def test_a_run_killed_before_its_first_checkpoint_can_resume(tmp_path, corpus):
+    class Killed(training.Callback):
+        def on_batch_end(self, state, loss):
+            raise SystemExit("killed")  # stands in for SIGKILL right after start-up
 
-    def killed(self):
-        raise SystemExit("killed")  # stands in for SIGKILL right after start-up
-
-    with monkeypatch.context() as patch:
-        patch.setattr(training._Trainer, "run", killed)
-        with pytest.raises(SystemExit):
-            train(corpus, run_dir=tmp_path / "run", **_quiet(**TINY))
-    assert ckpt.load_checkpoint(tmp_path / "run" / "latest.npz").state["step"] == 0
+    with pytest.raises(SystemExit):
+        train(corpus, run_dir=tmp_path / "run", callbacks=[Killed()], **_quiet(**TINY))
+    assert load_checkpoint(tmp_path / "run" / "latest.npz").state.step == 0
     (tmp_path / "run" / ".latest.npz.abc.tmp").write_bytes(b"half a file")
     result = train(corpus, run_dir=tmp_path / "run", resume=True, **_quiet())
     assert result.stopped == "completed" and result.epochs_done == TINY["epochs"]
     assert not list((tmp_path / "run").glob(".*.tmp"))
+
+
+def test_the_library_trains_on_a_corpus_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEXTGEN_CORPUS_DIR", str(tmp_path / "corpora"))
+    result = train(
+        "pydocs", run_dir=tmp_path / "run", epochs=1, units=16, embedding_dim=8, **_quiet()
+    )
+    assert result.stopped == "completed" and result.epochs_done == 1
+    assert (tmp_path / "corpora" / "pydocs.txt").is_file()
+    assert open_run(tmp_path / "run").config.corpus["source"] == "pydocs"
+    assert len(Sampler.from_checkpoint(result.run_dir).generate(20, seed=1)) == 20
+
+
+def test_callbacks_see_every_batch_and_epoch_and_can_stop_training(tmp_path, corpus):
+    seen = {"batches": 0, "epochs": []}
+
+    class Watch(training.Callback):
+        def on_batch_end(self, state, loss):
+            seen["batches"] += 1
+            assert state.step == seen["batches"] and np.isfinite(loss)
+
+        def on_epoch_end(self, state, epoch):
+            seen["epochs"].append((epoch.epoch, epoch.val_loss is not None))
+            return "enough" if epoch.epoch >= 2 else None
+
+    result = train(
+        corpus, run_dir=tmp_path / "run", callbacks=[Watch()], **_quiet(**{**TINY, "epochs": 5})
+    )
+    assert result.stopped == "enough" and result.epochs_done == 2
+    assert seen["epochs"] == [(1, True), (2, True)]
+    assert load_checkpoint(tmp_path / "run" / "latest.npz").state.step == seen["batches"]

@@ -14,34 +14,53 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "CheckpointError": "textgen.errors",
     "CorpusError": "textgen.errors",
+    "StorageError": "textgen.errors",
+    "ModelConfig": "textgen.config",
+    "SamplingOptions": "textgen.options",
+    "open_run": "textgen.run",
     "TextgenError": "textgen.errors",
     "VocabularyError": "textgen.errors",
     "build_model": "textgen.model",
     "Sampler": "textgen.sampler",
     "Tokenizer": "textgen.tokenizer",
-    "TrainConfig": "textgen.training",
+    "Callback": "textgen.training",
+    "TrainConfig": "textgen.config",
     "TrainResult": "textgen.training",
     "train": "textgen.training",
 }
 __all__ = [
+    "Callback",
     "CheckpointError",
     "CorpusError",
+    "ModelConfig",
     "Sampler",
+    "SamplingOptions",
+    "StorageError",
     "TextgenError",
     "Tokenizer",
     "TrainConfig",
     "TrainResult",
     "VocabularyError",
     "build_model",
+    "open_run",
     "train",
 ]
 
 if TYPE_CHECKING:
-    from textgen.errors import CheckpointError, CorpusError, TextgenError, VocabularyError
+    from textgen.config import ModelConfig, TrainConfig
+    from textgen.errors import (
+        CheckpointError,
+        CorpusError,
+        StorageError,
+        TextgenError,
+        VocabularyError,
+    )
     from textgen.model import build_model
+    from textgen.options import SamplingOptions
+    from textgen.run import open_run
     from textgen.sampler import Sampler
     from textgen.tokenizer import Tokenizer
-    from textgen.training import TrainConfig, TrainResult, train
+    from textgen.training import Callback, TrainResult, train
 
 
 def __getattr__(name: str):

@@ -1,7 +1,8 @@
 """The ``textgen`` command: a thin layer that parses options, calls the library and prints.
 
-TensorFlow is imported only inside the commands that train or evaluate, so ``--help``, usage
-errors and ``textgen sample`` (numpy only) answer without its start-up cost.
+Importing this module loads click and nothing heavy: numpy, TensorFlow, the training and corpus
+code are imported inside the commands that need them, so ``--help`` and usage errors answer at
+once and ``textgen sample`` (numpy only) never pays for TensorFlow.
 """
 
 from __future__ import annotations
@@ -10,9 +11,6 @@ import json
 import math
 import os
 import re
-import sys
-from collections.abc import Callable
-from dataclasses import fields
 from pathlib import Path
 
 from textgen.cores import blas_threads
@@ -28,9 +26,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import click  # noqa: E402
 
-from textgen.errors import TextgenError  # noqa: E402
+from textgen.cells import CELLS  # noqa: E402
+from textgen.cli_group import TextgenGroup  # noqa: E402
+from textgen.config import TrainConfig  # noqa: E402
 
-DEFAULT_CORPUS = "pydocs"
+DEFAULT_CORPUS = "pydocs"  # textgen.corpus.DEFAULT_CORPUS, without importing the corpus code
 _DURATION = re.compile(
     r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$"
 )
@@ -54,40 +54,27 @@ class Duration(click.ParamType):
         return total
 
 
-def _run(action: Callable[[], object]) -> object:
-    """Turn library errors into a one-line message and a non-zero exit, without a traceback."""
-    try:
-        return action()
-    except TextgenError as err:
-        raise click.ClickException(str(err)) from None
-
-
 def _finite(ctx, param, value):
     if value is not None and not math.isfinite(value):
         raise click.BadParameter("must be a finite number")
     return value
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=TextgenGroup,
+    lazy_commands={"corpus": "textgen.cli_corpus"},
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(package_name="textgen")
 def main() -> None:
     """Train a character-level LSTM on any text, then generate text in its style."""
 
 
-def _train_defaults() -> dict:
-    from textgen.training import TrainConfig
-
-    return {f.name: f.default for f in fields(TrainConfig)}
-
-
-_D = None  # filled lazily; only used to show defaults in --help
+_TRAIN_DEFAULTS = TrainConfig()
 
 
 def _default(name: str) -> str:
-    global _D
-    if _D is None:
-        _D = _train_defaults()
-    return f" [default: {_D[name]}]"
+    return f" [default: {getattr(_TRAIN_DEFAULTS, name)}]"
 
 
 @main.command()
@@ -119,7 +106,7 @@ def _default(name: str) -> str:
 )
 @click.option(
     "--cell",
-    type=click.Choice(["lstm", "gru", "simple"]),
+    type=click.Choice(list(CELLS)),
     help="Recurrent cell." + _default("cell"),
 )
 @click.option(
@@ -184,58 +171,37 @@ def _default(name: str) -> str:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(corpus, checkpoint_dir, resume, quiet, **options) -> None:
     """Train a model on CORPUS: a text file, folder, glob or corpus name (default: pydocs)."""
+    from textgen.training import default_run_dir, train
+
     settings = {k: v for k, v in options.items() if v is not None}
     if settings.get("clip_norm") == 0:
         settings["clip_norm"] = None
-
-    def action():
-        from textgen.training import TrainingInterrupted, train
-
-        source = corpus
-        if source is None and resume and checkpoint_dir:
-            from textgen.checkpoint import read_config
-
-            source = read_config(Path(checkpoint_dir))["corpus"]["source"]
-        source = _resolve(source or DEFAULT_CORPUS)
-        run_dir = checkpoint_dir
-        if run_dir is None:
-            from textgen.training import default_run_dir
-
-            run_dir = default_run_dir(corpus or DEFAULT_CORPUS)
-        try:
-            result = train(
-                source,
-                run_dir=run_dir,
-                resume=resume,
-                progress=not quiet,
-                echo=lambda line: click.echo(line),
-                **settings,
-            )
-        except TrainingInterrupted as stop:
-            click.echo(f"textgen: {stop}", err=True)
-            sys.exit(130)
-        best = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.4f} nats"
-        click.echo(
-            f"{result.stopped.replace('_', ' ')} after {result.epochs_done:.2f} epochs; "
-            f"best loss {best}; run saved in {result.run_dir}"
-        )
-
-    _run(action)
-
-
-def _resolve(spec: str) -> str:
-    """A corpus name or path -> something ``read_corpus`` accepts."""
-    if Path(spec).exists() or any(ch in spec for ch in "*?["):
-        return spec
-    from textgen.corpora import resolve_corpus
-
-    return str(resolve_corpus(spec))
+    run_dir = checkpoint_dir or default_run_dir(corpus or DEFAULT_CORPUS)
+    result = train(
+        corpus,
+        run_dir=run_dir,
+        resume=resume,
+        progress=not quiet,
+        echo=click.echo,
+        **settings,
+    )
+    best = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.4f} nats"
+    click.echo(
+        f"{result.stopped.replace('_', ' ')} after {result.epochs_done:.2f} epochs; "
+        f"best loss {best}; run saved in {result.run_dir}"
+    )
 
 
 def _pick_run(checkpoint: str | None) -> Path:
-    from textgen.checkpoint import find_latest_run
+    from textgen.run import find_latest_run
 
     return Path(checkpoint) if checkpoint else find_latest_run()
+
+
+def _stop_strings(ctx, param, value):
+    if any(s == "" for s in value):
+        raise click.BadParameter("a stop string must not be empty")
+    return value
 
 
 @main.command()
@@ -245,13 +211,24 @@ def _pick_run(checkpoint: str | None) -> Path:
     help="Run directory. [default: the newest under checkpoints/]",
 )
 @click.option(
-    "--temperature", type=float, default=1.0, show_default=True, help="Randomness; 0 is greedy."
+    "--temperature",
+    type=click.FloatRange(0),
+    callback=_finite,
+    default=1.0,
+    show_default=True,
+    help="Randomness; 0 is greedy.",
 )
-@click.option("--top-k", type=int, help="Draw only from the K most likely characters.")
-@click.option("--top-p", type=float, help="Draw only from the smallest set reaching probability P.")
+@click.option(
+    "--top-k", type=click.IntRange(min=1), help="Draw only from the K most likely characters."
+)
+@click.option(
+    "--top-p",
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Draw only from the smallest set reaching probability P.",
+)
 @click.option(
     "--length",
-    type=int,
+    type=click.IntRange(min=0),
     default=500,
     show_default=True,
     help="Characters per sample; 0 streams until Ctrl-C.",
@@ -265,13 +242,16 @@ def _pick_run(checkpoint: str | None) -> Path:
 @click.option("--seed", type=int, help="Random seed; the same seed gives the same text.")
 @click.option(
     "--num-samples",
-    type=int,
+    type=click.IntRange(min=1),
     default=1,
     show_default=True,
     help="Samples, generated together as one batch.",
 )
 @click.option(
-    "--stop", multiple=True, help="End a sample when it produces this string (repeatable)."
+    "--stop",
+    multiple=True,
+    callback=_stop_strings,
+    help="End a sample when it produces this string (repeatable).",
 )
 @click.option(
     "--format",
@@ -309,46 +289,31 @@ def sample(
     which,
 ) -> None:
     """Generate text from a trained run, printed as it is produced."""
-    from textgen.sampler import check_sampling
+    from textgen.options import SamplingOptions
+    from textgen.output import write_samples
+    from textgen.sampler import Sampler
 
-    _run(lambda: check_sampling(temperature, top_k, top_p))
-    if length < 0:
-        raise click.BadParameter("must be >= 0", param_hint="--length")
-    if num_samples < 1:
-        raise click.BadParameter("must be at least 1", param_hint="--num-samples")
-
-    def action():
-        from textgen.output import write_samples
-        from textgen.sampler import Sampler
-
-        sampler = Sampler.from_checkpoint(_pick_run(checkpoint), which=which)
-        pieces = sampler.stream_batch(
-            num_samples,
-            length or None,
-            temperature=temperature,
-            prime=prime,
-            seed=seed,
-            top_k=top_k,
-            top_p=top_p,
-            stop=stop,
-            drop_unknown=drop_unknown,
-        )
-        write_samples(pieces, num_samples, prime=prime, fmt=fmt, output=output)
-
-    _run(action)
+    options = SamplingOptions(
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        prime=prime,
+        drop_unknown=drop_unknown,
+        stop=stop,
+    )
+    sampler = Sampler.from_checkpoint(_pick_run(checkpoint), which=which)
+    pieces = sampler.stream_batch(num_samples, length or None, options)
+    write_samples(pieces, num_samples, prime=prime, fmt=fmt, output=output)
 
 
 @main.command()
 @click.argument("run_dir", type=click.Path())
 def info(run_dir) -> None:
     """Show a run's settings, vocabulary, progress and model summary."""
+    from textgen.report import describe_run
 
-    def action():
-        from textgen.report import describe_run
-
-        click.echo(describe_run(Path(run_dir)))
-
-    _run(action)
+    click.echo(describe_run(Path(run_dir)))
 
 
 @main.command(name="eval")
@@ -363,14 +328,10 @@ def info(run_dir) -> None:
 )
 def evaluate(run_dir, text_file, which, context) -> None:
     """Report a run's loss on TEXT_FILE in nats and bits per character."""
+    from textgen.evaluation import evaluate_file
 
-    def action():
-        from textgen.evaluation import evaluate_file
-
-        loss = evaluate_file(Path(run_dir), text_file, which=which, context=context)
-        click.echo(json.dumps({"loss_nats": round(loss, 6), "bpc": round(loss / math.log(2), 6)}))
-
-    _run(action)
+    loss = evaluate_file(Path(run_dir), text_file, which=which, context=context)
+    click.echo(json.dumps({"loss_nats": round(loss, 6), "bpc": round(loss / math.log(2), 6)}))
 
 
 @main.command(name="export")
@@ -386,20 +347,7 @@ def evaluate(run_dir, text_file, which, context) -> None:
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 def export(run_dir, out, fmt, which, force) -> None:
     """Export RUN's model to OUT for use without textgen (tokenizer.json goes beside it)."""
+    from textgen.export import export_run
 
-    def action():
-        from textgen.export import export_run
-
-        path = export_run(Path(run_dir), Path(out), fmt, which=which, force=force)
-        click.echo(f"exported {fmt or path.suffix[1:]} model to {path}")
-
-    _run(action)
-
-
-def _add_corpus_commands() -> None:
-    from textgen.cli_corpus import corpus
-
-    main.add_command(corpus)
-
-
-_add_corpus_commands()
+    path = export_run(Path(run_dir), Path(out), fmt, which=which, force=force)
+    click.echo(f"exported {fmt or path.suffix[1:]} model to {path}")

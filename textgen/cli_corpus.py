@@ -2,32 +2,12 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-from typing import Any, TypeVar
-
 import click
 
-from textgen import corpora
-from textgen.errors import TextgenError
-
-F = TypeVar("F", bound=Callable[..., Any])
+from textgen.cli_group import TextgenGroup
 
 
-def _one_line_errors(command: F) -> F:
-    """Turn a TextgenError into click's one-line ``Error: ...`` and exit status 1."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except TextgenError as err:
-            raise click.ClickException(str(err)) from err
-
-    return wrapper  # type: ignore[return-value]
-
-
-@click.group(name="corpus")
+@click.group(name="corpus", cls=TextgenGroup)
 def corpus() -> None:
     """List, download and inspect training corpora.
 
@@ -36,9 +16,10 @@ def corpus() -> None:
 
 
 @corpus.command(name="list")
-@_one_line_errors
 def list_command() -> None:
     """Show built-in, downloadable and local corpora."""
+    from textgen.corpus import catalogue as corpora
+
     rows = corpora.list_corpora()
     width = max(len(row["name"]) for row in rows)
     click.echo(f"{'NAME':<{width}}  {'KIND':<9}  {'LOCAL':<5}  {'SIZE':>8}  DESCRIPTION")
@@ -55,18 +36,20 @@ def list_command() -> None:
 @click.argument("name")
 @click.option("--url", help="Download from this mirror instead; it must serve the same bytes.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes.")
-@_one_line_errors
 def get_command(name: str, url: str | None, quiet: bool) -> None:
     """Download or build corpus NAME if needed, and print the path of its text file."""
+    from textgen.corpus import catalogue as corpora
+
     click.echo(corpora.get_corpus(name, progress=not quiet, url=url))
 
 
 @corpus.command(name="info")
 @click.argument("spec", metavar="PATH_OR_NAME")
 @click.option("--top", default=10, show_default=True, help="How many characters to list.")
-@_one_line_errors
 def info_command(spec: str, top: int) -> None:
     """Show size, encoding and character counts of a corpus."""
+    from textgen.corpus import catalogue as corpora
+
     info = corpora.corpus_info(spec, top=top)
     total = info["characters"]
     click.echo(f"File:        {info['path']}")

@@ -14,4 +14,8 @@ class VocabularyError(TextgenError):
 
 
 class CheckpointError(TextgenError):
-    """A run directory is missing, incomplete, damaged or incompatible."""
+    """A run directory is missing, incomplete, damaged, incompatible or in use."""
+
+
+class StorageError(TextgenError):
+    """A file could not be written: no space, no permission or an I/O error."""

@@ -7,22 +7,16 @@ from pathlib import Path
 
 import numpy as np
 
-from textgen import checkpoint as ckpt
-from textgen.data import read_corpus
+from textgen.config import DEFAULT_CONTEXT, TrainConfig
 from textgen.errors import CorpusError
 from textgen.tokenizer import Tokenizer
-
-DEFAULT_CONTEXT = 100
-"""Characters read before each scored window unless a run says otherwise (see
-``validation_dataset``): enough that a 512-unit LSTM's loss no longer depends on where the
-window starts."""
 
 
 def build_eval_step(model) -> Callable:
     """The compiled step ``(x, y, first, scored) -> (summed loss, count)``.
 
     Row ``r`` scores ``scored`` positions from position ``first[r]`` (the batches of
-    ``textgen.data.validation_dataset``); the positions before are context only.
+    ``textgen.windows.validation_dataset``); the positions before are context only.
     """
     from textgen.backend import tf
     from textgen.forward import make_forward
@@ -55,7 +49,7 @@ def evaluate_ids(
     ``step`` comes from :func:`build_eval_step`. Windows of ``seq_length`` are scored after up
     to ``context`` preceding characters (0: each window from a zero state).
     """
-    from textgen.data import validation_dataset
+    from textgen.windows import validation_dataset
 
     if len(ids) < 2:
         raise CorpusError("the text is too short to evaluate (it needs at least 2 characters)")
@@ -68,27 +62,26 @@ def evaluate_ids(
     return total / count
 
 
-def run_scorer(run_dir: Path, which: str = "best") -> tuple[Tokenizer, Callable, dict]:
+def run_scorer(run_dir: Path, which: str = "best") -> tuple[Tokenizer, Callable, TrainConfig]:
     """A run's tokenizer, the eval step of its ``which`` weights, and its training settings."""
-    from textgen.model import model_from_config
+    from textgen.run import open_run
 
-    config = ckpt.read_config(run_dir)
-    tokenizer = Tokenizer.load(run_dir / ckpt.TOKENIZER)
-    saved = ckpt.load_checkpoint(ckpt.weights_file(run_dir, which))
-    model = model_from_config(config["model"], saved.weights)
-    return tokenizer, build_eval_step(model), config.get("training", {})
+    run = open_run(run_dir, which)
+    return run.tokenizer, build_eval_step(run.build_model()), run.config.training
 
 
 def evaluate_file(
     run_dir: Path, text_file: str, *, which: str = "best", context: int | None = None
 ) -> float:
-    """Loss in nats per character of a run's model on a text file.
+    """Loss in nats per character of a run's model on a text file (or any corpus spec).
 
     ``context`` defaults to the run's ``validation_context``, so the figure matches the
     validation loss that training reported.
     """
+    from textgen.corpus import read_text
+
     tokenizer, step, training = run_scorer(run_dir, which)
-    ids = tokenizer.encode(read_corpus(text_file))
+    ids = tokenizer.encode(read_text(text_file))
     if context is None:
-        context = training.get("validation_context", 0)  # older runs: zero states
-    return evaluate_ids(step, ids, training.get("seq_length", 100), context=context)
+        context = training.validation_context
+    return evaluate_ids(step, ids, training.seq_length, context=context)

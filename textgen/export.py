@@ -35,67 +35,27 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from textgen import checkpoint as ckpt
-from textgen.errors import CheckpointError, TextgenError
-from textgen.tokenizer import UNKNOWN_CHAR, Tokenizer
+from textgen.cells import get_cell
+from textgen.errors import TextgenError
+from textgen.files import atomic_write
+from textgen.model import rnn_name
+from textgen.run import TOKENIZER, WHICH, Run, open_run
+from textgen.tokenizer import UNKNOWN_CHAR
 
 FORMATS = ("keras", "savedmodel", "onnx")
 _SUFFIXES = {".keras": "keras", ".onnx": "onnx"}
-_STATES = {"lstm": ("h", "c"), "gru": ("h",), "simple": ("h",)}
+_STATE_PREFIXES = ("h", "c")  # a layer's states in Keras's order: LSTMs have h and c
 ONNX_OPSET = 17
-
-
-@dataclass
-class ExportSource:
-    """What every exporter reads from a run: its model settings, vocabulary and weights."""
-
-    run_dir: Path
-    model: dict  # the ``model`` section of config.json
-    tokenizer: Tokenizer
-    weights: dict[str, np.ndarray]
-
-    @property
-    def cell(self) -> str:
-        """``"lstm"``, ``"gru"`` or ``"simple"``."""
-        return self.model["cell"]
-
-    @property
-    def num_layers(self) -> int:
-        """Number of recurrent layers."""
-        return self.model["num_layers"]
 
 
 def state_names(cell: str, num_layers: int) -> list[str]:
     """The state inputs of the step graphs, in order: ``h_0``, ``c_0`` (LSTM), ``h_1``, ..."""
-    return [f"{s}_{i}" for i in range(num_layers) for s in _STATES[cell]]
-
-
-def load_source(run_dir: str | Path, which: str = "best") -> ExportSource:
-    """Read a run directory for export; anything that does not load is a CheckpointError."""
-    from textgen.kernels import RecurrentStack
-
-    run_dir = Path(run_dir)
-    config = ckpt.read_config(run_dir)
-    tokenizer = Tokenizer.load(run_dir / ckpt.TOKENIZER)
-    weights = ckpt.load_checkpoint(ckpt.weights_file(run_dir, which)).weights
-    model = config["model"]
-    try:
-        # The numpy engine checks every weight's shape against the others.
-        stack = RecurrentStack(weights, model["cell"])
-        if stack.vocab_size != tokenizer.vocab_size or stack.num_layers != model["num_layers"]:
-            raise TextgenError(
-                f"{stack.num_layers} layers and {stack.vocab_size} outputs, config and "
-                f"tokenizer say {model['num_layers']} and {tokenizer.vocab_size}"
-            )
-    except (TextgenError, KeyError) as err:
-        message = f"{run_dir} holds weights that do not fit its config: {err}"
-        raise CheckpointError(message) from None
-    return ExportSource(run_dir, model, tokenizer, weights)
+    per_layer = _STATE_PREFIXES[: get_cell(cell).state_size]
+    return [f"{s}_{i}" for i in range(num_layers) for s in per_layer]
 
 
 def export_run(
@@ -129,24 +89,24 @@ def export_run(
             raise TextgenError(f"cannot tell the format from {out.name!r}; pass --format")
     if fmt not in FORMATS:
         raise TextgenError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if which not in ("best", "latest"):
+    if which not in WHICH:
         raise TextgenError(f"unknown checkpoint {which!r}; choose best or latest")
     if fmt == "keras" and out.suffix != ".keras":
         raise TextgenError(f"a Keras model file must end in .keras, got {out.name!r}")
     if (out.exists() or out.is_symlink()) and not force:
         raise TextgenError(f"{out} already exists; pass --force to replace it")
-    source = load_source(run_dir, which)
-    vocab_file = out.parent / ckpt.TOKENIZER
-    vocab_text = (source.run_dir / ckpt.TOKENIZER).read_bytes()
+    run = open_run(run_dir, which)
+    vocab_file = out.parent / TOKENIZER
+    vocab_text = (run.run_dir / TOKENIZER).read_bytes()
     copy_vocab = _needs_copy(vocab_file, vocab_text, force)
     writer = {"keras": export_keras, "savedmodel": export_savedmodel, "onnx": export_onnx}[fmt]
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise TextgenError(f"cannot write {out}: {err.strerror}") from None
-    _write_in_place(out, lambda tmp: writer(source, tmp))
+    _write_in_place(out, lambda tmp: writer(run, tmp))
     if copy_vocab:
-        ckpt.atomic_write(vocab_file, lambda f: f.write(vocab_text))
+        atomic_write(vocab_file, lambda f: f.write(vocab_text))
     return out
 
 
@@ -185,7 +145,7 @@ def _write_in_place(out: Path, write: Callable[[Path], None]) -> None:
 # -- Keras ---------------------------------------------------------------------------------------
 
 
-def export_keras(source: ExportSource, out: Path) -> None:
+def export_keras(run: Run, out: Path) -> None:
     """Save the stock Keras model with the run's weights, and the vocabulary inside the archive.
 
     ``keras.saving.load_model`` ignores archive entries it does not know, so the extra
@@ -193,18 +153,15 @@ def export_keras(source: ExportSource, out: Path) -> None:
     """
     import zipfile
 
-    from textgen.model import model_from_config
-
-    model = model_from_config(source.model, source.weights)
-    model.save(out)
+    run.build_model().save(out)
     with zipfile.ZipFile(out, "a") as archive:
-        archive.writestr(ckpt.TOKENIZER, json.dumps(source.tokenizer.to_json()))
+        archive.writestr(TOKENIZER, json.dumps(run.tokenizer.to_json()))
 
 
 # -- SavedModel ----------------------------------------------------------------------------------
 
 
-def export_savedmodel(source: ExportSource, out: Path) -> None:
+def export_savedmodel(run: Run, out: Path) -> None:
     """Write a SavedModel with ``serving_default``, ``step`` and ``generate`` signatures.
 
     GPUs are hidden first when TensorFlow has not started yet. The graph holds only plain
@@ -214,7 +171,7 @@ def export_savedmodel(source: ExportSource, out: Path) -> None:
 
     with contextlib.suppress(RuntimeError):  # the runtime already started: nothing to hide
         tf.config.set_visible_devices([], "GPU")
-    module = _build_module(tf, source)
+    module = _build_module(tf, run)
     tf.saved_model.save(
         module,
         str(out),
@@ -226,31 +183,32 @@ def export_savedmodel(source: ExportSource, out: Path) -> None:
     )
 
 
-def _build_module(tf, source: ExportSource):
+def _build_module(tf, run: Run):
     """A ``tf.Module`` holding the weights as variables and the three graph functions."""
-    cell, layers, tokenizer = source.cell, source.num_layers, source.tokenizer
-    w = source.weights
+    from textgen.sampler import Sampler
+
+    shape, tokenizer, w = run.config.model, run.tokenizer, run.weights
+    cell, layers, units, vocab = shape.cell, shape.num_layers, shape.units, shape.vocab_size
     names = state_names(cell, layers)
-    per_layer = len(_STATES[cell])
-    vocab = tokenizer.vocab_size
-    units = w["rnn_0/recurrent_kernel"].shape[0]
+    per_layer = get_cell(cell).state_size
     known = np.array([ord(c) for c in tokenizer.chars], np.int32)
     decoded = np.append(known, np.int32(ord(UNKNOWN_CHAR))) if tokenizer.unknown else known
     unknown_id = tokenizer.unknown_id
-    start_id = _start_id(tokenizer)
+    # With no prompt the model starts from the id textgen's sampler starts from.
+    start_id = int(Sampler(w, tokenizer, cell=cell).prime_ids("")[0])
 
     module = tf.Module(name="textgen")
     module.embedding = tf.Variable(w["embedding"], trainable=False, name="embedding")
     module.cells = [
         [
-            tf.Variable(w[f"rnn_{i}/{part}"], trainable=False, name=f"rnn_{i}_{part}")
+            tf.Variable(w[f"{rnn_name(i)}/{part}"], trainable=False, name=f"{rnn_name(i)}_{part}")
             for part in ("kernel", "recurrent_kernel", "bias")
         ]
         for i in range(layers)
     ]
     module.dense_kernel = tf.Variable(w["dense/kernel"], trainable=False, name="dense_kernel")
     module.dense_bias = tf.Variable(w["dense/bias"], trainable=False, name="dense_bias")
-    module.tokenizer = tf.saved_model.Asset(str(source.run_dir / ckpt.TOKENIZER))
+    module.tokenizer = tf.saved_model.Asset(str(run.run_dir / TOKENIZER))
 
     def cell_step(x, states, kernel, recurrent, bias):
         # Keras's cell equations, term by term (activation tanh, recurrent activation sigmoid).
@@ -331,7 +289,6 @@ def _build_module(tf, source: ExportSource):
             prime = where
         else:
             prime = tf.where(is_known, where, unknown_id)
-        # Like textgen's sampler: with no prompt the model starts as if after a newline.
         prime = tf.cond(tf.size(prime) > 0, lambda: prime, lambda: tf.constant([start_id]))
 
         def feed(i, out, *states):
@@ -373,18 +330,10 @@ def _build_module(tf, source: ExportSource):
     return module
 
 
-def _start_id(tokenizer: Tokenizer) -> int:
-    """The first input when there is no prompt, chosen as ``textgen.Sampler`` chooses it."""
-    for start in ("\n", " "):
-        if start in tokenizer.chars:
-            return int(tokenizer.encode(start)[0])
-    return 0
-
-
 # -- ONNX ----------------------------------------------------------------------------------------
 
 
-def export_onnx(source: ExportSource, out: Path) -> None:
+def export_onnx(run: Run, out: Path) -> None:
     """Write the one-step ONNX graph, with the vocabulary in its ``tokenizer`` metadata entry."""
     try:
         import onnx
@@ -392,19 +341,18 @@ def export_onnx(source: ExportSource, out: Path) -> None:
         raise TextgenError(
             "ONNX export needs the onnx package: pip install 'textgen[export]'"
         ) from None
-    model = onnx_model(source)
+    model = onnx_model(run)
     onnx.checker.check_model(model)
     out.write_bytes(model.SerializeToString())
 
 
-def onnx_model(source: ExportSource):
+def onnx_model(run: Run):
     """Build the one-step graph from the weights as an ``onnx.ModelProto``."""
     from onnx import TensorProto, helper, numpy_helper
 
-    cell, w = source.cell, source.weights
-    names = state_names(cell, source.num_layers)
-    units = w["rnn_0/recurrent_kernel"].shape[0]
-    vocab = source.tokenizer.vocab_size
+    shape, w = run.config.model, run.weights
+    cell, units, vocab = shape.cell, shape.units, shape.vocab_size
+    names = state_names(cell, shape.num_layers)
     nodes, inits = [], []
     count = iter(range(1_000_000))
 
@@ -422,17 +370,18 @@ def onnx_model(source: ExportSource):
         return op("Add", y, bias, out=out) if bias else y
 
     if cell != "simple":  # the sizes of the gate blocks, for Split
-        gates = 4 if cell == "lstm" else 3
+        gates = get_cell(cell).gates
         inits.append(numpy_helper.from_array(np.full(gates, units, np.int64), "gate_sizes"))
     one = const("one", np.ones(1)) if cell == "gru" else ""
     x = op("Gather", const("embedding", w["embedding"]), "ids", axis=0)
-    for i in range(source.num_layers):
-        kernel = const(f"rnn_{i}/kernel", w[f"rnn_{i}/kernel"])
-        recurrent = const(f"rnn_{i}/recurrent_kernel", w[f"rnn_{i}/recurrent_kernel"])
-        bias = w[f"rnn_{i}/bias"]
+    for i in range(shape.num_layers):
+        layer = rnn_name(i)
+        kernel = const(f"{layer}/kernel", w[f"{layer}/kernel"])
+        recurrent = const(f"{layer}/recurrent_kernel", w[f"{layer}/recurrent_kernel"])
+        bias = w[f"{layer}/bias"]
         h = f"h_{i}"
         if cell == "lstm":
-            both = op("Add", linear(x, kernel), linear(h, recurrent, const(f"rnn_{i}/bias", bias)))
+            both = op("Add", linear(x, kernel), linear(h, recurrent, const(f"{layer}/bias", bias)))
             i_gate, f_gate, candidate, o_gate = op("Split", both, "gate_sizes", axis=1, outputs=4)
             c = op(
                 "Add",
@@ -442,8 +391,8 @@ def onnx_model(source: ExportSource):
             )
             x = op("Mul", op("Sigmoid", o_gate), op("Tanh", c), out=f"new_h_{i}")
         elif cell == "gru":  # reset_after=True, as Keras's GRUCell
-            from_x = linear(x, kernel, const(f"rnn_{i}/input_bias", bias[0]))
-            from_h = linear(h, recurrent, const(f"rnn_{i}/recurrent_bias", bias[1]))
+            from_x = linear(x, kernel, const(f"{layer}/input_bias", bias[0]))
+            from_h = linear(h, recurrent, const(f"{layer}/recurrent_bias", bias[1]))
             x_z, x_r, x_h = op("Split", from_x, "gate_sizes", axis=1, outputs=3)
             h_z, h_r, h_h = op("Split", from_h, "gate_sizes", axis=1, outputs=3)
             z = op("Sigmoid", op("Add", x_z, h_z))
@@ -456,7 +405,7 @@ def onnx_model(source: ExportSource):
                 out=f"new_h_{i}",
             )
         else:
-            both = op("Add", linear(x, kernel), linear(h, recurrent, const(f"rnn_{i}/bias", bias)))
+            both = op("Add", linear(x, kernel), linear(h, recurrent, const(f"{layer}/bias", bias)))
             x = op("Tanh", both, out=f"new_h_{i}")
     dense_kernel = const("dense/kernel", w["dense/kernel"])
     linear(x, dense_kernel, const("dense/bias", w["dense/bias"]), out="logits")
@@ -485,9 +434,9 @@ def onnx_model(source: ExportSource):
     helper.set_model_props(
         model,
         {
-            "tokenizer": json.dumps(source.tokenizer.to_json()),
+            "tokenizer": json.dumps(run.tokenizer.to_json()),
             "cell": cell,
-            "num_layers": str(source.num_layers),
+            "num_layers": str(shape.num_layers),
             "units": str(units),
         },
     )

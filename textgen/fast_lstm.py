@@ -1,5 +1,8 @@
 """A faster LSTM for training: Keras LSTM maths with a hand-written backward pass.
 
+Tensor maths only, like Keras's ``backend.lstm``: a sequence and weights in, a sequence and the
+final state out. It knows nothing of the language model; ``textgen.forward`` calls it.
+
 Only ``h @ U`` and the gate arithmetic run inside the time loops. Everything that does not depend
 on the previous step is done for all timesteps at once: the input projection before the forward
 loop, and the weight gradients ``dW = X^T dZ``, ``dU = H_prev^T dZ``, ``db = sum dZ`` after the
@@ -19,14 +22,8 @@ unchanged into a stock ``keras.layers.LSTM``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-import tensorflow as tf
-
+from textgen.backend import tf
 from textgen.errors import TextgenError
-
-if TYPE_CHECKING:
-    import keras
 
 # Each step depends on the last, so more than a little lookahead (for reads and writes) buys
 # nothing; 1, 2 and 10 measured the same.
@@ -325,76 +322,3 @@ def lstm_sequence_from_ids(
     if not time_major:
         outputs = tf.transpose(outputs, [1, 0, 2])
     return outputs, (h_last, c_last)
-
-
-def _lstm_layers(model: keras.Model) -> list:
-    """The model's recurrent layers rnn_0, rnn_1, ..., checking that they are LSTMs."""
-    import keras
-
-    layers = []
-    while True:
-        try:
-            layer = model.get_layer(f"rnn_{len(layers)}")
-        except ValueError:
-            break
-        if not isinstance(layer.cell, keras.layers.LSTMCell):
-            raise TextgenError(f"the fast path needs LSTM layers, {layer.name} is not one")
-        layers.append(layer)
-    if not layers:
-        raise TextgenError("the model has no recurrent layers named rnn_0, rnn_1, ...")
-    return layers
-
-
-def forward_logits(
-    model: keras.Model,
-    ids: tf.Tensor,
-    *,
-    training: bool,
-    dropout_rate: float | None = None,
-    seed: tf.Tensor | None = None,
-) -> tf.Tensor:
-    """Compute ``model(ids)`` for a ``build_model`` LSTM model through the fast LSTM path.
-
-    Uses the model's own variables, so gradients taken through this function apply to the model.
-
-    Args:
-        model: a model from ``textgen.model.build_model`` with ``cell="lstm"``.
-        ids: int (batch, time) character ids.
-        training: apply dropout before the output layer.
-        dropout_rate: dropout rate; None uses the model's own dropout layer's rate.
-        seed: shape-[2] int tensor for the stateless dropout mask; the same seed gives the same
-            mask. Required when training with a nonzero rate.
-
-    Returns:
-        Float32 logits (batch, time, vocab).
-    """
-    layers = _lstm_layers(model)
-    if dropout_rate is None:
-        dropout_rate = float(model.get_layer("dropout").rate)
-    embeddings = model.get_layer("embedding").embeddings
-    dense = model.get_layer("dense")
-    # Everything between the embedding and the logits stays time-major, so only the small int ids
-    # and the logits are transposed.
-    x = tf.transpose(ids)
-    for k, layer in enumerate(layers):
-        cell = layer.cell
-        weights = [tf.convert_to_tensor(v) for v in (cell.kernel, cell.recurrent_kernel, cell.bias)]
-        if k == 0:
-            x, _ = lstm_sequence_from_ids(
-                x, tf.convert_to_tensor(embeddings), *weights, time_major=True
-            )
-        else:
-            x, _ = lstm_sequence(x, *weights, time_major=True)
-    if training and dropout_rate > 0:
-        if seed is None:
-            raise TextgenError("training with dropout needs a seed")
-        from textgen.forward import stateless_dropout
-
-        x = stateless_dropout(x, dropout_rate, seed)
-    steps, batch = tf.shape(x)[0], tf.shape(x)[1]
-    logits = tf.nn.bias_add(
-        tf.matmul(tf.reshape(x, [steps * batch, -1]), tf.convert_to_tensor(dense.kernel)),
-        tf.convert_to_tensor(dense.bias),
-    )
-    logits = tf.reshape(logits, [steps, batch, dense.kernel.shape[-1]])
-    return tf.transpose(logits, [1, 0, 2])

@@ -1,4 +1,8 @@
-"""The training-time forward pass over a ``build_model`` network's own variables.
+"""The training-time forward pass: embedding -> recurrent layers -> dropout -> dense.
+
+It runs on a ``build_model`` network's own variables, so gradients taken through it train the
+model. LSTM layers go through ``textgen.fast_lstm`` (the same maths with a hand-written backward
+pass that trains about 1.5x faster on CPU); GRU and SimpleRNN layers are called as Keras layers.
 
 Training does not call ``model(ids, training=True)`` because Keras's Dropout draws from a
 stateful generator; here dropout masks are a pure function of a per-step seed, which makes a
@@ -9,38 +13,61 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from textgen.backend import tf
+from textgen.cells import cell_of_layer
+from textgen.model import recurrent_layers
+
 
 def stateless_dropout(x, rate: float, seed):
     """Inverted dropout whose mask depends only on ``seed`` (a shape-[2] int32 tensor)."""
-    from textgen.backend import tf
-
     keep = tf.random.stateless_uniform(tf.shape(x), seed=seed, dtype=x.dtype) >= rate
     return tf.where(keep, x / (1.0 - rate), tf.zeros_like(x))
 
 
 def make_forward(model, dropout: float) -> Callable:
-    """Return ``forward(ids, training, seed) -> logits`` for a model from ``build_model``.
+    """Return ``forward(ids, training, seed) -> logits`` (batch, time, vocab) for ``model``.
 
-    LSTM models run through ``textgen.fast_lstm`` (same maths, a hand-written backward pass that
-    trains about 1.5x faster on CPU); GRU and SimpleRNN call their Keras layers.
+    ``seed`` (int32 [2]) fixes the dropout mask, applied only when ``training``.
     """
-    if type(model.get_layer("rnn_0")).__name__ == "LSTM":
-        from textgen.fast_lstm import forward_logits
-
-        def fast_forward(ids, training: bool, seed):
-            return forward_logits(model, ids, training=training, dropout_rate=dropout, seed=seed)
-
-        return fast_forward
+    layers = recurrent_layers(model)
     embedding = model.get_layer("embedding")
-    rnns = [layer for layer in model.layers if layer.name.startswith("rnn_")]
     dense = model.get_layer("dense")
+    fast = cell_of_layer(layers[0]).name == "lstm"
+
+    def lstm_stack(ids):
+        from textgen.fast_lstm import lstm_sequence, lstm_sequence_from_ids
+
+        # Everything between the embedding and the logits stays time-major, so only the small
+        # int ids and the logits are transposed.
+        x = tf.transpose(ids)  # (T, B)
+        for k, layer in enumerate(layers):
+            cell = layer.cell
+            weights = [
+                tf.convert_to_tensor(v) for v in (cell.kernel, cell.recurrent_kernel, cell.bias)
+            ]
+            if k == 0:
+                table = tf.convert_to_tensor(embedding.embeddings)
+                x, _ = lstm_sequence_from_ids(x, table, *weights, time_major=True)  # (T, B, H)
+            else:
+                x, _ = lstm_sequence(x, *weights, time_major=True)
+        return x
+
+    def keras_stack(ids):
+        x = embedding(ids)  # (B, T, E)
+        for layer in layers:
+            x = layer(x)  # (B, T, H)
+        return x
 
     def forward(ids, training: bool, seed):
-        x = embedding(ids)  # (B, T, E)
-        for layer in rnns:
-            x = layer(x)  # (B, T, H)
+        x = lstm_stack(ids) if fast else keras_stack(ids)
         if training and dropout > 0:
             x = stateless_dropout(x, dropout, seed)
-        return dense(x)  # (B, T, vocab)
+        shape = tf.shape(x)
+        flat = tf.reshape(x, [shape[0] * shape[1], -1])
+        logits = tf.nn.bias_add(
+            tf.matmul(flat, tf.convert_to_tensor(dense.kernel)), tf.convert_to_tensor(dense.bias)
+        )
+        logits = tf.reshape(logits, [shape[0], shape[1], dense.kernel.shape[-1]])
+        return tf.transpose(logits, [1, 0, 2]) if fast else logits
 
     return forward

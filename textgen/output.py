@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from textgen.checkpoint import atomic_write
+from textgen.files import atomic_write
 
 # A streamed sample is written out at most this often: reading it still looks live, and a write
 # per character cost about 20% of the sampling speed with unbuffered stdout.

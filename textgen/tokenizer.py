@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from textgen.errors import CheckpointError, TextgenError, VocabularyError
+from textgen.files import write_text
 
 UNKNOWN_CHAR = "\ufffd"  # what an unknown id decodes to
 
@@ -50,26 +50,23 @@ class Tokenizer:
 
     @classmethod
     def from_text(cls, text: str, *, max_vocab: int | None = None) -> Tokenizer:
-        """Build the vocabulary of ``text``; with ``max_vocab`` keep only the most frequent chars.
-
-        Characters beyond ``max_vocab`` (ties broken by code point) share one unknown id, so
-        ``max_vocab`` counts the known characters only.
-        """
-        points, counts = np.unique(_codepoints(text), return_counts=True)
-        if max_vocab is not None and len(points) > max_vocab:
-            if max_vocab < 1:
-                raise TextgenError("max_vocab must be at least 1")
-            order = np.lexsort((points, -counts))[:max_vocab]
-            return cls([chr(p) for p in points[order]], unknown=True)
-        return cls([chr(p) for p in points])
+        """Build the vocabulary of ``text``; with ``max_vocab`` keep the most frequent chars."""
+        return cls.from_counts(np.bincount(_codepoints(text)), max_vocab=max_vocab)
 
     @classmethod
-    def from_counts(cls, counts: collections.Counter, *, max_vocab: int | None = None) -> Tokenizer:
-        """Build the vocabulary from character counts (for corpora read in chunks)."""
-        if max_vocab is not None and len(counts) > max_vocab:
-            kept = sorted(counts, key=lambda c: (-counts[c], ord(c)))[:max_vocab]
-            return cls(kept, unknown=True)
-        return cls(list(counts))
+    def from_counts(cls, counts: np.ndarray, *, max_vocab: int | None = None) -> Tokenizer:
+        """Build the vocabulary from character counts indexed by code point.
+
+        Characters beyond ``max_vocab`` (the least frequent, ties broken by code point) share one
+        unknown id, so ``max_vocab`` counts the known characters only.
+        """
+        present = np.flatnonzero(counts)
+        if max_vocab is not None and len(present) > max_vocab:
+            if max_vocab < 1:
+                raise TextgenError("max_vocab must be at least 1")
+            order = np.lexsort((present, -counts[present]))[:max_vocab]
+            return cls([chr(p) for p in present[order]], unknown=True)
+        return cls([chr(p) for p in present])
 
     @property
     def vocab_size(self) -> int:
@@ -80,10 +77,6 @@ class Tokenizer:
     def unknown_id(self) -> int | None:
         """The id of unknown characters, or None when every character is known."""
         return len(self.chars) if self.unknown else None
-
-    def unknown_chars(self, text: str) -> list[str]:
-        """The distinct characters of ``text`` that are not in the vocabulary, sorted."""
-        return sorted(set(text) - self._index.keys())
 
     def encode(self, text: str, *, drop_unknown: bool = False) -> np.ndarray:
         """Return the ids of ``text`` as an int32 array.
@@ -124,8 +117,8 @@ class Tokenizer:
         return {"chars": "".join(self.chars), "unknown": self.unknown}
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the vocabulary to a JSON file."""
-        Path(path).write_text(json.dumps(self.to_json(), ensure_ascii=True), encoding="utf-8")
+        """Atomically write the vocabulary to a JSON file."""
+        write_text(path, json.dumps(self.to_json(), ensure_ascii=True))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:

@@ -4,51 +4,38 @@ The loop is written out (rather than ``model.fit``) because resuming must be exa
 of windows depends only on (seed, epoch), dropout masks only on (seed, step), and a checkpoint
 records the epoch, the batch inside it and the optimizer state, so a run stopped at any point
 and resumed ends with the same weights as one that never stopped.
+
+The loop is flat: each turn either ends an epoch or trains one batch, after asking the stop
+conditions (``STOPS``: epochs, patience, budget, interrupt). Callbacks observe it, and may stop
+it, through ``on_batch_end`` and ``on_epoch_end``; that is where logging and other features plug
+in without touching the loop.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import math
 import signal
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from textgen import checkpoint as ckpt
-from textgen.data import (
-    corpus_files,
-    epoch_starts,
-    split_ids,
-    steps_per_epoch,
-    window_dataset,
-)
+from textgen import run as rundir
+from textgen.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from textgen.config import LOCKED_ON_RESUME, RunConfig, TrainConfig, TrainState
+from textgen.corpus import DEFAULT_CORPUS, check_exists, load_corpus
 from textgen.errors import CheckpointError, TextgenError, VocabularyError
-from textgen.evaluation import DEFAULT_CONTEXT, build_eval_step, evaluate_ids
+from textgen.evaluation import build_eval_step, evaluate_ids
+from textgen.files import remove_stale_temporaries
 from textgen.model import build_model, get_weights, set_weights
-from textgen.prepare import prepare_corpus
 from textgen.tokenizer import Tokenizer
+from textgen.windows import epoch_starts, split_ids, steps_per_epoch, window_dataset
 
 LN2 = math.log(2.0)
 CACHE_DIR = ".cache"  # id arrays of prepared corpora, shared by the runs in one folder
-# Settings that fix the network's shape or the data order: a resumed run must keep them.
-LOCKED_ON_RESUME = (
-    "embedding_dim",
-    "units",
-    "num_layers",
-    "cell",
-    "batch_size",
-    "seq_length",
-    "validation_split",
-    "validation_context",  # best.npz is chosen by a loss that must be measured one way
-    "seed",
-    "max_vocab",
-)
 HISTORY_FIELDS = [
     "epoch",
     "step",
@@ -59,51 +46,7 @@ HISTORY_FIELDS = [
     "learning_rate",
     "seconds",
 ]
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of a training run; saved in ``config.json``."""
-
-    epochs: int = 20  # epochs to reach in total (a resumed run continues up to this)
-    batch_size: int = 32  # more, smaller steps learn faster per minute than 64 on a CPU
-    seq_length: int = 100  # characters per training window
-    embedding_dim: int = 64
-    units: int = 512  # recurrent units per layer
-    num_layers: int = 1
-    cell: str = "lstm"  # "lstm", "gru" or "simple"
-    dropout: float = 0.3  # on the last recurrent layer's output
-    learning_rate: float = 4e-3  # Adam's peak rate
-    lr_schedule: str = "cosine"  # "cosine" (decay to 10% of the peak) or "constant"
-    clip_norm: float | None = 5.0  # global gradient-norm clip; None disables it
-    validation_split: float = 0.1  # fraction held out from the END of the text
-    validation_context: int = DEFAULT_CONTEXT  # characters read before each scored window
-    seed: int = 0
-    max_time: float | None = None  # wall-clock budget in seconds for this invocation
-    patience: int | None = None  # stop after this many epochs without a better val loss
-    checkpoint_every: float = 60.0  # seconds between mid-epoch checkpoints
-    max_vocab: int | None = None  # keep only the most frequent characters
-    encoding: str = "utf-8"
-    errors: str = "strict"  # or "replace": how to treat undecodable bytes
-
-    def validate(self) -> None:
-        """Raise TextgenError for settings that cannot work."""
-        checks = [
-            (self.epochs >= 1, "epochs must be at least 1"),
-            (self.batch_size >= 1, "batch size must be at least 1"),
-            (self.seq_length >= 1, "sequence length must be at least 1"),
-            (self.validation_context >= 0, "validation context must be at least 0"),
-            (self.learning_rate > 0 and math.isfinite(self.learning_rate), "bad learning rate"),
-            (self.lr_schedule in ("cosine", "constant"), "lr schedule: cosine or constant"),
-            (self.clip_norm is None or self.clip_norm > 0, "clip norm must be positive"),
-            (self.max_time is None or self.max_time > 0, "max time must be positive"),
-            (self.patience is None or self.patience >= 1, "patience must be at least 1"),
-            (self.checkpoint_every > 0, "checkpoint interval must be positive"),
-            (self.errors in ("strict", "replace"), "errors must be 'strict' or 'replace'"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise TextgenError(message)
+STOPS = ("completed", "early_stopping", "max_time", "interrupted")
 
 
 @dataclass
@@ -113,11 +56,40 @@ class TrainResult:
     run_dir: Path
     epochs_done: float
     best_val_loss: float | None
-    stopped: str  # "completed", "max_time", "early_stopping" or "interrupted"
+    stopped: str  # one of STOPS, or the reason a callback gave
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    """What ``on_epoch_end`` is told: the (possibly partial) epoch's losses, in nats."""
+
+    epoch: float  # epochs done, fractional when a budget ended the epoch early
+    train_loss: float | None
+    val_loss: float | None
+    improved: bool
+    learning_rate: float
+
+
+class Callback:
+    """Observes training; subclass and override what you need.
+
+    A callback may end training by returning a reason string (for example ``"early_stopping"``)
+    from either hook; the loop saves a checkpoint and stops with that reason.
+    """
+
+    def on_batch_end(self, state: TrainState, loss: float) -> str | None:
+        """After each training batch (``state.step`` counts it already)."""
+        return None
+
+    def on_epoch_end(self, state: TrainState, epoch: EpochEnd) -> str | None:
+        """After each epoch's validation, history row and checkpoint."""
+        return None
 
 
 class TrainingInterrupted(TextgenError):
     """Ctrl-C stopped training; a checkpoint was saved first."""
+
+    interrupted = True  # the command line exits with 130 for this
 
     def __init__(self, run_dir: Path) -> None:
         super().__init__(f"interrupted; checkpoint saved in {run_dir} (continue with --resume)")
@@ -126,8 +98,8 @@ class TrainingInterrupted(TextgenError):
 
 def default_run_dir(corpus_name: str) -> Path:
     """``checkpoints/<corpus name>``: where a run lives unless told otherwise."""
-    stem = Path(corpus_name.rstrip("/")).stem or "corpus"
-    return ckpt.DEFAULT_ROOT / stem
+    stem = Path(str(corpus_name).rstrip("/")).stem or "corpus"
+    return rundir.DEFAULT_ROOT / stem
 
 
 def learning_rate_at(config: TrainConfig, progress: float) -> float:
@@ -139,25 +111,16 @@ def learning_rate_at(config: TrainConfig, progress: float) -> float:
     return config.learning_rate * (floor + (1.0 - floor) * cosine)
 
 
-def _config_for(corpus: str, settings: dict, run_dir: Path, resume: bool) -> TrainConfig:
-    names = {f.name for f in fields(TrainConfig)}
-    unknown = set(settings) - names
-    if unknown:
-        raise TextgenError(f"unknown training settings: {', '.join(sorted(unknown))}")
-    if not resume:
-        return TrainConfig(**settings)
-    saved = ckpt.read_config(run_dir)["training"]
+def _resumed_config(saved: TrainConfig, settings: dict, run_dir: Path) -> TrainConfig:
+    """The saved settings with this invocation's changes, refusing shape and order changes."""
+    TrainConfig.from_settings(settings)  # unknown keys fail here
     for key in LOCKED_ON_RESUME:
-        if key in settings and settings[key] != saved.get(key):
+        if key in settings and settings[key] != getattr(saved, key):
             raise CheckpointError(
                 f"cannot resume {run_dir} with {key}={settings[key]!r}: the run was trained with "
-                f"{key}={saved.get(key)!r}"
+                f"{key}={getattr(saved, key)!r}"
             )
-    merged = {k: v for k, v in saved.items() if k in names}
-    # Runs from before validation read context were validated from zero states.
-    merged.setdefault("validation_context", 0)
-    merged.update(settings)
-    return TrainConfig(**merged)
+    return replace(saved, **settings)
 
 
 @contextlib.contextmanager
@@ -181,62 +144,78 @@ def _graceful_interrupts() -> Iterator[dict]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _append_history(run_dir: Path, row: dict) -> None:
-    """Add a row, first dropping rows at or past its step (left by a crash that is replayed)."""
-    path = run_dir / ckpt.HISTORY
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    rows = [r for r in csv.DictReader(io.StringIO(old)) if int(r["step"]) < int(row["step"])]
-    out = io.StringIO()
-    writer = csv.DictWriter(out, HISTORY_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows + [row])
-    ckpt.write_text(path, out.getvalue())
-
-
 def _fmt(loss: float | None) -> str:
     return "n/a" if loss is None else f"{loss:.4f} nats ({loss / LN2:.4f} bpc)"
 
 
 def train(
-    corpus: str | Path,
+    corpus: str | Path | None = None,
     *,
     run_dir: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    callbacks: Sequence[Callback] = (),
     **settings,
 ) -> TrainResult:
     """Train a model on ``corpus`` and keep it in ``run_dir`` (default ``checkpoints/<name>``).
 
     Args:
-        corpus: a text file, a folder or a glob (see ``textgen.data.read_corpus``).
+        corpus: a text file, a folder, a glob or a corpus name (see ``textgen.corpus``); the
+            default is ``pydocs``, or the run's own corpus when resuming.
         run_dir: the run directory; it must not already hold a run unless ``resume`` is set.
         resume: continue the run in ``run_dir``; shape and data-order settings must match.
         progress: show a tqdm progress bar.
         echo: where per-epoch summaries go.
+        callbacks: ``Callback`` objects told of every batch and epoch.
         **settings: fields of ``TrainConfig``; on resume, the saved values fill the rest.
 
     Returns:
-        A TrainResult. Ctrl-C saves a checkpoint and raises TrainingInterrupted.
+        A TrainResult. Ctrl-C saves a checkpoint and raises TrainingInterrupted. A second
+        trainer on the same run directory, or a failed write, raises a TextgenError.
     """
-    corpus = str(corpus)
-    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(corpus)
-    if not resume and (run_dir / ckpt.CONFIG).exists():
+    if run_dir is None:
+        run_dir = default_run_dir(corpus or DEFAULT_CORPUS)
+    run_dir = Path(run_dir)
+    if not resume:
+        TrainConfig.from_settings(settings).validate()  # bad settings fail before any file
+    if corpus is not None or not resume:
+        check_exists(corpus or DEFAULT_CORPUS)  # so does a missing corpus
+    created = not run_dir.exists()
+    rundir.ensure_writable(run_dir)
+    try:
+        with rundir.writer_lock(run_dir):
+            return _train_locked(corpus, run_dir, resume, progress, echo, callbacks, settings)
+    finally:
+        if created and not (run_dir / rundir.CONFIG).exists():
+            # leave no empty run behind for a corpus or setting that failed
+            with contextlib.suppress(OSError):
+                (run_dir / rundir.LOCK).unlink()
+                run_dir.rmdir()
+
+
+def _train_locked(corpus, run_dir: Path, resume, progress, echo, callbacks, settings):
+    """``train`` once the run directory's lock is held."""
+    has_run = (run_dir / rundir.CONFIG).exists()
+    if has_run and not resume:
         raise CheckpointError(
             f"{run_dir} already holds a run; add --resume to continue it, or choose another "
             "--checkpoint-dir"
         )
-    if resume and not (run_dir / ckpt.CONFIG).exists():
+    if resume and not has_run:
         raise CheckpointError(f"nothing to resume: {run_dir} holds no run")
-    config = _config_for(corpus, settings, run_dir, resume)
-    config.validate()
+    saved = rundir.read_config(run_dir) if resume else None
+    if saved is not None:
+        config = _resumed_config(saved.training, settings, run_dir)
+        corpus = corpus or saved.corpus.get("source")
+        config.validate()
+    else:
+        config = TrainConfig.from_settings(settings)
+    corpus = str(corpus or DEFAULT_CORPUS)
 
-    saved_tokenizer = Tokenizer.load(run_dir / ckpt.TOKENIZER) if resume else None
-    corpus_files(corpus)  # a missing corpus is reported before anything is created
-    created = not run_dir.exists()
-    ckpt.ensure_writable(run_dir)
+    saved_tokenizer = Tokenizer.load(run_dir / rundir.TOKENIZER) if resume else None
     try:
-        prepared = prepare_corpus(
+        prepared = load_corpus(
             corpus,
             cache_dir=run_dir.parent / CACHE_DIR,
             encoding=config.encoding,
@@ -245,58 +224,33 @@ def train(
             tokenizer=saved_tokenizer,
         )
         split = split_ids(prepared.ids, config.validation_split, config.seq_length)
-    except TextgenError as err:
-        if created:
-            with contextlib.suppress(OSError):
-                run_dir.rmdir()  # leave no empty run behind for a corpus that failed
-        if resume and isinstance(err, VocabularyError):
+    except VocabularyError as err:
+        if resume:
             raise CheckpointError(f"cannot resume {run_dir}: {err}") from None
         raise
     tokenizer = prepared.tokenizer
-    ids = prepared.ids
 
     from textgen.backend import keras
 
     keras.utils.set_random_seed(config.seed)
-    model = build_model(
-        tokenizer.vocab_size,
-        embedding_dim=config.embedding_dim,
-        units=config.units,
-        num_layers=config.num_layers,
-        dropout=config.dropout,
-        cell=config.cell,
-    )
-    trainer = _Trainer(model, config, split, run_dir, echo, progress)
-    if resume:
-        ckpt.remove_stale_temporaries(run_dir)
-        trainer.restore(ckpt.load_checkpoint(run_dir / ckpt.LATEST))
-        saved = ckpt.read_config(run_dir)
-        saved["training"] = asdict(config)  # the settings this invocation runs with
-        ckpt.write_config(run_dir, saved)
+    model = build_model(config.model(tokenizer.vocab_size))
+    trainer = Trainer(model, config, split, run_dir, echo, progress, callbacks)
+    if saved is not None:
+        remove_stale_temporaries(run_dir)
+        trainer.restore(load_checkpoint(run_dir / rundir.LATEST))
+        rundir.write_config(run_dir, replace(saved, training=config))
     else:
-        tokenizer.save(run_dir / ckpt.TOKENIZER)
+        tokenizer.save(run_dir / rundir.TOKENIZER)
         # A step-0 checkpoint before the config: a run directory with a config always has a
         # checkpoint to resume from, even if the process is killed before the first save.
-        trainer.save_initial()
-        ckpt.write_config(
-            run_dir,
-            {
-                "model": {
-                    "vocab_size": tokenizer.vocab_size,
-                    "embedding_dim": config.embedding_dim,
-                    "units": config.units,
-                    "num_layers": config.num_layers,
-                    "cell": config.cell,
-                    "dropout": config.dropout,
-                },
-                "training": asdict(config),
-                "corpus": {
-                    "source": corpus,
-                    "characters": int(len(ids)),
-                    "sha256": prepared.sha256,
-                },
-            },
-        )
+        trainer.save(with_best=True)
+        corpus_record = {
+            "source": corpus,
+            "characters": int(len(prepared.ids)),
+            "sha256": prepared.sha256,
+        }
+        run_config = RunConfig(config.model(tokenizer.vocab_size), config, corpus_record)
+        rundir.write_config(run_dir, run_config)
     return trainer.run()
 
 
@@ -338,10 +292,31 @@ def make_optimizer(config: TrainConfig):
     )
 
 
-class _Trainer:
-    """The state of one training invocation; ``run`` drives the epochs."""
+@dataclass
+class _Clock:
+    """This invocation's wall clock, for the budget, the schedule and mid-epoch checkpoints."""
 
-    def __init__(self, model, config: TrainConfig, split, run_dir: Path, echo, progress: bool):
+    started: float = field(default_factory=time.monotonic)
+    seconds_before: float = 0.0  # training time of earlier invocations
+    last_save: float = field(default_factory=time.monotonic)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+class Trainer:
+    """One training invocation: the model, its optimizer, the loop state and the callbacks."""
+
+    def __init__(
+        self,
+        model,
+        config: TrainConfig,
+        split,
+        run_dir: Path,
+        echo: Callable[[str], None] = print,
+        progress: bool = False,
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
         from textgen.backend import tf
 
         self.tf = tf
@@ -350,28 +325,17 @@ class _Trainer:
         self.run_dir = run_dir
         self.echo = echo
         self.progress = progress
+        self.callbacks = list(callbacks)
         self.train_ids = split.train
         self.valid_ids = split.valid if len(split.valid) else None
-        self.n_train = len(split.train)
-        self.steps = steps_per_epoch(self.n_train, config.seq_length, config.batch_size)
+        self.steps = steps_per_epoch(len(split.train), config.seq_length, config.batch_size)
         self.optimizer = make_optimizer(config)
         self.optimizer.build(model.trainable_variables)
-        self.state = {
-            "epoch": 0,  # completed epochs
-            "batch": 0,  # batches done in the current epoch
-            "step": 0,  # batches done in the whole run
-            "loss_sum": 0.0,  # training loss summed over the current epoch's batches
-            "best_val_loss": None,
-            "epochs_without_improvement": 0,
-            "seconds": 0.0,  # training time over all invocations
-        }
-        self._build_steps()
+        self.state = TrainState()
+        self.train_step = build_train_step(model, self.optimizer, config.dropout)
+        self.eval_step = build_eval_step(model)
 
-    def _build_steps(self) -> None:
-        self.train_step = build_train_step(self.model, self.optimizer, self.config.dropout)
-        self.eval_step = build_eval_step(self.model)
-
-    def restore(self, saved: ckpt.Checkpoint) -> None:
+    def restore(self, saved: Checkpoint) -> None:
         """Load weights, optimizer state and loop position from a checkpoint."""
         set_weights(self.model, saved.weights)
         variables = self.optimizer.variables
@@ -381,20 +345,16 @@ class _Trainer:
             if tuple(var.shape) != tuple(value.shape):
                 raise CheckpointError("the checkpoint's optimizer state does not match this model")
             var.assign(value)
-        self.state.update(saved.state)
+        self.state = replace(saved.state)
 
-    def _save(self, with_best: bool = False) -> None:
+    def save(self, with_best: bool = False) -> None:
         """Write the checkpoint files; ``best`` first, so a crash in between replays the epoch
         from the older ``latest`` and rewrites ``best`` rather than leaving a stale one."""
         weights = get_weights(self.model)
         if with_best:
-            ckpt.save_checkpoint(self.run_dir / ckpt.BEST, ckpt.Checkpoint(weights, [], self.state))
+            save_checkpoint(self.run_dir / rundir.BEST, Checkpoint(weights, [], self.state))
         opt = [np.asarray(v.numpy()) for v in self.optimizer.variables]
-        ckpt.save_checkpoint(self.run_dir / ckpt.LATEST, ckpt.Checkpoint(weights, opt, self.state))
-
-    def save_initial(self) -> None:
-        """Checkpoint the freshly initialised model (step 0) as both latest and best."""
-        self._save(with_best=True)
+        save_checkpoint(self.run_dir / rundir.LATEST, Checkpoint(weights, opt, self.state))
 
     def evaluate(self) -> float | None:
         """Mean validation loss in nats per character, or None without a validation split."""
@@ -405,116 +365,150 @@ class _Trainer:
             self.eval_step, self.valid_ids, cfg.seq_length, cfg.batch_size, cfg.validation_context
         )
 
-    def _progress(self, started: float) -> float:
-        cfg = self.config
-        by_steps = self.state["step"] / (cfg.epochs * self.steps)
-        if cfg.max_time is None:
-            return by_steps
-        return max(by_steps, (time.monotonic() - started) / cfg.max_time)
+    # -- the loop ---------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
-        """Train until the epochs, the time budget or the patience run out, or Ctrl-C."""
+        """Train until a stop condition holds; Ctrl-C saves and raises TrainingInterrupted."""
         from tqdm import tqdm
 
-        tf, cfg, state = self.tf, self.config, self.state
-        started = time.monotonic()
-        seconds_before = state["seconds"]
-        last_save = started
-        stopped = "completed"
-        with _graceful_interrupts() as interrupt:
-            while state["epoch"] < cfg.epochs:
-                starts = epoch_starts(self.n_train, cfg.seq_length, cfg.seed, state["epoch"])
-                starts = starts[state["batch"] * cfg.batch_size :]
-                batches = window_dataset(self.train_ids, starts, cfg.seq_length, cfg.batch_size)
-                bar = tqdm(
-                    total=self.steps,
-                    initial=state["batch"],
-                    desc=f"epoch {state['epoch'] + 1}/{cfg.epochs}",
-                    disable=None if self.progress else True,  # None: off when not a terminal
-                    leave=False,
-                    dynamic_ncols=True,
-                )
-                for x, y in batches:
-                    if interrupt["stop"]:
-                        break
-                    if cfg.max_time is not None and time.monotonic() - started >= cfg.max_time:
-                        stopped = "max_time"
-                        break
-                    lr = learning_rate_at(cfg, self._progress(started))
-                    seed = tf.constant([cfg.seed, state["step"]], tf.int32)
-                    loss = float(self.train_step(x, y, seed, tf.constant(lr, tf.float32)))
-                    if not math.isfinite(loss):
-                        bar.close()
-                        raise TextgenError(
-                            "the training loss became NaN or infinite; lower --learning-rate"
-                        )
-                    state["batch"] += 1
-                    state["step"] += 1
-                    state["loss_sum"] += loss
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{state['loss_sum'] / state['batch']:.4f}")
-                    now = time.monotonic()
-                    if now - last_save >= cfg.checkpoint_every:
-                        state["seconds"] = seconds_before + now - started
-                        self._save()
-                        last_save = now
-                bar.close()
-                state["seconds"] = seconds_before + time.monotonic() - started
-                if interrupt["stop"]:
-                    self._save()
-                    raise TrainingInterrupted(self.run_dir)
-                epoch_done = state["batch"] >= self.steps
-                if not epoch_done and stopped == "completed":
-                    stopped = "max_time"  # the loop above ended early only for the budget
-                if state["batch"] == 0 and not epoch_done:  # the budget ended between epochs
-                    self._save()
+        clock = _Clock(seconds_before=self.state.seconds)
+        bar = tqdm(
+            total=self.steps,
+            disable=None if self.progress else True,  # None: off when not a terminal
+            leave=False,
+            dynamic_ncols=True,
+        )
+        batches: Iterator | None = None
+        stopped = None
+        with _graceful_interrupts() as interrupt, bar:
+            while stopped is None:
+                stopped = self._stop_before_batch(clock, interrupt["stop"])
+                if stopped is not None:
                     break
-                improved = self._end_of_epoch(epoch_done)
-                if stopped == "max_time":
-                    break
-                if improved:
-                    state["epochs_without_improvement"] = 0
-                elif state["best_val_loss"] is not None:
-                    state["epochs_without_improvement"] += 1
-                    if cfg.patience and state["epochs_without_improvement"] >= cfg.patience:
-                        stopped = "early_stopping"
-                        self._save()
-                        break
-        epochs_done = state["epoch"] + state["batch"] / self.steps
-        return TrainResult(self.run_dir, epochs_done, state["best_val_loss"], stopped)
+                if self.state.batch >= self.steps:
+                    stopped = self._end_epoch(clock)
+                    batches = None
+                    continue
+                if batches is None:
+                    batches = self._epoch_batches(bar)
+                stopped = self._train_batch(next(batches), clock, bar)
+        return self._finish(stopped, clock)
 
-    def _end_of_epoch(self, epoch_done: bool) -> bool:
-        """Validate, log, checkpoint; returns True when validation loss improved."""
-        state = self.state
-        batches = max(state["batch"], 1)
-        train_loss = state["loss_sum"] / batches if state["batch"] else None
+    def _stop_before_batch(self, clock: _Clock, interrupted: bool) -> str | None:
+        """The stop condition that holds before the next batch, if any."""
+        if interrupted:
+            return "interrupted"
+        if self.state.epoch >= self.config.epochs:
+            return "completed"
+        budget = self.config.max_time
+        if budget is not None and clock.elapsed() >= budget:
+            return "max_time"
+        return None
+
+    def _epoch_batches(self, bar) -> Iterator:
+        cfg, state = self.config, self.state
+        starts = epoch_starts(len(self.train_ids), cfg.seq_length, cfg.seed, state.epoch)
+        starts = starts[state.batch * cfg.batch_size :]
+        bar.reset(total=self.steps)
+        bar.update(state.batch)
+        bar.set_description(f"epoch {state.epoch + 1}/{cfg.epochs}")
+        return window_dataset(self.train_ids, starts, cfg.seq_length, cfg.batch_size)
+
+    def _progress(self, clock: _Clock) -> float:
+        cfg = self.config
+        by_steps = self.state.step / (cfg.epochs * self.steps)
+        if cfg.max_time is None:
+            return by_steps
+        return max(by_steps, clock.elapsed() / cfg.max_time)
+
+    def _train_batch(self, batch, clock: _Clock, bar) -> str | None:
+        tf, cfg, state = self.tf, self.config, self.state
+        x, y = batch
+        lr = learning_rate_at(cfg, self._progress(clock))
+        seed = tf.constant([cfg.seed, state.step], tf.int32)
+        loss = float(self.train_step(x, y, seed, tf.constant(lr, tf.float32)))
+        if not math.isfinite(loss):
+            raise TextgenError("the training loss became NaN or infinite; lower --learning-rate")
+        state.batch += 1
+        state.step += 1
+        state.loss_sum += loss
+        bar.update(1)
+        bar.set_postfix(loss=f"{state.loss_sum / state.batch:.4f}")
+        now = time.monotonic()
+        if now - clock.last_save >= cfg.checkpoint_every:
+            state.seconds = clock.seconds_before + clock.elapsed()
+            self.save()
+            clock.last_save = now
+        return _first_reason(cb.on_batch_end(state, loss) for cb in self.callbacks)
+
+    def _end_epoch(self, clock: _Clock) -> str | None:
+        """Validate, log and checkpoint a finished (or budget-cut) epoch; patience counts here."""
+        state, cfg = self.state, self.config
+        state.seconds = clock.seconds_before + clock.elapsed()
+        done = state.batch >= self.steps
+        batches = max(state.batch, 1)
+        train_loss = state.loss_sum / batches if state.batch else None
         val_loss = self.evaluate()
-        epoch_label = state["epoch"] + 1 if epoch_done else state["epoch"] + batches / self.steps
-        if epoch_done:
-            state["epoch"] += 1
-            state["batch"] = 0
-            state["loss_sum"] = 0.0
+        label = state.epoch + 1 if done else state.epoch + batches / self.steps
+        if done:
+            state.epoch, state.batch, state.loss_sum = state.epoch + 1, 0, 0.0
         score = val_loss if val_loss is not None else train_loss
-        best = state["best_val_loss"]
-        improved = score is not None and (best is None or score < best)
+        improved = score is not None and (
+            state.best_val_loss is None or score < state.best_val_loss
+        )
         if improved:
-            state["best_val_loss"] = score
-        _append_history(
-            self.run_dir,
+            state.best_val_loss = score
+            state.epochs_without_improvement = 0
+        elif state.best_val_loss is not None and done:
+            state.epochs_without_improvement += 1
+        lr = float(self.optimizer.learning_rate.numpy())
+        self._append_history(label, train_loss, val_loss, lr)
+        self.save(with_best=improved or not (self.run_dir / rundir.BEST).exists())
+        clock.last_save = time.monotonic()
+        self.echo(
+            f"epoch {label:g}: train {_fmt(train_loss)}, validation {_fmt(val_loss)}"
+            + (" *best*" if improved and val_loss is not None else "")
+        )
+        epoch = EpochEnd(label, train_loss, val_loss, improved, lr)
+        reason = _first_reason(cb.on_epoch_end(state, epoch) for cb in self.callbacks)
+        if reason is None and cfg.patience and state.epochs_without_improvement >= cfg.patience:
+            reason = "early_stopping"
+        return reason
+
+    def _append_history(self, label: float, train_loss, val_loss, lr: float) -> None:
+        """Add the epoch's row, first dropping rows at or past its step (left by a crash)."""
+        step = self.state.step
+        rows = [r for r in rundir.read_history(self.run_dir) if int(r["step"]) < step]
+        rows.append(
             {
-                "epoch": round(epoch_label, 3),
-                "step": state["step"],
+                "epoch": round(label, 3),
+                "step": step,
                 "train_loss": "" if train_loss is None else round(train_loss, 6),
                 "train_bpc": "" if train_loss is None else round(train_loss / LN2, 6),
                 "val_loss": "" if val_loss is None else round(val_loss, 6),
                 "val_bpc": "" if val_loss is None else round(val_loss / LN2, 6),
-                "learning_rate": f"{float(self.optimizer.learning_rate.numpy()):.6g}",
-                "seconds": round(state["seconds"], 1),
-            },
+                "learning_rate": f"{lr:.6g}",
+                "seconds": round(self.state.seconds, 1),
+            }
         )
-        self._save(with_best=improved or not (self.run_dir / ckpt.BEST).exists())
-        self.echo(
-            f"epoch {epoch_label:g}: train {_fmt(train_loss)}, validation {_fmt(val_loss)}"
-            + (" *best*" if improved and val_loss is not None else "")
-        )
-        return improved
+        rundir.write_history(self.run_dir, rows, HISTORY_FIELDS)
+
+    def _finish(self, stopped: str, clock: _Clock) -> TrainResult:
+        """Save where the loop stopped; a budget that cut an epoch still validates it."""
+        state = self.state
+        state.seconds = clock.seconds_before + clock.elapsed()
+        if stopped == "interrupted":
+            self.save()
+            raise TrainingInterrupted(self.run_dir)
+        if stopped == "max_time" and state.batch > 0:
+            self._end_epoch(clock)  # validate and log the partial epoch
+        elif stopped != "completed":
+            self.save()
+        epochs_done = state.epoch + state.batch / self.steps
+        return TrainResult(self.run_dir, epochs_done, state.best_val_loss, stopped)
+
+
+def _first_reason(reasons) -> str | None:
+    """The first stop reason a callback gave; every callback is still called."""
+    found = [r for r in reasons if r]
+    return found[0] if found else None

@@ -9,7 +9,7 @@ UTF-8 (and ASCII and Latin-1) chunks are decoded straight from their bytes with 
 ``bytes.translate``: one byte per character (the character itself when it is ASCII) plus the
 positions and code points of the other characters, which are few in most text. Anything this
 fast path does not accept (a NUL byte at the start, invalid bytes, another encoding) goes
-through the incremental decoder of ``textgen.data.decoded_chunks``, which gives the same
+through the incremental decoder of ``textgen.corpus.reading.decoded_chunks``, which gives the same
 characters and raises the errors that name the file and the byte offset.
 """
 
@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from textgen import data
-from textgen.checkpoint import atomic_write, write_text
-from textgen.data import compact_ids, corpus_files, decoded_chunks
+from textgen.corpus import reading
+from textgen.corpus.reading import corpus_files, decoded_chunks
 from textgen.errors import CorpusError, TextgenError, VocabularyError
+from textgen.files import atomic_write, write_text
 from textgen.tokenizer import Tokenizer
 
 _FORMAT = 1  # bump when the cached layout changes
@@ -40,6 +40,12 @@ _NO_POINTS = np.zeros(0, dtype=np.uint32)
 _CONTINUATION = bytes(range(0x80, 0xC0))  # the bytes that go on a UTF-8 sequence
 _MIN_POINT = np.array([0, 0, 0x80, 0x800, 0x10000], dtype=np.uint32)  # by UTF-8 length
 _LEAD_MASK = np.array([0, 0, 0x1F, 0x0F, 0x07], dtype=np.uint32)
+
+
+def compact_ids(ids: np.ndarray, vocab_size: int) -> np.ndarray:
+    """Store ids in the smallest unsigned type that holds the vocabulary."""
+    dtype = np.uint8 if vocab_size <= 256 else np.uint16 if vocab_size <= 65536 else np.uint32
+    return ids.astype(dtype, copy=False)
 
 
 @dataclass
@@ -218,8 +224,8 @@ def _fast_pieces(path: Path, decode: _Decoder, probe: bool) -> Iterator[_Piece |
         yield None
         return
     with handle:
-        raw = handle.read(data.CHUNK_BYTES)
-        if probe and b"\x00" in raw[: data.NUL_PROBE]:
+        raw = handle.read(reading.CHUNK_BYTES)
+        if probe and b"\x00" in raw[: reading.NUL_PROBE]:
             yield None
             return
         carry = b""
@@ -234,7 +240,7 @@ def _fast_pieces(path: Path, decode: _Decoder, probe: bool) -> Iterator[_Piece |
                 yield piece
             if at_end:
                 return
-            raw = handle.read(data.CHUNK_BYTES)
+            raw = handle.read(reading.CHUNK_BYTES)
 
 
 def _file_pieces(path: Path, encoding: str, errors: str) -> Iterator[_Piece]:
@@ -262,7 +268,7 @@ def _pieces(files: list[Path], encoding: str, errors: str) -> Iterator[_Piece]:
     """The characters of the corpus in pieces, files separated as documents."""
     for n, path in enumerate(files):
         if n:
-            yield _text_piece(data.DOCUMENT_SEPARATOR)
+            yield _text_piece(reading.DOCUMENT_SEPARATOR)
         yield from _file_pieces(path, encoding, errors)
 
 
@@ -292,16 +298,12 @@ def _count(files: list[Path], encoding: str, errors: str) -> np.ndarray:
     return counts
 
 
-def _tokenizer_from_counts(counts: np.ndarray, max_vocab: int | None, spec) -> Tokenizer:
+def _check_not_empty(counts: np.ndarray, spec) -> None:
     present = np.nonzero(counts)[0]
     if len(present) == 0 or all(chr(p).isspace() for p in present):
         raise CorpusError(f"{spec} is empty (or only whitespace); there is nothing to learn")
     if len(present) < 2:
         raise CorpusError(f"{spec} has only one distinct character; there is nothing to learn")
-    if max_vocab is not None and len(present) > max_vocab:
-        order = np.lexsort((present, -counts[present]))[:max_vocab]
-        return Tokenizer([chr(p) for p in present[order]], unknown=True)
-    return Tokenizer([chr(p) for p in present])
 
 
 def _check_vocabulary(counts: np.ndarray, tokenizer: Tokenizer) -> None:
@@ -368,7 +370,7 @@ def prepare_corpus(
     """Read a file, folder or glob into ids, using ``cache_dir`` when given.
 
     Args:
-        spec: the corpus (see ``textgen.data.corpus_files``).
+        spec: the corpus (see ``textgen.corpus.reading.corpus_files``).
         cache_dir: where ids are cached as ``<sha256>.ids`` with a ``.json`` beside them.
         encoding, errors: how the bytes are decoded ("strict" errors name the byte offset).
         max_vocab: keep only this many most frequent characters (others get the unknown id).
@@ -389,10 +391,10 @@ def prepare_corpus(
         if cached is not None:
             return PreparedCorpus(cached[0], cached[1], digest, files)
     counts = _count(files, encoding, errors)
+    _check_not_empty(counts, spec)
     if tokenizer is None:
-        tokenizer = _tokenizer_from_counts(counts, max_vocab, spec)
+        tokenizer = Tokenizer.from_counts(counts, max_vocab=max_vocab)
     else:
-        _tokenizer_from_counts(counts, None, spec)  # the same emptiness checks
         _check_vocabulary(counts, tokenizer)
     pieces = _ids(files, encoding, errors, tokenizer, counts)
     if cache_dir is None:

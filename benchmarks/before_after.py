@@ -1,0 +1,140 @@
+"""Speed of this checkout against an earlier revision, measured side by side in one run.
+
+Usage: python benchmarks/before_after.py [--base REV] [--rounds 5] [--seconds 8]
+
+The base revision is checked out into a temporary git worktree. Each round times, in fresh
+processes and alternating between the two checkouts, three things through the public API that
+both revisions share: the training step (E64, 1x512 LSTM, batch 64, seq 100, the step that
+``textgen train`` runs) and sampling with the numpy engine at 1 and 64 streams. It prints the
+medians and the ratio this/base; ratios near 1.00 mean "the same speed, within noise".
+
+This machine's environment is used as it is (including any OPENBLAS_CORETYPE); only the
+relative figure is the point here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+TRAIN = r"""
+import json, sys, time
+import numpy as np
+from textgen.backend import tf
+from textgen.model import build_model
+from textgen.training import TrainConfig, build_train_step, make_optimizer
+
+seconds = float(sys.argv[1])
+config = TrainConfig(embedding_dim=64, units=512, batch_size=64, seq_length=100)
+model = build_model(65, embedding_dim=64, units=512)
+optimizer = make_optimizer(config)
+optimizer.build(model.trainable_variables)
+step = build_train_step(model, optimizer, 0.0)
+rng = np.random.default_rng(0)
+x = tf.constant(rng.integers(0, 65, (64, 100)), tf.int32)
+y = tf.constant(rng.integers(0, 65, (64, 100)), tf.int32)
+seed, lr = tf.constant([0, 0], tf.int32), tf.constant(1e-3, tf.float32)
+for _ in range(3):
+    float(step(x, y, seed, lr))
+n, start = 0, time.perf_counter()
+while time.perf_counter() - start < seconds:
+    float(step(x, y, seed, lr))
+    n += 1
+print(json.dumps({"train": n * 64 * 100 / (time.perf_counter() - start)}))
+"""
+
+SAMPLE = r"""
+import json, sys, time
+import numpy as np
+from textgen.sampler import Sampler
+from textgen.tokenizer import Tokenizer
+
+seconds = float(sys.argv[1])
+rng = np.random.default_rng(0)
+vocab, units = 65, 512
+weights = {
+    "embedding": rng.normal(0, 0.1, (vocab, 64)).astype(np.float32),
+    "rnn_0/kernel": rng.normal(0, 0.1, (64, 4 * units)).astype(np.float32),
+    "rnn_0/recurrent_kernel": rng.normal(0, 0.05, (units, 4 * units)).astype(np.float32),
+    "rnn_0/bias": np.zeros(4 * units, np.float32),
+    "dense/kernel": rng.normal(0, 0.1, (units, vocab)).astype(np.float32),
+    "dense/bias": np.zeros(vocab, np.float32),
+}
+sampler = Sampler(weights, Tokenizer([chr(32 + i) for i in range(vocab)]), cell="lstm")
+out = {}
+for streams in (1, 64):
+    length = 2000 if streams == 1 else 200
+    sampler.generate_batch(streams, 50, temperature=0.8, seed=1)
+    chars, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds / 2:
+        sampler.generate_batch(streams, length, temperature=0.8, seed=1)
+        chars += streams * length
+    out[f"sample_{streams}"] = chars / (time.perf_counter() - start)
+print(json.dumps(out))
+"""
+
+
+def _measure(checkout: Path, script: str, seconds: float) -> dict[str, float]:
+    env = {**os.environ, "PYTHONPATH": str(checkout), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(seconds)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=checkout,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default="HEAD~1", help="the revision to compare against")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=8.0, help="per measurement")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        base = Path(scratch) / "base"
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "add", "--detach", str(base), args.base],
+            check=True,
+            capture_output=True,
+        )
+        try:
+            results: dict[str, dict[str, list[float]]] = {"base": {}, "this": {}}
+            for round_ in range(args.rounds):
+                order = [("base", base), ("this", REPO)]
+                if round_ % 2:
+                    order.reverse()  # neither side always runs first
+                for script in (TRAIN, SAMPLE):
+                    for label, checkout in order:
+                        for key, value in _measure(checkout, script, args.seconds).items():
+                            results[label].setdefault(key, []).append(value)
+        finally:
+            subprocess.run(
+                ["git", "-C", str(REPO), "worktree", "remove", "--force", str(base)],
+                capture_output=True,
+            )
+    names = {
+        "train": "training step, chars/s",
+        "sample_1": "sampling, 1 stream, chars/s",
+        "sample_64": "sampling, 64 streams, chars/s",
+    }
+    print(f"base {args.base} against this checkout, medians of {args.rounds} rounds")
+    print(f"{'measure':32s} {'base':>10s} {'this':>10s} {'this/base':>10s}")
+    for key, name in names.items():
+        before = statistics.median(results["base"][key])
+        after = statistics.median(results["this"][key])
+        print(f"{name:32s} {before:10,.0f} {after:10,.0f} {after / before:10.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""The settings of a run, as typed dataclasses: the model's shape, training, and the run itself.
+
+``RunConfig`` is what ``config.json`` holds; ``TrainState`` is the training loop's position, kept
+in every checkpoint. This module imports neither numpy nor TensorFlow, so the command line reads
+its defaults for ``--help`` for free.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from textgen.cells import get_cell
+from textgen.errors import CheckpointError, TextgenError
+
+DEFAULT_CONTEXT = 100
+"""Characters read before each scored validation window unless a run says otherwise: enough
+that a 512-unit LSTM's loss no longer depends on where the window starts."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network's shape: everything ``textgen.model.build_model`` needs."""
+
+    vocab_size: int
+    embedding_dim: int = 64
+    units: int = 512  # per recurrent layer
+    num_layers: int = 1
+    cell: str = "lstm"  # a key of textgen.cells.CELLS
+    dropout: float = 0.0  # on the last recurrent layer's output, while training
+
+    def __post_init__(self) -> None:
+        get_cell(self.cell)
+        if self.vocab_size < 2:
+            raise TextgenError("the vocabulary needs at least 2 distinct characters")
+        if min(self.embedding_dim, self.units, self.num_layers) < 1:
+            raise TextgenError("embedding_dim, units and num_layers must be at least 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise TextgenError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run; saved in ``config.json``."""
+
+    epochs: int = 20  # epochs to reach in total (a resumed run continues up to this)
+    batch_size: int = 32  # more, smaller steps learn faster per minute than 64 on a CPU
+    seq_length: int = 100  # characters per training window
+    embedding_dim: int = 64
+    units: int = 512  # recurrent units per layer
+    num_layers: int = 1
+    cell: str = "lstm"  # "lstm", "gru" or "simple"
+    dropout: float = 0.3  # on the last recurrent layer's output
+    learning_rate: float = 4e-3  # Adam's peak rate
+    lr_schedule: str = "cosine"  # "cosine" (decay to 10% of the peak) or "constant"
+    clip_norm: float | None = 5.0  # global gradient-norm clip; None disables it
+    validation_split: float = 0.1  # fraction held out from the END of the text
+    validation_context: int = DEFAULT_CONTEXT  # characters read before each scored window
+    seed: int = 0
+    max_time: float | None = None  # wall-clock budget in seconds for this invocation
+    patience: int | None = None  # stop after this many epochs without a better val loss
+    checkpoint_every: float = 60.0  # seconds between mid-epoch checkpoints
+    max_vocab: int | None = None  # keep only the most frequent characters
+    encoding: str = "utf-8"
+    errors: str = "strict"  # or "replace": how to treat undecodable bytes
+
+    def validate(self) -> None:
+        """Raise TextgenError for settings that cannot work."""
+        checks = [
+            (self.epochs >= 1, "epochs must be at least 1"),
+            (self.batch_size >= 1, "batch size must be at least 1"),
+            (self.seq_length >= 1, "sequence length must be at least 1"),
+            (self.validation_context >= 0, "validation context must be at least 0"),
+            (self.learning_rate > 0 and math.isfinite(self.learning_rate), "bad learning rate"),
+            (self.lr_schedule in ("cosine", "constant"), "lr schedule: cosine or constant"),
+            (self.clip_norm is None or self.clip_norm > 0, "clip norm must be positive"),
+            (self.max_time is None or self.max_time > 0, "max time must be positive"),
+            (self.patience is None or self.patience >= 1, "patience must be at least 1"),
+            (self.checkpoint_every > 0, "checkpoint interval must be positive"),
+            (self.errors in ("strict", "replace"), "errors must be 'strict' or 'replace'"),
+            (0.0 <= self.validation_split < 1.0, "validation split must be in [0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise TextgenError(message)
+        get_cell(self.cell)
+
+    def model(self, vocab_size: int) -> ModelConfig:
+        """The shape of the network these settings train on a vocabulary of ``vocab_size``."""
+        return ModelConfig(
+            vocab_size,
+            embedding_dim=self.embedding_dim,
+            units=self.units,
+            num_layers=self.num_layers,
+            cell=self.cell,
+            dropout=self.dropout,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> TrainConfig:
+        """Build from a dict of field values; an unknown key is a TextgenError."""
+        unknown = set(settings) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TextgenError(f"unknown training settings: {', '.join(sorted(unknown))}")
+        return cls(**settings)
+
+
+# Settings that fix the network's shape or the data order: a resumed run must keep them.
+LOCKED_ON_RESUME = (
+    "embedding_dim",
+    "units",
+    "num_layers",
+    "cell",
+    "batch_size",
+    "seq_length",
+    "validation_split",
+    "validation_context",  # best.npz is chosen by a loss that must be measured one way
+    "seed",
+    "max_vocab",
+)
+
+
+@dataclass
+class TrainState:
+    """Where the training loop stands; saved in every checkpoint so a run resumes exactly."""
+
+    epoch: int = 0  # completed epochs
+    batch: int = 0  # batches done in the current epoch
+    step: int = 0  # batches done in the whole run
+    loss_sum: float = 0.0  # training loss summed over the current epoch's batches
+    best_val_loss: float | None = None
+    epochs_without_improvement: int = 0
+    seconds: float = 0.0  # training time over all invocations
+
+    def to_json(self) -> dict[str, Any]:
+        """The state as a JSON-ready dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainState:
+        """Read a state saved by ``to_json``; keys it does not know are ignored."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class RunConfig:
+    """Everything ``config.json`` records: the model's shape, the training settings, the corpus."""
+
+    model: ModelConfig
+    training: TrainConfig
+    corpus: dict[str, Any] = field(default_factory=dict)  # source, characters, sha256
+
+    def to_json(self) -> dict[str, Any]:
+        """The config as a JSON-ready dict (the layout of ``config.json``)."""
+        return {
+            "model": asdict(self.model),
+            "training": asdict(self.training),
+            "corpus": self.corpus,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "config.json") -> RunConfig:
+        """Read ``config.json``'s content; anything malformed is a CheckpointError."""
+        try:
+            saved = dict(data.get("training", {}))
+            # Release 0.1.0 validated every window from a zero state.
+            saved.setdefault("validation_context", 0)
+            names = {f.name for f in fields(TrainConfig)}
+            training = TrainConfig(**{k: v for k, v in saved.items() if k in names})
+            return cls(ModelConfig(**data["model"]), training, dict(data.get("corpus", {})))
+        except (KeyError, TypeError, ValueError, TextgenError) as err:
+            raise CheckpointError(f"{where} is not a textgen run config ({err})") from None

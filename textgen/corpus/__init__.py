@@ -1,0 +1,72 @@
+"""The corpus front door: whatever a user names as a corpus, as text or as ids.
+
+A corpus is a text file, a folder (every file below it), a glob, or a name: a built-in
+(``pydocs``, ``pysource``), a catalogue download or a ``NAME.txt`` in the corpus directory. The
+library and the command line accept the same things, through these functions:
+
+- ``resolve``: a spec -> something ``reading`` can open (fetching a named corpus if needed);
+- ``load_corpus``: a spec -> a ``PreparedCorpus`` (vocabulary and compact, cached id array);
+- ``read_text``: a spec -> one string, for small texts such as ``textgen eval``'s.
+
+The parts: ``catalogue`` (names, built-ins, downloads), ``reading`` (files, folders, globs,
+encodings) and ``ids`` (the id array and its cache).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from textgen.corpus.catalogue import resolve_corpus
+from textgen.corpus.ids import PreparedCorpus, prepare_corpus
+from textgen.corpus.reading import corpus_files, read_corpus
+from textgen.tokenizer import Tokenizer
+
+DEFAULT_CORPUS = "pydocs"
+
+__all__ = [
+    "DEFAULT_CORPUS",
+    "PreparedCorpus",
+    "check_exists",
+    "load_corpus",
+    "read_text",
+    "resolve",
+]
+
+
+def resolve(spec: str | os.PathLike) -> str:
+    """An existing path or a glob as given; a corpus name as the path of its text file."""
+    spec = os.fspath(spec)
+    if Path(spec).exists() or any(ch in spec for ch in "*?["):
+        return spec
+    return str(resolve_corpus(spec))
+
+
+def load_corpus(
+    spec: str | os.PathLike,
+    *,
+    cache_dir: Path | None = None,
+    encoding: str = "utf-8",
+    errors: str = "strict",
+    max_vocab: int | None = None,
+    tokenizer: Tokenizer | None = None,
+) -> PreparedCorpus:
+    """A corpus's vocabulary and ids (see ``textgen.corpus.ids.prepare_corpus``)."""
+    return prepare_corpus(
+        resolve(spec),
+        cache_dir=cache_dir,
+        encoding=encoding,
+        errors=errors,
+        max_vocab=max_vocab,
+        tokenizer=tokenizer,
+    )
+
+
+def read_text(spec: str | os.PathLike, *, encoding: str = "utf-8", errors: str = "strict") -> str:
+    """A small corpus as one string, checked to be text."""
+    return read_corpus(resolve(spec), encoding=encoding, errors=errors)
+
+
+def check_exists(spec: str | os.PathLike) -> None:
+    """Raise CorpusError now, before a run directory is made, if ``spec`` names nothing."""
+    corpus_files(resolve(spec))

@@ -1,0 +1,204 @@
+"""Run directories: their layout, the one loader every reader uses, and the one-writer lock.
+
+Layout of a run directory::
+
+    config.json      model and training settings, and the corpus (``textgen.config.RunConfig``)
+    tokenizer.json   the vocabulary
+    latest.npz       weights, optimizer state and loop position of the newest checkpoint
+    best.npz         weights of the checkpoint with the lowest validation loss
+    history.csv      one row per finished epoch
+    .lock            held (``flock``) by the process that trains the run
+
+Every file is written atomically (``textgen.files``), so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import fcntl
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from textgen.checkpoint import Checkpoint, load_checkpoint
+from textgen.config import RunConfig, TrainState
+from textgen.errors import CheckpointError, StorageError, TextgenError
+from textgen.files import write_text
+from textgen.model import check_weights
+from textgen.tokenizer import Tokenizer
+
+CONFIG = "config.json"
+TOKENIZER = "tokenizer.json"
+LATEST = "latest.npz"
+BEST = "best.npz"
+HISTORY = "history.csv"
+LOCK = ".lock"
+DEFAULT_ROOT = Path("checkpoints")
+WHICH = ("best", "latest")
+
+
+@dataclass
+class Run:
+    """A loaded run: what sampling, evaluation, reports, serving and export read."""
+
+    run_dir: Path
+    config: RunConfig
+    tokenizer: Tokenizer
+    checkpoint: Checkpoint
+    which: str
+
+    @property
+    def weights(self) -> dict[str, np.ndarray]:
+        """The checkpoint's weights, by the stable names of ``textgen.model``."""
+        return self.checkpoint.weights
+
+    @property
+    def state(self) -> TrainState:
+        """The training loop's position when the checkpoint was written."""
+        return self.checkpoint.state
+
+    def build_model(self):
+        """A Keras model with this run's weights (imports TensorFlow)."""
+        from textgen.model import model_from_config
+
+        return model_from_config(self.config.model, self.weights)
+
+
+def read_config(run_dir: Path) -> RunConfig:
+    """Load ``config.json`` of a run directory, with errors a user can act on."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise CheckpointError(f"no such run directory: {run_dir}")
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir} is not a directory; expected a run directory")
+    if not (run_dir / CONFIG).is_file():
+        raise CheckpointError(f"{run_dir} is not a run directory (it has no {CONFIG})")
+    try:
+        data = json.loads((run_dir / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{run_dir / CONFIG} is damaged: {err}") from None
+    return RunConfig.from_json(data, str(run_dir / CONFIG))
+
+
+def write_config(run_dir: Path, config: RunConfig) -> None:
+    """Atomically write ``config.json``."""
+    text = json.dumps(config.to_json(), indent=2, sort_keys=True) + "\n"
+    write_text(Path(run_dir) / CONFIG, text)
+
+
+def weights_file(run_dir: Path, which: str = "best") -> Path:
+    """The checkpoint file for ``which``: ``best`` (falling back to latest) or ``latest``."""
+    if which not in WHICH:
+        raise TextgenError(f"which must be best or latest, got {which!r}")
+    run_dir = Path(run_dir)
+    order = [BEST, LATEST] if which == "best" else [LATEST, BEST]
+    for name in order:
+        if (run_dir / name).is_file():
+            return run_dir / name
+    raise CheckpointError(f"{run_dir} has no checkpoint ({LATEST} or {BEST}); train it first")
+
+
+def open_run(run_dir: str | os.PathLike, which: str = "best") -> Run:
+    """Load a run directory's config, vocabulary and ``which`` checkpoint, checked together."""
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    tokenizer = Tokenizer.load(run_dir / TOKENIZER)
+    checkpoint = load_checkpoint(weights_file(run_dir, which))
+    try:
+        check_weights(checkpoint.weights, config.model)
+    except TextgenError as err:
+        raise CheckpointError(
+            f"{run_dir} holds weights that do not fit its config: {err}"
+        ) from None
+    if tokenizer.vocab_size != config.model.vocab_size:
+        raise CheckpointError(
+            f"{run_dir}: the tokenizer has {tokenizer.vocab_size} ids but the model "
+            f"{config.model.vocab_size} outputs"
+        )
+    return Run(run_dir, config, tokenizer, checkpoint, which)
+
+
+def is_run_dir(path: Path) -> bool:
+    """True when ``path`` looks like a run directory (it has a config and a checkpoint)."""
+    path = Path(path)
+    return (path / CONFIG).is_file() and ((path / LATEST).is_file() or (path / BEST).is_file())
+
+
+def find_latest_run(root: Path = DEFAULT_ROOT) -> Path:
+    """The most recently updated run directory under ``root``."""
+    root = Path(root)
+    runs = [p for p in root.iterdir() if is_run_dir(p)] if root.is_dir() else []
+    if not runs:
+        raise CheckpointError(
+            f"no trained runs under {root}/; train one with `textgen train` or pass --checkpoint"
+        )
+    return max(runs, key=lambda p: max(f.stat().st_mtime for f in p.iterdir()))
+
+
+def read_history(run_dir: Path) -> list[dict[str, str]]:
+    """The rows of ``history.csv`` (none when the run has not finished an epoch)."""
+    path = Path(run_dir) / HISTORY
+    if not path.exists():
+        return []
+    return list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+
+
+def write_history(run_dir: Path, rows: list[dict], fields: list[str]) -> None:
+    """Atomically replace ``history.csv`` with ``rows``."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(Path(run_dir) / HISTORY, out.getvalue())
+
+
+def ensure_writable(run_dir: Path) -> None:
+    """Create ``run_dir`` if needed and prove it can be written, before any training starts."""
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=run_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise CheckpointError(f"cannot write to {run_dir}: {err.strerror}") from None
+
+
+@contextlib.contextmanager
+def writer_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run directory's lock: one process at a time may write a run.
+
+    The lock is an ``flock`` on ``.lock``, which the kernel releases when the holder exits, so
+    a killed trainer never blocks the next ``--resume``. The holder's pid is written inside for
+    the message another trainer gets.
+
+    Raises:
+        CheckpointError: another process holds the lock.
+    """
+    path = Path(run_dir) / LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise StorageError(f"cannot write to {run_dir}: {err.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise CheckpointError(
+                f"{run_dir} is being trained by another process (pid {holder}); wait for it "
+                "to finish or choose another --checkpoint-dir"
+            ) from None
+        with contextlib.suppress(OSError):  # the pid is for messages only
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
