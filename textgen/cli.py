@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import sys
 from pathlib import Path
 
 from textgen.cores import blas_threads
@@ -347,6 +348,8 @@ def evaluate(run_dir, text_file, which, context) -> None:
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 def export(run_dir, out, fmt, which, force) -> None:
     """Export RUN's model to OUT for use without textgen (tokenizer.json goes beside it)."""
+    if "tensorflow" not in sys.modules:  # hidden before it loads: an export is made on the CPU
+        os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
     from textgen.export import export_run
 
     path = export_run(Path(run_dir), Path(out), fmt, which=which, force=force)

@@ -29,7 +29,6 @@ failed export leaves any previous one intact.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -164,13 +163,12 @@ def export_keras(run: Run, out: Path) -> None:
 def export_savedmodel(run: Run, out: Path) -> None:
     """Write a SavedModel with ``serving_default``, ``step`` and ``generate`` signatures.
 
-    GPUs are hidden first when TensorFlow has not started yet. The graph holds only plain
-    matmuls and elementwise ops in any case, so it runs the same on any device.
+    The graph holds only plain matmuls and elementwise ops, written here, never a Keras layer
+    that could pick a cuDNN-only kernel when a GPU is visible; so it runs on any device. (The
+    ``textgen export`` command hides GPUs as well; this function leaves the caller's devices be.)
     """
     from textgen.backend import tf
 
-    with contextlib.suppress(RuntimeError):  # the runtime already started: nothing to hide
-        tf.config.set_visible_devices([], "GPU")
     module = _build_module(tf, run)
     tf.saved_model.save(
         module,
