@@ -382,6 +382,13 @@ def test_export_command_replaces_a_savedmodel_with_force(runs, tmp_path):
     assert result.exit_code == 0, result.output
     assert (out / "saved_model.pb").is_file() and not (out / "stale.txt").exists()
 
+    keep = tmp_path / "not_a_model"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    result = export_cli(runs["simple_unk"], keep, "--format", "savedmodel", "--force")
+    assert_one_line_error(result, "not a SavedModel")
+    assert (keep / "notes.txt").read_text() == "mine"
+
 
 def test_export_command_errors(trained_run, runs, tmp_path):
     assert_one_line_error(

@@ -94,6 +94,9 @@ def export_run(
         raise TextgenError(f"a Keras model file must end in .keras, got {out.name!r}")
     if (out.exists() or out.is_symlink()) and not force:
         raise TextgenError(f"{out} already exists; pass --force to replace it")
+    if out.is_dir() and not out.is_symlink() and not (out / "saved_model.pb").is_file():
+        # --force replaces an earlier export, never a folder of something else.
+        raise TextgenError(f"{out} is a folder but not a SavedModel; choose another output")
     run = open_run(run_dir, which)
     vocab_file = out.parent / TOKENIZER
     vocab_text = (run.run_dir / TOKENIZER).read_bytes()
