@@ -414,7 +414,8 @@ def test_pysource_replaces_bad_bytes_and_separates_files(tmp_path):
     (tmp_path / "odd.py").write_bytes(b"s = '\xff'\r\n")
     dest = tmp_path / "out.txt"
 
-    written = corpora.write_pysource(dest, root=tmp_path)
+    with open(dest, "w", encoding="utf-8", newline="\n") as out:
+        written = corpora.write_pysource(out, root=tmp_path)
 
     text = dest.read_text(encoding="utf-8")
     assert text == "# ==== good.py ====\nx = 1\n\n# ==== odd.py ====\ns = '\ufffd'\n\n"

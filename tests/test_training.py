@@ -192,9 +192,13 @@ def test_the_library_trains_on_a_corpus_name(tmp_path, monkeypatch):
 
 
 def test_callbacks_see_every_batch_and_epoch_and_can_stop_training(tmp_path, corpus):
-    seen = {"batches": 0, "epochs": []}
+    seen = {"begun": 0, "batches": 0, "epochs": []}
 
     class Watch(training.Callback):
+        def on_train_begin(self, state):
+            seen["begun"] += 1
+            assert state.step == 0
+
         def on_batch_end(self, state, loss):
             seen["batches"] += 1
             assert state.step == seen["batches"] and np.isfinite(loss)
@@ -207,5 +211,5 @@ def test_callbacks_see_every_batch_and_epoch_and_can_stop_training(tmp_path, cor
         corpus, run_dir=tmp_path / "run", callbacks=[Watch()], **_quiet(**{**TINY, "epochs": 5})
     )
     assert result.stopped == "enough" and result.epochs_done == 2
-    assert seen["epochs"] == [(1, True), (2, True)]
+    assert seen["epochs"] == [(1, True), (2, True)] and seen["begun"] == 1
     assert load_checkpoint(tmp_path / "run" / "latest.npz").state.step == seen["batches"]

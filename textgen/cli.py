@@ -304,7 +304,7 @@ def sample(
         stop=stop,
     )
     sampler = Sampler.from_checkpoint(_pick_run(checkpoint), which=which)
-    pieces = sampler.stream_batch(num_samples, length or None, options)
+    pieces = sampler.stream_batch(num_samples, length or None, options=options)
     write_samples(pieces, num_samples, prime=prime, fmt=fmt, output=output)
 
 

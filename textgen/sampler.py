@@ -267,6 +267,7 @@ class Sampler:
         self,
         num_samples: int,
         length: int | None,
+        *,
         options: SamplingOptions | None = None,
         **values,
     ) -> Iterator[list[str]]:
@@ -287,10 +288,10 @@ class Sampler:
         return _until_stopped(steps, chars, matchers)
 
     def stream(
-        self, length: int | None, options: SamplingOptions | None = None, **values
+        self, length: int | None, *, options: SamplingOptions | None = None, **values
     ) -> Iterator[str]:
         """Yield the text of one sample as it is produced (see ``stream_batch``)."""
-        pieces = self.stream_batch(1, length, options, **values)
+        pieces = self.stream_batch(1, length, options=options, **values)
         return (piece[0] for piece in pieces if piece[0])
 
     def generate(self, length: int, options: SamplingOptions | None = None, **values) -> str:
@@ -298,16 +299,16 @@ class Sampler:
 
         Generation starts from a fresh state. The same seed gives the same text.
         """
-        return self.generate_batch(1, length, options, **values)[0]
+        return self.generate_batch(1, length, options=options, **values)[0]
 
     def generate_batch(
-        self, num_samples: int, length: int, options: SamplingOptions | None = None, **values
+        self, num_samples: int, length: int, *, options: SamplingOptions | None = None, **values
     ) -> list[str]:
         """Generate ``num_samples`` samples in one batch; returns one string per sample."""
         options = SamplingOptions.of(options, **values)
         if options.stop:
             texts = [[] for _ in range(num_samples)]
-            for pieces in self.stream_batch(num_samples, length, options):
+            for pieces in self.stream_batch(num_samples, length, options=options):
                 for parts, piece in zip(texts, pieces):
                     parts.append(piece)
             return ["".join(parts) for parts in texts]

@@ -77,6 +77,9 @@ class Callback:
     from either hook; the loop saves a checkpoint and stops with that reason.
     """
 
+    def on_train_begin(self, state: TrainState) -> None:
+        """When the loop starts, after the model is built and any checkpoint restored."""
+
     def on_batch_end(self, state: TrainState, loss: float) -> str | None:
         """After each training batch (``state.step`` counts it already)."""
         return None
@@ -380,6 +383,8 @@ class Trainer:
         )
         batches: Iterator | None = None
         stopped = None
+        for callback in self.callbacks:
+            callback.on_train_begin(self.state)
         with _graceful_interrupts() as interrupt, bar:
             while stopped is None:
                 stopped = self._stop_before_batch(clock, interrupt["stop"])

@@ -20,7 +20,6 @@ from pathlib import Path
 from textgen.corpus.catalogue import resolve_corpus
 from textgen.corpus.ids import PreparedCorpus, prepare_corpus
 from textgen.corpus.reading import corpus_files, read_corpus
-from textgen.tokenizer import Tokenizer
 
 DEFAULT_CORPUS = "pydocs"
 
@@ -42,24 +41,9 @@ def resolve(spec: str | os.PathLike) -> str:
     return str(resolve_corpus(spec))
 
 
-def load_corpus(
-    spec: str | os.PathLike,
-    *,
-    cache_dir: Path | None = None,
-    encoding: str = "utf-8",
-    errors: str = "strict",
-    max_vocab: int | None = None,
-    tokenizer: Tokenizer | None = None,
-) -> PreparedCorpus:
-    """A corpus's vocabulary and ids (see ``textgen.corpus.ids.prepare_corpus``)."""
-    return prepare_corpus(
-        resolve(spec),
-        cache_dir=cache_dir,
-        encoding=encoding,
-        errors=errors,
-        max_vocab=max_vocab,
-        tokenizer=tokenizer,
-    )
+def load_corpus(spec: str | os.PathLike, **options) -> PreparedCorpus:
+    """A corpus's vocabulary and ids; ``options`` as ``textgen.corpus.ids.prepare_corpus``."""
+    return prepare_corpus(resolve(spec), **options)
 
 
 def read_text(spec: str | os.PathLike, *, encoding: str = "utf-8", errors: str = "strict") -> str:

@@ -16,6 +16,7 @@ import codecs
 import gzip
 import hashlib
 import http.client
+import io
 import json
 import os
 import re
@@ -27,14 +28,15 @@ import urllib.request
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from tqdm import tqdm
 
-from textgen.errors import CorpusError
+from textgen.errors import CorpusError, StorageError
+from textgen.files import atomic_write, write_text
 
 ENV_DIR = "TEXTGEN_CORPUS_DIR"
 ENV_URL_PREFIX = "TEXTGEN_CORPUS_URL_"
@@ -221,8 +223,8 @@ def recorded_sha256(name: str) -> str | None:
 # --- built-ins -----------------------------------------------------------------------------------
 
 
-def write_pydocs(dest: Path) -> int:
-    """Write Python's documentation topics to ``dest`` as UTF-8; returns the character count.
+def write_pydocs(out: IO[str]) -> int:
+    """Write Python's documentation topics to the text file ``out``; returns the characters.
 
     The topics are joined in sorted-key order with a blank line between them.
     """
@@ -233,8 +235,7 @@ def write_pydocs(dest: Path) -> int:
             "this Python has no pydoc_data documentation topics; use another corpus"
         ) from err
     text = "\n\n".join(topics[key] for key in sorted(topics))
-    with open(dest, "w", encoding="utf-8", newline="\n") as out:
-        out.write(text)
+    out.write(text)
     return len(text)
 
 
@@ -251,8 +252,8 @@ def python_source_files(root: Path | None = None) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
-def write_pysource(dest: Path, *, root: Path | None = None, progress: bool = False) -> int:
-    """Concatenate the source files into ``dest``; returns the character count.
+def write_pysource(out: IO[str], *, root: Path | None = None, progress: bool = False) -> int:
+    """Concatenate the source files into the text file ``out``; returns the character count.
 
     Each file is preceded by a ``# ==== relative/path.py ====`` line and followed by a blank line.
     Files are read as UTF-8 with bad bytes replaced by U+FFFD, so one odd file cannot stop the
@@ -261,10 +262,7 @@ def write_pysource(dest: Path, *, root: Path | None = None, progress: bool = Fal
     root = Path(root) if root is not None else Path(os.__file__).parent
     files = python_source_files(root)
     written = 0
-    with (
-        open(dest, "w", encoding="utf-8", newline="\n") as out,
-        tqdm(files, desc="pysource", unit="file", file=sys.stderr, disable=not progress) as bar,
-    ):
+    with tqdm(files, desc="pysource", unit="file", file=sys.stderr, disable=not progress) as bar:
         for path in bar:
             with open(path, encoding="utf-8", errors="replace") as source:
                 text = source.read()
@@ -276,10 +274,22 @@ def write_pysource(dest: Path, *, root: Path | None = None, progress: bool = Fal
     return written
 
 
-_BUILTIN_WRITERS: dict[str, Callable[[Path, bool], int]] = {
-    "pydocs": lambda dest, progress: write_pydocs(dest),
-    "pysource": lambda dest, progress: write_pysource(dest, progress=progress),
+_BUILTIN_WRITERS: dict[str, Callable[[IO[str], bool], int]] = {
+    "pydocs": lambda out, progress: write_pydocs(out),
+    "pysource": lambda out, progress: write_pysource(out, progress=progress),
 }
+
+
+def _as_text(write: Callable[[IO[str]], object]) -> Callable[[IO[bytes]], None]:
+    """Adapt a writer of UTF-8 text with ``\\n`` line endings to ``atomic_write``'s binary file."""
+
+    def write_bytes(handle: IO[bytes]) -> None:
+        text = io.TextIOWrapper(handle, encoding="utf-8", newline="\n")
+        write(text)
+        text.flush()
+        text.detach()  # the binary file stays open for atomic_write to finish
+
+    return write_bytes
 
 
 def _ensure_builtin(name: str, *, progress: bool) -> Path:
@@ -288,11 +298,8 @@ def _ensure_builtin(name: str, *, progress: bool) -> Path:
         return final
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        with _scratch_files(final) as new_part:
-            part = new_part()
-            _BUILTIN_WRITERS[name](part, progress)
-            os.replace(part, final)
-    except OSError as err:
+        atomic_write(final, _as_text(lambda out: _BUILTIN_WRITERS[name](out, progress)))
+    except (OSError, StorageError) as err:
         raise CorpusError(
             f"cannot write corpus {name} to {final.absolute()} ({err}); "
             f"set {ENV_DIR} to a writable directory"
@@ -314,13 +321,7 @@ def _download(name: str, entry: dict[str, Any], url: str, final: Path, *, progre
         download = new_part()
         size, digest = _fetch(name, url, download, hint, progress=progress)
         _verify(name, entry, url, size, digest, expected, hint)
-        if entry["format"] == "text":
-            text = download
-        else:
-            text = new_part()
-            _unpack(name, entry["format"], download, text, hint)
-        _check_text_size(name, entry, text, hint)
-        os.replace(text, final)
+        atomic_write(final, lambda out: _unpack(name, entry, download, out, hint))
     if not expected:
         _record_sha256(name, digest, url, progress=progress)
 
@@ -392,34 +393,32 @@ def _verify(
         )
 
 
-def _unpack(name: str, archive_format: str, archive: Path, dest: Path, hint: str) -> None:
+def _unpack(name: str, entry: dict[str, Any], download: Path, out: IO[bytes], hint: str) -> None:
+    """Write the text of a verified download into ``out``, checking its size."""
+    archive_format = entry["format"]
+    if archive_format not in ARCHIVE_FORMATS:
+        raise CorpusError(
+            f"catalogue entry {name} has format {archive_format!r}; "
+            f"expected one of {', '.join(ARCHIVE_FORMATS)}"
+        )
     try:
-        if archive_format == "zip":
-            with zipfile.ZipFile(archive) as bundle:
+        with ExitStack() as stack:
+            if archive_format == "zip":
+                bundle = stack.enter_context(zipfile.ZipFile(download))
                 members = [m for m in bundle.infolist() if not m.is_dir()]
                 if len(members) != 1:
                     raise CorpusError(
                         f"the {name} archive holds {len(members)} files, expected one; {hint}"
                     )
-                with bundle.open(members[0]) as source, open(dest, "xb") as out:
-                    shutil.copyfileobj(source, out, CHUNK_SIZE)
-        elif archive_format == "gzip":
-            with gzip.open(archive) as source, open(dest, "xb") as out:
-                shutil.copyfileobj(source, out, CHUNK_SIZE)
-        else:
-            raise CorpusError(
-                f"catalogue entry {name} has format {archive_format!r}; "
-                f"expected one of {', '.join(ARCHIVE_FORMATS)}"
-            )
+                source = stack.enter_context(bundle.open(members[0]))
+            elif archive_format == "gzip":
+                source = stack.enter_context(gzip.open(download))
+            else:
+                source = stack.enter_context(open(download, "rb"))
+            shutil.copyfileobj(source, out, CHUNK_SIZE)
     except (zipfile.BadZipFile, gzip.BadGzipFile, EOFError, zlib.error, NotImplementedError) as err:
         raise CorpusError(f"the downloaded {name} archive is damaged ({err}); {hint}") from err
-    except OSError as err:
-        raise CorpusError(f"cannot unpack {name} into {dest.parent} ({err}); {hint}") from err
-
-
-def _check_text_size(name: str, entry: dict[str, Any], text: Path, hint: str) -> None:
-    want = entry.get("text_size")
-    got = text.stat().st_size
+    want, got = entry.get("text_size"), out.tell()
     if want is not None and got != want:
         raise CorpusError(
             f"the {name} text is {got:,} bytes, expected {want:,}; nothing was saved; {hint}"
@@ -429,11 +428,8 @@ def _check_text_size(name: str, entry: dict[str, Any], text: Path, hint: str) ->
 def _record_sha256(name: str, digest: str, url: str, *, progress: bool) -> None:
     record = _record_path(name)
     try:
-        with _scratch_files(record) as new_part:
-            part = new_part()
-            part.write_text(f"{digest}  {url.rsplit('/', 1)[-1]}\n", encoding="utf-8")
-            os.replace(part, record)
-    except OSError as err:
+        write_text(record, f"{digest}  {url.rsplit('/', 1)[-1]}\n")
+    except StorageError as err:
         _note(f"{name}: SHA-256 of the download is {digest} (not recorded: {err})", progress)
         return
     _note(f"{name}: SHA-256 of the download is {digest} (recorded in {record})", progress)
