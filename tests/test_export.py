@@ -144,6 +144,7 @@ def test_vocabulary_travels_with_every_artefact(runs, exported):
 # The Keras and SavedModel checks share one process, so TensorFlow is imported once.
 KERAS_SCRIPT = """
 import json
+import os
 import numpy as np
 import keras
 keras_result = {}
@@ -153,6 +154,19 @@ for name, (path, ids) in json.loads(sys.argv[1])["keras"].items():
         "logits": np.asarray(model(np.array(ids, np.int32))).tolist(),
         "layers": [type(layer).__module__.split(".")[0] for layer in model.layers],
     }
+    # Greedy text the plain Keras way: the whole text so far through the model at every step
+    # (each new length costs Keras a retrace, so only for one run).
+    if name != "lstm2":
+        continue
+    vocab = json.load(open(os.path.join(os.path.dirname(path), "tokenizer.json")))
+    text = "the "
+    for _ in range(20):
+        ids = [[vocab["chars"].index(c) for c in text]]
+        logits = np.array(model(np.array(ids, np.int32)))[0, -1]
+        if vocab["unknown"]:
+            logits[-1] = -np.inf
+        text += vocab["chars"][int(logits.argmax())]
+    keras_result[name]["greedy"] = text
 """
 
 
@@ -160,6 +174,8 @@ def test_keras_file_loads_without_textgen_and_matches_logits(tensorflow_side, re
     for name, got in tensorflow_side["keras"].items():
         assert set(got["layers"]) == {"keras"}, got["layers"]  # stock layers only
         np.testing.assert_allclose(got["logits"], reference[name]["logits"], atol=1e-5)
+    greedy = tensorflow_side["keras"]["lstm2"]["greedy"]
+    assert greedy == reference["lstm2"]["greedy"][: len(PRIME) + 20]
 
 
 SAVEDMODEL_SCRIPT = """
