@@ -12,6 +12,7 @@ import math
 import os
 import re
 import secrets
+import sys
 from pathlib import Path
 
 from textgen.cores import blas_threads
@@ -379,3 +380,24 @@ def evaluate(run_dir, text_file, which, context) -> None:
 
     loss = evaluate_file(Path(run_dir), text_file, which=which, context=context)
     click.echo(json.dumps({"loss_nats": round(loss, 6), "bpc": round(loss / math.log(2), 6)}))
+
+
+@main.command(name="export")
+@click.argument("run_dir", metavar="RUN", type=click.Path())
+@click.argument("out", type=click.Path())
+@click.option(
+    "--format",
+    "fmt",
+    metavar="keras|savedmodel|onnx",
+    help="Artefact format. [default: from OUT's suffix, .keras or .onnx]",
+)
+@click.option("--which", type=click.Choice(["best", "latest"]), default="best", show_default=True)
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+def export(run_dir, out, fmt, which, force) -> None:
+    """Export RUN's model to OUT for use without textgen (tokenizer.json goes beside it)."""
+    if "tensorflow" not in sys.modules:  # hidden before it loads: an export is made on the CPU
+        os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
+    from textgen.export import export_run
+
+    path = export_run(Path(run_dir), Path(out), fmt, which=which, force=force)
+    click.echo(f"exported {fmt or path.suffix[1:]} model to {path}")
