@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,8 +60,3 @@ class SamplingOptions:
                 raise TextgenError("pass either a SamplingOptions or keyword options, not both")
             return options
         return cls(**values)
-
-    @property
-    def stops(self) -> Sequence[str]:
-        """The stop strings (empty when nothing ends a sample early)."""
-        return self.stop

@@ -82,7 +82,7 @@ def _make_engine(weights: dict[str, np.ndarray], cell: str, engine: str):
     raise TextgenError(f"unknown engine {engine!r}; choose numpy or keras")
 
 
-class _StopMatcher:
+class StopMatcher:
     """Finds stop strings in a growing text and holds back what might still become one."""
 
     def __init__(self, stops: Sequence[str]) -> None:
@@ -287,7 +287,7 @@ class Sampler:
         if not options.stop:
             # Nothing can stop a stream early, so no per-stream bookkeeping is needed.
             return ([chars[i] for i in ids.tolist()] for ids in steps)
-        matchers = [_StopMatcher(options.stop) for _ in range(num_samples)]
+        matchers = [StopMatcher(options.stop) for _ in range(num_samples)]
         return _until_stopped(steps, chars, matchers)
 
     def stream(
@@ -323,7 +323,7 @@ class Sampler:
 
 
 def _until_stopped(
-    steps: Iterator[np.ndarray], chars: Sequence[str], matchers: list[_StopMatcher]
+    steps: Iterator[np.ndarray], chars: Sequence[str], matchers: list[StopMatcher]
 ) -> Iterator[list[str]]:
     """Per step, each stream's text so far not ruled out as the start of a stop string."""
     for ids in steps:

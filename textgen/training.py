@@ -151,15 +151,16 @@ def train(
     if run_dir is None:
         run_dir = default_run_dir(corpus or DEFAULT_CORPUS)
     run_dir = Path(run_dir)
-    if not resume:
-        TrainConfig.from_settings(settings).validate()  # bad settings fail before any file
+    config = None if resume else TrainConfig.from_settings(settings)
+    if config is not None:
+        config.validate()  # bad settings fail before any file is made
     if corpus is not None or not resume:
         check_exists(corpus or DEFAULT_CORPUS)  # so does a missing corpus
     created = not run_dir.exists()
     rundir.ensure_writable(run_dir)
     try:
         with rundir.writer_lock(run_dir):
-            return _train_locked(corpus, run_dir, resume, progress, echo, callbacks, settings)
+            return _train_locked(corpus, run_dir, config, progress, echo, callbacks, settings)
     finally:
         if created and not (run_dir / rundir.CONFIG).exists():
             # leave no empty run behind for a corpus or setting that failed
@@ -168,8 +169,9 @@ def train(
                 run_dir.rmdir()
 
 
-def _train_locked(corpus, run_dir: Path, resume, progress, echo, callbacks, settings):
-    """``train`` once the run directory's lock is held."""
+def _train_locked(corpus, run_dir: Path, config, progress, echo, callbacks, settings):
+    """``train`` once the run directory's lock is held; ``config`` is None when resuming."""
+    resume = config is None
     has_run = (run_dir / rundir.CONFIG).exists()
     if has_run and not resume:
         raise CheckpointError(
@@ -183,8 +185,6 @@ def _train_locked(corpus, run_dir: Path, resume, progress, echo, callbacks, sett
         config = _resumed_config(saved.training, settings, run_dir)
         corpus = corpus or saved.corpus.get("source")
         config.validate()
-    else:
-        config = TrainConfig.from_settings(settings)
     corpus = str(corpus or DEFAULT_CORPUS)
 
     saved_tokenizer = Tokenizer.load(run_dir / rundir.TOKENIZER) if resume else None

@@ -26,7 +26,7 @@ import numpy as np
 from textgen.draw import LogExponentials, sample_ids
 from textgen.errors import TextgenError
 from textgen.options import SamplingOptions
-from textgen.sampler import Sampler, _StopMatcher
+from textgen.sampler import Sampler, StopMatcher
 
 __all__ = ["Busy", "Job", "Piece", "Scheduler"]
 
@@ -153,7 +153,7 @@ class _Row:
     job: Job
     index: int
     noise: LogExponentials
-    matcher: _StopMatcher | None
+    matcher: StopMatcher | None
     produced: int = 0
     held: list = field(default_factory=list)  # log-probability entries of held-back text
     done: bool = False
@@ -320,7 +320,7 @@ class Scheduler:
         new = []
         for i in range(job.n):
             gen = np.random.default_rng([job.seed, i])
-            matcher = _StopMatcher(job.stop) if job.stop else None
+            matcher = StopMatcher(job.stop) if job.stop else None
             new.append(_Row(job, i, LogExponentials(gen, 1, len(self._chars)), matcher))
         fork = np.repeat(state, job.n, axis=2)
         if rows:
