@@ -1,5 +1,4 @@
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -9,7 +8,6 @@ from click.testing import CliRunner
 from conftest import TINY, make_text
 
 from textgen.cli import main
-from textgen.cores import idle_cores_from
 
 TRAIN_ARGS = [
     "--epochs", "1", "--batch-size", str(TINY["batch_size"]), "--seq-length",
@@ -44,23 +42,6 @@ def test_help_is_instant_and_does_not_import_tensorflow():
     out = run("train", "--help").output
     for option in ("--epochs", "--seq-length", "--max-time", "--resume", "--checkpoint-dir"):
         assert option in out
-
-
-def test_blas_gets_the_idle_cores():
-    assert idle_cores_from(2, "0.10 0.40 0.90 1/79 123") == 2  # idle: both cores
-    assert idle_cores_from(2, "0.10 0.40 0.90 2/79 123") == 1  # another process running now
-    assert idle_cores_from(2, "1.20 0.40 0.90 1/79 123") == 1  # busy over the last minute
-    assert idle_cores_from(2, "7.00 7.00 7.00 9/79 123") == 1  # never fewer than one
-    assert idle_cores_from(8, "3.00 3.00 3.00 1/79 123") == 5
-    # Three steady busy processes show in both figures; they are not counted twice.
-    assert idle_cores_from(8, "3.00 3.00 3.00 4/79 123") == 5
-    # A thread count the user chose is kept.
-    code = "import os, textgen.cli; print(os.environ['OPENBLAS_NUM_THREADS'])"
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "3"}
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert out.stdout.strip() == "3"
 
 
 def test_train_sample_info_eval(tmp_path, corpus):

@@ -20,9 +20,12 @@ from textgen.cores import blas_threads
 # Before numpy loads: numpy's BLAS reads its thread count once, at import. Sampling does one
 # small matrix product per character. BLAS threads that find their core busy wait for it at every
 # product: on 2 cores with one other busy process, two threads sampled 1.7x slower than one,
-# while on an idle machine two threads sampled 1.6x faster. So BLAS gets the idle cores. Users
-# can still choose, by setting the variable themselves.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", str(blas_threads()))
+# while on an idle machine two threads sampled 1.6x faster. So BLAS gets the cores idle right
+# now (measured over 50 ms). Users can still choose, by setting the variable themselves; the
+# server then keeps their choice instead of following the load.
+BLAS_THREADS_CHOSEN = "OPENBLAS_NUM_THREADS" in os.environ
+if not BLAS_THREADS_CHOSEN:
+    os.environ["OPENBLAS_NUM_THREADS"] = str(blas_threads())
 # Quiet TensorFlow's C++ log for command-line users, unless they chose a level.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
