@@ -151,3 +151,40 @@ def test_usage_errors():
     assert_clean_error(run("train", "--max-time", "soon"), "duration")
     assert_clean_error(run("train", "--epochs", "0"), "--epochs")
     assert_clean_error(run("train", "--cell", "transformer"), "--cell")
+
+
+def test_beam_width_and_best_of(trained_run):
+    from textgen.sampler import Sampler
+
+    sampler = Sampler.from_checkpoint(trained_run)
+    ck = ("--checkpoint", trained_run, "--prime", "The ", "--length", 40)
+    beam = run("sample", *ck, "--beam-width", 3, "--stop", "\n")
+    assert beam.exit_code == 0, beam.output
+    assert beam.output == "The " + sampler.beam_search("The ", 40, 3, stop="\n").text + "\n"
+    best = run("sample", *ck, "--best-of", 6, "--num-samples", 2, "--seed", 4, "--format", "jsonl")
+    assert best.exit_code == 0, best.output
+    want = sampler.generate_batch(2, 40, prime="The ", seed=4, best_of=6)
+    assert [json.loads(line)["text"] for line in best.output.splitlines()] == want
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (("--beam-width", 2, "--temperature", 0.5), ("--beam-width", "--temperature")),
+        (("--beam-width", 2, "--top-k", 3), ("--beam-width", "--top-k")),
+        (("--beam-width", 2, "--top-p", 0.5), ("--beam-width", "--top-p")),
+        (("--beam-width", 2, "--seed", 1), ("--beam-width", "--seed")),
+        (("--beam-width", 2, "--num-samples", 2), ("--beam-width", "--num-samples")),
+        (("--beam-width", 2, "--best-of", 2), ("--beam-width", "--best-of")),
+        (("--beam-width", 2, "--length", 0), ("--beam-width", "--length")),
+        (("--best-of", 2, "--length", 0), ("--best-of", "--length")),
+        (("--best-of", 2, "--num-samples", 3), ("--best-of", "--num-samples")),
+        (("--beam-width", 0), ("--beam-width",)),
+        (("--best-of", 0), ("--best-of",)),
+        (("--best-of", 5000), ("--best-of",)),
+    ],
+)
+def test_search_options_that_do_not_combine(trained_run, args, fragments):
+    result = run("sample", "--checkpoint", trained_run, *args)
+    assert result.exit_code == 2
+    assert_clean_error(result, *fragments)

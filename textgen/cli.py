@@ -37,6 +37,8 @@ from textgen.config import TrainConfig  # noqa: E402
 from textgen.errors import TextgenError  # noqa: E402
 
 DEFAULT_CORPUS = "pydocs"  # textgen.corpus.DEFAULT_CORPUS, without importing the corpus code
+# --best-of draws all its samples as one batch, so it is bounded like one chunk of streams.
+BEST_OF_MAX = 1024  # textgen.output.CHUNK_STREAMS, without importing the output code
 _DURATION = re.compile(
     r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$"
 )
@@ -291,6 +293,18 @@ def _stop_strings(ctx, param, value):
     show_default=True,
     help="Which checkpoint of the run.",
 )
+@click.option(
+    "--beam-width",
+    type=click.IntRange(min=1),
+    help="Print the likeliest continuation a beam search of this width finds, instead of "
+    "sampling (no --temperature, --top-k, --top-p, --seed or --num-samples).",
+)
+@click.option(
+    "--best-of",
+    type=click.IntRange(1, BEST_OF_MAX),
+    help="Draw N samples and print the --num-samples of them with the highest mean "
+    "log-probability per character, best first.",
+)
 def sample(
     checkpoint,
     temperature,
@@ -305,12 +319,22 @@ def sample(
     fmt,
     output,
     which,
+    beam_width,
+    best_of,
 ) -> None:
     """Generate text from a trained run, printed as it is produced."""
+    _check_search_options(click.get_current_context(), beam_width, best_of)
     from textgen.options import SamplingOptions
     from textgen.output import write_samples
     from textgen.sampler import Sampler
 
+    if beam_width is not None:
+        sampler = Sampler.from_checkpoint(_pick_run(checkpoint), which=which)
+        found = sampler.beam_search(
+            prime, length, beam_width, stop=stop, drop_unknown=drop_unknown
+        ).text
+        write_samples(lambda first, count: [[found]], 1, prime=prime, fmt=fmt, output=output)
+        return
     options = SamplingOptions(
         temperature=temperature,
         top_k=top_k,
@@ -322,11 +346,39 @@ def sample(
         stop=stop,
     )
     sampler = Sampler.from_checkpoint(_pick_run(checkpoint), which=which)
+    if best_of is not None:
+        best = sampler.generate_batch(num_samples, length, options=options, best_of=best_of)
 
-    def stream(first: int, count: int):
-        return sampler.stream_batch(count, length or None, options=options, first_sample=first)
+        def stream(first: int, count: int):
+            return [best[first : first + count]]
+    else:
+
+        def stream(first: int, count: int):
+            return sampler.stream_batch(count, length or None, options=options, first_sample=first)
 
     write_samples(stream, num_samples, prime=prime, fmt=fmt, output=output)
+
+
+def _check_search_options(ctx: click.Context, beam_width: int | None, best_of: int | None):
+    """Refuse combinations that mean nothing: a beam search draws no randomness and gives one
+    text; both it and best-of need a finite --length; best-of needs as many draws as samples."""
+    given = {
+        name
+        for name in ("temperature", "top_k", "top_p", "seed", "num_samples", "best_of")
+        if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
+    }
+    if beam_width is not None:
+        for name in sorted(given):
+            flag = "--" + name.replace("_", "-")
+            raise click.UsageError(f"--beam-width searches without sampling: drop {flag}", ctx)
+    if (beam_width is not None or best_of is not None) and ctx.params["length"] == 0:
+        flag = "--beam-width" if beam_width is not None else "--best-of"
+        raise click.UsageError(f"{flag} needs a finite --length (not 0)", ctx)
+    if best_of is not None and best_of < ctx.params["num_samples"]:
+        raise click.UsageError(
+            f"--best-of ({best_of}) must be at least --num-samples ({ctx.params['num_samples']})",
+            ctx,
+        )
 
 
 @main.command()
