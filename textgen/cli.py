@@ -407,6 +407,8 @@ def serve(run_dirs, host, port, api_key, drop_unknown, which, **limits) -> None:
                            "pip install 'textgen[serve]'") from None  # fmt: skip
     runs = [Path(d) for d in run_dirs] or [_pick_run(None)]
     options = dict(host=host, port=port, api_key=api_key, drop_unknown=drop_unknown)
+    # The BLAS threads follow the idle cores while serving, unless the user chose a count.
+    options["adapt_blas_threads"] = not BLAS_THREADS_CHOSEN
     serve(runs, limits=Limits(**limits), which=which, **options)
 
 
