@@ -131,22 +131,22 @@ def test_adaptive_threads_set_numpy_blas_to_the_measured_idle_cores():
     pytest.importorskip("threadpoolctl")
     import numpy as np  # noqa: F401  (loads the BLAS library threadpoolctl controls)
 
-    adaptive = AdaptiveBlasThreads(every=0.0)
-    before = adaptive.current()
-    if before is None:
+    adaptive = AdaptiveBlasThreads(every=0.02)
+    if adaptive.initial is None:
         pytest.skip("numpy's BLAS is not one threadpoolctl knows")
+    adaptive.start()
     try:
-        time.sleep(0.1)
-        wanted = adaptive.update()
-        assert 1 <= wanted <= min(cores.usable_cores(), cores.MAX_BLAS_THREADS)
-        assert adaptive.current() == wanted == adaptive.threads
-        # Not due yet: no measurement, nothing changes.
-        adaptive.every, adaptive._due = 3600.0, time.monotonic() + 3600.0
-        assert adaptive.update() is None
+        deadline = time.monotonic() + 30
+        while adaptive.updates < 3:
+            assert time.monotonic() < deadline, "no measurements"
+            time.sleep(0.02)
     finally:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(limits=before, user_api="blas")
+        adaptive.stop()
+    # Each measurement's count was set: the library, asked again, reports it.
+    assert 1 <= adaptive.measured <= min(cores.usable_cores(), cores.MAX_BLAS_THREADS)
+    assert adaptive.threads == adaptive.measured
+    # Stopped, the count found at the start is back.
+    assert adaptive.current() == adaptive.initial
 
 
 def test_the_command_line_keeps_a_thread_count_the_user_chose():

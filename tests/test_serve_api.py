@@ -295,6 +295,17 @@ def test_sigterm_ends_streams_and_exits_0(trained_run):
         stop_server(proc)
 
 
+def test_blas_threads_follow_the_idle_cores_unless_chosen(live_server, trained_run):
+    base, _ = live_server  # started with OPENBLAS_NUM_THREADS=1: the user's choice is kept
+    assert httpx.get(f"{base}/health", timeout=TIMEOUT).json()["blas_threads"] is None
+    proc, base = start_server(trained_run, api_key=None, blas_threads=None)
+    try:
+        threads = httpx.get(f"{base}/health", timeout=TIMEOUT).json()["blas_threads"]
+        assert isinstance(threads, int) and 1 <= threads <= 4
+    finally:
+        stop_server(proc)
+
+
 def test_serve_refuses_a_missing_run_in_one_line(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "textgen", "serve", str(tmp_path / "nope")],

@@ -153,23 +153,3 @@ def test_scored_jobs_score_as_the_sampler_does(trained_run, scheduler, stop):
                 scores[piece.index] = piece.score
     assert texts == [r.text for r in reference]
     assert scores == pytest.approx([r.score for r in reference], abs=1e-5)
-
-
-def test_the_engine_thread_keeps_the_blas_threads_current(trained_run):
-    pytest.importorskip("threadpoolctl")
-    from threadpoolctl import threadpool_limits
-
-    from textgen.cores import AdaptiveBlasThreads
-
-    adaptive = AdaptiveBlasThreads(every=0.0)
-    before = adaptive.current()
-    if before is None:
-        pytest.skip("numpy's BLAS is not one threadpoolctl knows")
-    adaptive.threads = None  # unknown: the first update sets a count whatever it measures
-    sched = Scheduler(Sampler.from_checkpoint(trained_run), blas=adaptive)
-    try:
-        assert len(sched.generate(Job(sched.prompt_ids("A"), max_tokens=200, seed=1))[0]) == 200
-        assert adaptive.threads is not None and adaptive.current() == adaptive.threads
-    finally:
-        sched.close()
-        threadpool_limits(limits=before, user_api="blas")

@@ -165,12 +165,19 @@ def blas_threads() -> int:
 class AdaptiveBlasThreads:
     """Keeps numpy's BLAS threads at the idle cores while a long-running process samples.
 
-    Call :meth:`update` often, between two pieces of work (the server calls it before every
-    engine step): at most every ``every`` seconds it measures the cores over the time since its
-    previous measurement, counting this process's own use as idle, and sets the BLAS thread
-    count through threadpoolctl when the answer changed. Setting the count while another thread
-    of this process is inside a BLAS call is safe in OpenBLAS (the setting is global); the
-    update itself is serialised by a lock.
+    :meth:`start` runs a thread of its own that every ``every`` seconds measures the cores over
+    the time since its previous measurement, counting this process's own use (all its threads)
+    as idle, and sets numpy's BLAS thread count through threadpoolctl when the answer changed;
+    :meth:`stop` ends it and puts back the count found at the start. One thread does all the
+    setting because threadpoolctl lets a single live thread control a process-wide OpenBLAS pool
+    (if another thread of the program set a limit first and still runs, this changes nothing and
+    ``threads`` says so). OpenBLAS's count is global, and changing it while other threads are in
+    BLAS calls is safe; with an OpenMP build the count would be per thread, so this is for the
+    pthreads OpenBLAS that numpy's wheels carry.
+
+    Attributes:
+        measured: the count the last measurement asked for (None before the first).
+        threads: the count in force after it, as the library reported it then.
 
     Raises:
         ImportError: threadpoolctl is not installed.
@@ -183,9 +190,11 @@ class AdaptiveBlasThreads:
         self.every = every
         self._controller = ThreadpoolController()
         self._meter = LoadMeter(stat)
-        self._due = time.monotonic() + every
-        self._lock = threading.Lock()
-        self.threads = self.current()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.initial = self.threads = self.current()
+        self.measured: int | None = None
+        self.updates = 0
 
     def current(self) -> int | None:
         """numpy's BLAS threads now, as threadpoolctl reports them (None: no BLAS found)."""
@@ -193,18 +202,36 @@ class AdaptiveBlasThreads:
         return found[0]["num_threads"] if found else None
 
     def update(self) -> int | None:
-        """Measure and adjust if ``every`` seconds have passed; returns the count set, or None."""
-        if time.monotonic() < self._due or not self._lock.acquire(blocking=False):
-            return None
+        """Measure now and set the count; returns the count in force (None: no measurement).
+
+        Called by the thread :meth:`start` runs; call it directly only where no such thread runs.
+        """
         try:
-            self._due = time.monotonic() + self.every
-            try:
-                wanted = min(self._meter.idle_cores(exclude_self=True), MAX_BLAS_THREADS)
-            except (OSError, ValueError):
-                return None
-            if wanted != self.threads:
-                self._controller.limit(limits=wanted, user_api="blas")
-                self.threads = wanted
-            return wanted
+            wanted = min(self._meter.idle_cores(exclude_self=True), MAX_BLAS_THREADS)
+        except (OSError, ValueError):
+            return None
+        if wanted != self.threads:
+            self._controller.limit(limits=wanted, user_api="blas")
+            self.threads = self.current()
+        self.measured = wanted
+        self.updates += 1
+        return self.threads
+
+    def start(self) -> None:
+        """Start measuring and adjusting in a daemon thread."""
+        self._thread = threading.Thread(target=self._run, name="textgen-blas", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """End the thread; the count found at the start is put back."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(self.every):
+                self.update()
         finally:
-            self._lock.release()
+            if self.initial is not None and self.threads != self.initial:
+                self._controller.limit(limits=self.initial, user_api="blas")

@@ -159,6 +159,7 @@ class ErrorResponse(BaseModel):
 class Health(BaseModel):
     status: str
     streams: dict[str, int] = {}
+    blas_threads: int | None = None  # numpy's BLAS threads when they follow the idle cores
 
 
 class RunDetails(BaseModel):
@@ -187,6 +188,7 @@ class Models:
         self.run_dirs = {Path(d).resolve().name: Path(d) for d in run_dirs}
         self.which, self.limits = which, limits
         self.adapt_blas_threads = adapt_blas_threads
+        self.blas = None  # a textgen.cores.AdaptiveBlasThreads once loaded, when adapting
         self.schedulers: dict[str, Scheduler] = {}
         self.ready = threading.Event()
         self.failure: str | None = None
@@ -195,21 +197,19 @@ class Models:
         """Load every run's weights and start its scheduler."""
         from textgen.sampler import Sampler
 
-        blas = None
-        if self.adapt_blas_threads:
-            from textgen.cores import AdaptiveBlasThreads
-
-            # One for every run: the BLAS threads are one setting for the whole process.
-            with contextlib.suppress(ImportError, OSError):
-                blas = AdaptiveBlasThreads()
         try:
             for name, run_dir in self.run_dirs.items():
                 sampler = Sampler.from_checkpoint(run_dir, which=self.which)
-                self.schedulers[name] = Scheduler(
-                    sampler, max_streams=self.limits.max_streams, blas=blas
-                )
+                self.schedulers[name] = Scheduler(sampler, max_streams=self.limits.max_streams)
         except TextgenError as err:
             self.failure = str(err)
+        if self.adapt_blas_threads and not self.failure:
+            from textgen.cores import AdaptiveBlasThreads
+
+            # One for the process: the BLAS threads are one setting for every served run.
+            with contextlib.suppress(ImportError, OSError):
+                self.blas = AdaptiveBlasThreads()
+                self.blas.start()
         self.ready.set()
 
     def get(self, name: str) -> Scheduler:
@@ -227,6 +227,8 @@ class Models:
         """End every running request (its streams finish) and stop the engines."""
         for scheduler in self.schedulers.values():
             scheduler.close()
+        if self.blas is not None:
+            self.blas.stop()
 
 
 def run_details(name: str, run_dir: Path) -> RunDetails:
@@ -267,8 +269,9 @@ def create_app(
 ) -> FastAPI:
     """The FastAPI app serving ``run_dirs``; a model's id is its run directory's name.
 
-    With ``adapt_blas_threads``, numpy's BLAS threads follow the idle cores, measured every few
-    seconds while the engines run (``textgen.cores.AdaptiveBlasThreads``).
+    With ``adapt_blas_threads``, numpy's BLAS threads follow the idle cores, measured every two
+    seconds by a thread of their own (``textgen.cores.AdaptiveBlasThreads``); ``/health`` shows
+    the count.
     """
     models = Models(run_dirs, which, limits, adapt_blas_threads)
 
@@ -326,7 +329,9 @@ def create_app(
             status = "failed: " + models.failure if models.failure else "loading"
             return JSONResponse({"status": status, "streams": {}}, status_code=503)
         return Health(
-            status="ok", streams={k: s.active_streams for k, s in models.schedulers.items()}
+            status="ok",
+            streams={k: s.active_streams for k, s in models.schedulers.items()},
+            blas_threads=None if models.blas is None else models.blas.threads,
         )
 
     @app.get("/v1/models", response_model=ModelList, dependencies=guarded, responses=_errors(401))

@@ -14,9 +14,6 @@ with seed ``S`` draws from ``np.random.default_rng([S, i])``, consumed exactly a
 greedy), so choice ``i`` equals sample ``i`` of ``textgen sample --num-samples n --seed S``
 whatever else shares the batch. A job asked to ``score`` its choices sums each row's chosen
 log-probabilities as ``Sampler.scored_batch`` does (for best-of).
-
-With an :class:`~textgen.cores.AdaptiveBlasThreads`, the engine thread lets it re-measure the
-idle cores and adjust numpy's BLAS threads between two steps.
 """
 
 from __future__ import annotations
@@ -29,7 +26,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from textgen.cores import AdaptiveBlasThreads
 from textgen.draw import LogExponentials, log_softmax, sample_ids
 from textgen.errors import TextgenError
 from textgen.options import SamplingOptions
@@ -184,7 +180,6 @@ class Scheduler:
             engine (do not use the sampler elsewhere meanwhile).
         max_streams: rows (choices) admitted at once, queued or running; more raise :class:`Busy`.
         on_step: called with the batch size before every engine step (for tests and metrics).
-        blas: adjusts numpy's BLAS threads to the idle cores; updated before every step.
     """
 
     def __init__(
@@ -193,12 +188,11 @@ class Scheduler:
         *,
         max_streams: int = 128,
         on_step: Callable[[int], None] | None = None,
-        blas: AdaptiveBlasThreads | None = None,
     ) -> None:
         if not hasattr(sampler.engine, "state"):
             raise TextgenError("serving needs the numpy engine")
         self.sampler, self.tokenizer = sampler, sampler.tokenizer
-        self.max_streams, self.on_step, self.blas = max_streams, on_step, blas
+        self.max_streams, self.on_step = max_streams, on_step
         self._stack = sampler.engine
         self._chars = list(self.tokenizer.chars) + (["\ufffd"] if self.tokenizer.unknown else [])
         unknown = self.tokenizer.unknown_id
@@ -291,8 +285,6 @@ class Scheduler:
                 if rows:
                     if self.on_step is not None:
                         self.on_step(len(rows))
-                    if self.blas is not None:
-                        self.blas.update()
                     logits = self._stack.step(ids).copy()  # the engine reuses its buffer
                 else:
                     logits = logits[:0]
