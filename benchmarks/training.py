@@ -26,6 +26,7 @@ stock Keras too, since the two share the process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -315,6 +316,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(REPO))
+    if "torch" in args.only.split(","):
+        # PyTorch's optimizers load torch._dynamo (and triton) on first use; loaded after
+        # TensorFlow, that import crashed the process (torch 2.14, TF 2.21); before, it is fine.
+        with contextlib.suppress(ImportError):
+            import torch._dynamo  # noqa: F401
     # Importing textgen's backend sets TensorFlow's thread pools the way ``textgen train`` runs
     # them; stock Keras shares the process and so gets the same setting (it is faster with it).
     from textgen.backend import tf
