@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from textgen import run as rundir
+from textgen.averaging import WeightAverage
 from textgen.callbacks import Callback, EpochEnd
 from textgen.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from textgen.config import LOCKED_ON_RESUME, RunConfig, TrainConfig, TrainState
@@ -31,7 +32,7 @@ from textgen.corpus import DEFAULT_CORPUS, check_exists, load_corpus
 from textgen.errors import CheckpointError, TextgenError, VocabularyError
 from textgen.evaluation import build_eval_step, evaluate_ids
 from textgen.files import remove_stale_temporaries
-from textgen.model import build_model, get_weights, set_weights
+from textgen.model import build_model, get_weights, named_variables, set_weights
 from textgen.precision import resolve_precision
 from textgen.tokenizer import Tokenizer
 from textgen.windows import epoch_starts, split_ids, steps_per_epoch, window_dataset
@@ -342,6 +343,10 @@ class Trainer:
             model, self.optimizer, config.dropout, self.grad_norm, matmul_dtype
         )
         self.eval_step = build_eval_step(model)
+        self.average = None
+        if config.weight_average:
+            named = named_variables(model)
+            self.average = WeightAverage(named.values(), named.keys(), config.weight_average)
 
     def restore(self, saved: Checkpoint) -> None:
         """Load weights, optimizer state and loop position from a checkpoint."""
@@ -354,24 +359,34 @@ class Trainer:
                 raise CheckpointError("the checkpoint's optimizer state does not match this model")
             var.assign(value)
         self.state = replace(saved.state)
+        if self.average is not None:
+            # A run that did not average before starts its average from the current weights.
+            self.average.load(saved.average or saved.weights)
 
     def save(self, with_best: bool = False) -> None:
         """Write the checkpoint files; ``best`` first, so a crash in between replays the epoch
         from the older ``latest`` and rewrites ``best`` rather than leaving a stale one."""
         weights = get_weights(self.model)
+        average = self.average.arrays() if self.average is not None else {}
         if with_best:
-            save_checkpoint(self.run_dir / rundir.BEST, Checkpoint(weights, [], self.state))
+            # best.npz holds the weights that were validated: the average, when there is one.
+            best = average or weights
+            save_checkpoint(self.run_dir / rundir.BEST, Checkpoint(best, [], self.state))
         opt = [np.asarray(v.numpy()) for v in self.optimizer.variables]
-        save_checkpoint(self.run_dir / rundir.LATEST, Checkpoint(weights, opt, self.state))
+        latest = Checkpoint(weights, opt, self.state, average)
+        save_checkpoint(self.run_dir / rundir.LATEST, latest)
 
     def evaluate(self) -> float | None:
         """Mean validation loss in nats per character, or None without a validation split."""
         if self.valid_ids is None:
             return None
         cfg = self.config
-        return evaluate_ids(
-            self.eval_step, self.valid_ids, cfg.seq_length, cfg.batch_size, cfg.validation_context
-        )
+        averaged = self.average.applied() if self.average is not None else contextlib.nullcontext()
+        with averaged:
+            return evaluate_ids(
+                self.eval_step, self.valid_ids, cfg.seq_length, cfg.batch_size,
+                cfg.validation_context,
+            )  # fmt: skip
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -457,6 +472,8 @@ class Trainer:
         state.batch += 1
         state.step += 1
         state.loss_sum += loss
+        if self.average is not None:
+            self.average.update(state.step)
         bar.update(1)
         bar.set_postfix(loss=f"{state.loss_sum / state.batch:.4f}")
         now = time.monotonic()
