@@ -3,8 +3,10 @@
 ``--precision bfloat16`` gives the LSTM's large products (``textgen.fast_lstm``) bfloat16
 operands with float32 accumulation; the weights, the cell state, the optimizer and the loss stay
 float32. ``auto`` (the default) picks bfloat16 only where the hardware multiplies it natively: a
-GPU, or a CPU with AVX512-BF16 or AMX, with TensorFlow's oneDNN kernels on. Elsewhere TensorFlow
-emulates bfloat16, which measured about 1.6x slower than float32, so ``auto`` keeps float32.
+GPU, or a CPU with AVX512-BF16 or AMX, with TensorFlow's oneDNN kernels on. With oneDNN turned
+off (``TF_ENABLE_ONEDNN_OPTS=0``) the same products measured 1.4-1.7x slower in bfloat16 than in
+float32 at the training step's shapes; a CPU without those instructions has to widen bfloat16 in
+software as well, so ``auto`` keeps float32 there.
 
 This module imports neither numpy nor TensorFlow until ``resolve_precision`` asks for GPUs, so
 the command line and ``config`` can read ``PRECISIONS`` for free.
