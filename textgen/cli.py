@@ -35,6 +35,7 @@ from textgen.cells import CELLS  # noqa: E402
 from textgen.cli_group import TextgenGroup  # noqa: E402
 from textgen.config import TrainConfig  # noqa: E402
 from textgen.errors import TextgenError  # noqa: E402
+from textgen.precision import PRECISIONS  # noqa: E402
 
 DEFAULT_CORPUS = "pydocs"  # textgen.corpus.DEFAULT_CORPUS, without importing the corpus code
 # --best-of draws all its samples as one batch, so it is bounded like one chunk of streams.
@@ -191,6 +192,12 @@ def _default(name: str) -> str:
     default=None,
     help="Write TensorBoard event files under RUN/tensorboard. [default: on]",
 )
+@click.option(
+    "--precision",
+    type=click.Choice(list(PRECISIONS)),
+    help="Operands of the LSTM's large matrix products; auto: bfloat16 where the CPU (AVX512-BF16, "
+    "AMX) or a GPU multiplies it natively, else float32." + _default("precision"),
+)
 @click.option("--resume", is_flag=True, help="Continue the run in the run directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(corpus, checkpoint_dir, resume, quiet, **options) -> None:
@@ -211,7 +218,8 @@ def train(corpus, checkpoint_dir, resume, quiet, **options) -> None:
     )
     best = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.4f} nats"
     click.echo(
-        f"{result.stopped.replace('_', ' ')} after {result.epochs_done:.2f} epochs; "
+        f"{result.stopped.replace('_', ' ')} after {result.epochs_done:.2f} epochs "
+        f"({result.precision}); "
         f"best loss {best}; run saved in {result.run_dir}"
     )
 

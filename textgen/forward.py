@@ -24,10 +24,12 @@ def stateless_dropout(x, rate: float, seed):
     return tf.where(keep, x / (1.0 - rate), tf.zeros_like(x))
 
 
-def make_forward(model, dropout: float) -> Callable:
+def make_forward(model, dropout: float, matmul_dtype=None) -> Callable:
     """Return ``forward(ids, training, seed) -> logits`` (batch, time, vocab) for ``model``.
 
-    ``seed`` (int32 [2]) fixes the dropout mask, applied only when ``training``.
+    ``seed`` (int32 [2]) fixes the dropout mask, applied only when ``training``. ``matmul_dtype``
+    (e.g. ``tf.bfloat16``) is the operand type of the LSTM layers' large matrix products (see
+    ``textgen.fast_lstm``); None keeps float32. Other cells ignore it.
     """
     layers = recurrent_layers(model)
     embedding = model.get_layer("embedding")
@@ -47,9 +49,11 @@ def make_forward(model, dropout: float) -> Callable:
             ]
             if k == 0:
                 table = tf.convert_to_tensor(embedding.embeddings)
-                x, _ = lstm_sequence_from_ids(x, table, *weights, time_major=True)  # (T, B, H)
+                x, _ = lstm_sequence_from_ids(
+                    x, table, *weights, time_major=True, matmul_dtype=matmul_dtype
+                )  # (T, B, H)
             else:
-                x, _ = lstm_sequence(x, *weights, time_major=True)
+                x, _ = lstm_sequence(x, *weights, time_major=True, matmul_dtype=matmul_dtype)
         return x
 
     def keras_stack(ids):

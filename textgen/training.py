@@ -33,6 +33,7 @@ from textgen.errors import CheckpointError, TextgenError, VocabularyError
 from textgen.evaluation import build_eval_step, evaluate_ids
 from textgen.files import remove_stale_temporaries
 from textgen.model import build_model, get_weights, named_variables, set_weights
+from textgen.precision import resolve_precision
 from textgen.tokenizer import Tokenizer
 from textgen.windows import epoch_starts, split_ids, steps_per_epoch, window_dataset
 
@@ -59,6 +60,7 @@ class TrainResult:
     epochs_done: float
     best_val_loss: float | None
     stopped: str  # one of STOPS, or the reason a callback gave
+    precision: str = "float32"  # of the large matrix products, as ``auto`` resolved
 
 
 class TrainingInterrupted(TextgenError):
@@ -252,17 +254,18 @@ def _watchers(config: TrainConfig, tokenizer, run_dir: Path, echo) -> list[Callb
     return watchers
 
 
-def build_train_step(model, optimizer, dropout: float, grad_norm=None):
+def build_train_step(model, optimizer, dropout: float, grad_norm=None, matmul_dtype=None):
     """The compiled training step ``(x, y, seed, lr) -> mean loss`` that ``train`` runs.
 
     ``seed`` (int32 [2]) fixes the dropout mask and ``lr`` is assigned before the update, so a
     step is a pure function of the model, optimizer state and its arguments. When given, the
     float variable ``grad_norm`` receives the gradient's global norm (before clipping).
+    ``matmul_dtype`` is the operand type of the large products (``textgen.forward``).
     """
     from textgen.backend import tf
     from textgen.forward import make_forward
 
-    forward = make_forward(model, dropout)
+    forward = make_forward(model, dropout, matmul_dtype)
     variables = model.trainable_variables
     ids = tf.TensorSpec([None, None], tf.int32)
     signature = [ids, ids, tf.TensorSpec([2], tf.int32), tf.TensorSpec([], tf.float32)]
@@ -334,7 +337,11 @@ class Trainer:
         self.optimizer.build(model.trainable_variables)
         self.state = TrainState()
         self.grad_norm = tf.Variable(0.0, trainable=False, name="grad_norm")  # of the last step
-        self.train_step = build_train_step(model, self.optimizer, config.dropout, self.grad_norm)
+        self.precision = resolve_precision(config.precision)
+        matmul_dtype = tf.bfloat16 if self.precision == "bfloat16" else None
+        self.train_step = build_train_step(
+            model, self.optimizer, config.dropout, self.grad_norm, matmul_dtype
+        )
         self.eval_step = build_eval_step(model)
         self.average = None
         if config.weight_average:
@@ -540,7 +547,7 @@ class Trainer:
         elif stopped != "completed":
             self.save()
         epochs_done = state.epoch + state.batch / self.steps
-        return TrainResult(self.run_dir, epochs_done, state.best_val_loss, stopped)
+        return TrainResult(self.run_dir, epochs_done, state.best_val_loss, stopped, self.precision)
 
 
 def _first_reason(reasons) -> str | None:
