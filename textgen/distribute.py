@@ -130,14 +130,18 @@ class Cluster:
             return [np.asarray(a) for a in arrays]
         from textgen.backend import tf
 
-        values = [
-            tf.constant(a if self.is_chief else np.zeros_like(a)) for a in map(np.asarray, arrays)
-        ]
-        if not values:
-            return []
-        # A sum in which only the chief's terms are non-zero: exact, and one collective for all.
-        summed = self._sum_fn()(values)
-        return [np.asarray(v.numpy()) for v in self.strategy.experimental_local_results(summed)[0]]
+        arrays = [np.asarray(a) for a in arrays]
+        out: list = [None] * len(arrays)
+        # A sum in which only the chief's terms are non-zero is exact; one collective per dtype.
+        for dtype in sorted({a.dtype.str for a in arrays}):  # the same order on every worker
+            where = [i for i, a in enumerate(arrays) if a.dtype.str == dtype]
+            values = [
+                tf.constant(arrays[i] if self.is_chief else np.zeros_like(arrays[i])) for i in where
+            ]
+            summed = self.strategy.experimental_local_results(self._sum_fn()(values))[0]
+            for i, value in zip(where, summed, strict=True):
+                out[i] = np.asarray(value.numpy())
+        return out
 
     def broadcast_text(self, text: str | None) -> str:
         """The chief's ``text`` on every worker (the others pass None)."""
@@ -163,7 +167,9 @@ class Cluster:
                 values = [tf.identity(v) for v in values]  # on the replica's device
                 return ctx.all_reduce(tf.distribute.ReduceOp.SUM, values)
 
-            fn = tf.function(lambda values: strategy.run(replica_sum, args=(values,)))
+            fn = tf.function(
+                lambda values: strategy.run(replica_sum, args=(values,)), reduce_retracing=True
+            )
             self._sum = fn
         return fn
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 import signal
 import tempfile
 import time
@@ -201,7 +202,10 @@ def _lost_workers(cluster: Cluster | None, run_dir: Path) -> Iterator[None]:
     try:
         yield
     except lost_worker_errors() as err:
-        reason = (getattr(err, "message", "") or str(err)).strip().splitlines()[0][:200]
+        lines = (getattr(err, "message", "") or str(err)).splitlines()
+        said = [re.sub(r"\{\{[^}]*\}\}", "", line).strip() for line in lines]
+        said = [line for line in said if line and not line.endswith("execution error:")]
+        reason = (said[0] if said else type(err).__name__)[:200]
         raise TextgenError(
             f"worker {cluster.worker} of {cluster.workers} lost contact with the cluster "
             f"({reason}); once every worker has stopped, rerun each of them with --resume to "
