@@ -116,11 +116,26 @@ class Cluster:
         return [blocks[r] for r in self.local_replicas]
 
     def per_replica(self, values: Sequence[Any]):
-        """One value per local replica (in ``local_replicas`` order) as a distributed value."""
+        """One value per local replica (in ``local_replicas`` order) as a distributed value.
+
+        With one local replica the value itself, which ``strategy.run`` hands to that replica,
+        so that a step can be traced once for every batch shape (``compile``).
+        """
+        if len(self.local_replicas) == 1:
+            return values[0]
         first = self.local_replicas.start
         return self.strategy.experimental_distribute_values_from_function(
             lambda ctx: values[ctx.replica_id_in_sync_group - first]
         )
+
+    def compile(self, fn, signature: list):
+        """``fn`` as a ``tf.function``: traced once for ``signature`` when this process has one
+        replica (its inputs are then plain tensors), else retraced as shapes come."""
+        from textgen.backend import tf
+
+        if len(self.local_replicas) == 1:
+            return tf.function(fn, input_signature=signature)
+        return tf.function(fn, reduce_retracing=True)
 
     def broadcast_arrays(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The chief's ``arrays`` on every worker; the others pass arrays of the same shapes."""

@@ -45,11 +45,12 @@ def build_eval_step(model, cluster=None, stock: bool = False) -> Callable:
         context = tf.distribute.get_replica_context()
         return context.all_reduce(tf.distribute.ReduceOp.SUM, list(sums))
 
-    @tf.function(reduce_retracing=True)
-    def summed_step(x, y, first, scored):
+    def summed(x, y, first, scored):
         with strategy.scope():
             sums = strategy.run(replica_eval, args=(x, y, first, scored))
             return [strategy.experimental_local_results(v)[0] for v in sums]
+
+    summed_step = cluster.compile(summed, spec)
 
     def distributed_step(x, y, first, scored):
         blocks = cluster.local_rows(len(x))

@@ -407,7 +407,6 @@ def build_replica_train_step(
         context = tf.distribute.get_replica_context()
         return context.all_reduce(tf.distribute.ReduceOp.SUM, [*grads, loss, votes])
 
-    @tf.function(reduce_retracing=True)
     def train_step(x, y, offset, rows, seed, lr, votes):
         with strategy.scope():
             summed = strategy.run(replica_step, args=(x, y, offset, rows, seed, votes))
@@ -427,7 +426,10 @@ def build_replica_train_step(
             optimizer.iterations.assign_add(1)
         return loss, votes
 
-    return train_step
+    ids, scalar = tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([], tf.int32)
+    signature = [ids, ids, scalar, scalar, tf.TensorSpec([2], tf.int32)]
+    signature += [tf.TensorSpec([], tf.float32), tf.TensorSpec([len(_VOTES)], tf.float32)]
+    return cluster.compile(train_step, signature)
 
 
 def make_optimizer(config: TrainConfig, clip: bool = True):
