@@ -1,6 +1,7 @@
 """Quality per minute: best validation loss on Tiny Shakespeare within a wall-clock budget.
 
 Usage: python benchmarks/quality.py [--minutes 10] [--corpus PATH] [--set key=value ...]
+       python benchmarks/quality.py --lever defaults={} --lever average={"weight_average":0.998}
 
 Trains with textgen's default settings (only the time budget given, as a user would), on the
 first 90% of the text with the last 10% held out (the split nanoGPT uses), and prints the best
@@ -10,6 +11,12 @@ The best checkpoint is then scored twice on the held-out text: as training measu
 window of ``seq_length`` read after ``validation_context`` preceding characters, as the sampler
 reads text), and with every window started from a zero state, which is how the stock Keras and
 PyTorch reference points were measured.
+
+With ``--lever NAME=JSON`` (repeatable) it trains once per lever, one after another with the
+same budget, each with the defaults plus the lever's settings (and any ``--set``), and prints a
+table: the lever, its epochs, and the best checkpoint's loss with context and from zero states.
+The levers run in turn, not side by side, so on a shared machine compare them by epochs as well
+as by loss.
 """
 
 from __future__ import annotations
@@ -53,28 +60,51 @@ def score_best(run_dir: Path, corpus: Path, config) -> tuple[float, float]:
     return tuple(evaluate_ids(step, valid, seq, context=c) for c in (config.validation_context, 0))
 
 
+def run_once(args, overrides: dict, keep: Path | None):
+    """Train with the defaults, the budget and ``overrides``; score the best checkpoint."""
+    from textgen.training import TrainConfig, train
+
+    settings = {"validation_split": 0.1, "max_time": args.minutes * 60, **overrides}
+    config = TrainConfig(**settings)
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = keep or Path(tmp) / "run"
+        started = time.monotonic()
+        result = train(args.corpus, run_dir=run_dir, progress=False, **settings)
+        elapsed = time.monotonic() - started
+        history = (run_dir / "history.csv").read_text()
+        with_context, zero_state = score_best(run_dir, args.corpus, config)
+    return result, config, elapsed, history, with_context, zero_state
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--set", action="append", default=[], help="override a setting: k=v")
     parser.add_argument("--keep", type=Path, help="train into this run directory and keep it")
+    parser.add_argument(
+        "--lever", action="append", default=[], help='NAME=JSON settings, e.g. avg={"dropout":0.4}'
+    )
     args = parser.parse_args()
     if not args.corpus.is_file():
         raise SystemExit(f"corpus not found: {args.corpus}")
 
-    from textgen.training import TrainConfig, train
-
     overrides = dict(_parse_setting(s) for s in args.set)
-    settings = {"validation_split": 0.1, "max_time": args.minutes * 60, **overrides}
-    config = TrainConfig(**settings)
-    with tempfile.TemporaryDirectory() as tmp:
-        run_dir = args.keep or Path(tmp) / "run"
-        started = time.monotonic()
-        result = train(args.corpus, run_dir=run_dir, progress=False, **settings)
-        elapsed = time.monotonic() - started
-        history = (run_dir / "history.csv").read_text()
-        with_context, zero_state = score_best(run_dir, args.corpus, config)
+    if args.lever:
+        levers = [lever.partition("=") for lever in args.lever]
+        print(f"{'lever':12s} {'settings':44s} {'epochs':>6s} {'context':>8s} {'zero':>7s}")
+        for name, _, value in levers:
+            extra = {**overrides, **json.loads(value or "{}")}
+            result, config, elapsed, _, with_context, zero_state = run_once(args, extra, None)
+            print(
+                f"{name:12s} {json.dumps(extra):44s} {result.epochs_done:6.2f} "
+                f"{with_context:8.4f} {zero_state:7.4f}",
+                flush=True,
+            )
+        return
+    result, config, elapsed, history, with_context, zero_state = run_once(
+        args, overrides, args.keep
+    )
     print(
         f"\nbudget {args.minutes:g} min, wall time {elapsed / 60:.1f} min, "
         f"{result.epochs_done:.2f} epochs, stopped: {result.stopped}"

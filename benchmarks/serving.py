@@ -9,7 +9,10 @@ character (p50, p99), against:
 (b) the same requests served one at a time (each client waits for the previous one).
 
 The clients run in this process, on the same cores as the server, as a real load test would on
-a small machine. numpy's BLAS gets one thread everywhere, so the rows compare the same work.
+a small machine. They speak HTTP/1.1 on bare asyncio streams: a full HTTP client library costs
+several times the CPU of the server's own streaming work per character (httpx took about 0.7
+CPU-seconds to read what a bare client reads in 0.1), and on two shared cores that would measure
+the client. numpy's BLAS gets one thread everywhere, so the rows compare the same work.
 
     python benchmarks/serving.py --length 500
 """
@@ -64,7 +67,7 @@ def random_run(folder: Path) -> Path:
     return run_dir
 
 
-def start(run_dir: Path, length: int) -> tuple[subprocess.Popen, str]:
+def start(run_dir: Path, length: int) -> tuple[subprocess.Popen, int]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -76,7 +79,7 @@ def start(run_dir: Path, length: int) -> tuple[subprocess.Popen, str]:
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return proc, base
+                return proc, port
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
@@ -84,32 +87,57 @@ def start(run_dir: Path, length: int) -> tuple[subprocess.Popen, str]:
     raise SystemExit("the server did not start")
 
 
-async def one(http: httpx.AsyncClient, base: str, seed: int, length: int) -> tuple[float, int]:
-    """Stream one completion; returns (seconds to the first character, characters)."""
-    body = {"model": "bench", "prompt": "THE ", "max_tokens": length, "seed": seed, "stream": True}
+async def one(port: int, seed: int, length: int, go: asyncio.Event) -> tuple[float, int]:
+    """Stream one completion over a bare HTTP/1.1 connection, opened before ``go`` is set.
+
+    Returns (seconds from sending the request to the first character, characters received).
+    """
+    body = json.dumps(
+        {"model": "bench", "prompt": "THE ", "max_tokens": length, "seed": seed, "stream": True}
+    ).encode()
+    request = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await go.wait()
     start, first, chars = time.perf_counter(), None, 0
-    async with http.stream("POST", f"{base}/v1/completions", json=body) as answer:
-        async for line in answer.aiter_lines():
-            if not line.startswith("data: {"):
-                continue
-            text = json.loads(line[6:])["choices"][0]["text"]
-            if text and first is None:
-                first = time.perf_counter() - start
-            chars += len(text)
+    writer.write(request)
+    status = await reader.readline()
+    if b" 200 " not in status:
+        raise SystemExit(f"the server answered {status!r}")
+    try:
+        # The body is chunked; SSE lines never span a chunk boundary here, so every line that
+        # starts with "data: " is one event (chunk-size lines and blank lines are skipped).
+        while line := await reader.readline():
+            if line.startswith(b"data: [DONE]"):
+                break
+            if line.startswith(b"data: {"):
+                text = json.loads(line[6:])["choices"][0]["text"]
+                if text and first is None:
+                    first = time.perf_counter() - start
+                chars += len(text)
+    finally:
+        writer.close()
     return first, chars
 
 
-async def served(base: str, clients: int, length: int, together: bool):
+async def served(port: int, clients: int, length: int, together: bool):
     """Aggregate chars/s and first-character times of ``clients`` requests."""
-    limits = httpx.Limits(max_connections=clients + 4)
-    async with httpx.AsyncClient(timeout=300, limits=limits) as http:
-        await one(http, base, 999, 20)  # warm up
+    go = asyncio.Event()
+    go.set()
+    await one(port, 999, 20, go)  # warm up
+    start = time.perf_counter()
+    if together:
+        go = asyncio.Event()
+        tasks = [asyncio.create_task(one(port, s, length, go)) for s in range(clients)]
+        await asyncio.sleep(0.2)  # every connection is open: the requests leave together
         start = time.perf_counter()
-        if together:
-            results = await asyncio.gather(*(one(http, base, s, length) for s in range(clients)))
-        else:
-            results = [await one(http, base, s, length) for s in range(clients)]
-        elapsed = time.perf_counter() - start
+        go.set()
+        results = await asyncio.gather(*tasks)
+    else:
+        results = [await one(port, s, length, go) for s in range(clients)]
+    elapsed = time.perf_counter() - start
     firsts = sorted(r[0] for r in results)
     return sum(r[1] for r in results) / elapsed, firsts
 
@@ -133,14 +161,14 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         run_dir = random_run(Path(folder))
-        proc, base = start(run_dir, args.length)
+        proc, port = start(run_dir, args.length)
         try:
             header = f"{'clients':>7} {'served c/s':>11} {'in-proc c/s':>12} {'vs batch':>9}"
             header += f" {'serial c/s':>11} {'vs serial':>10} {'ttfc p50':>9} {'ttfc p99':>9}"
             print(header)
             for clients in args.clients:
-                rate, firsts = asyncio.run(served(base, clients, args.length, True))
-                serial, _ = asyncio.run(served(base, clients, args.length, False))
+                rate, firsts = asyncio.run(served(port, clients, args.length, True))
+                serial, _ = asyncio.run(served(port, clients, args.length, False))
                 batch = in_process(run_dir, clients, args.length)
                 p50, p99 = statistics.median(firsts), percentile(firsts, 0.99)
                 print(

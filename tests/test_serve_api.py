@@ -151,6 +151,18 @@ def test_oversized_body_is_413(live_server, model):
     assert answer.status_code == 413 and "error" in answer.json()
 
 
+@pytest.mark.parametrize("body", ['{"model": ', "[1, 2]", '{"model": "m", "prompt": [1, 2]}'])
+def test_malformed_bodies_are_400_in_openai_shape(live_server, body):
+    base, _ = live_server
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    answer = httpx.post(f"{base}/v1/completions", content=body, headers=headers, timeout=TIMEOUT)
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["message"]
+    if body.startswith('{"model": ') and "prompt" not in body:
+        assert "not valid JSON" in error["message"] and error["param"] is None
+
+
 def test_full_server_is_429_with_retry_after(client, model):
     hog = client.completions.create(
         model=model, prompt="a", max_tokens=10**6, n=40, stream=True, seed=1

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from textgen.sampler import Sampler
-from textgen.serve.batching import Busy, Job, Scheduler
+from textgen.serve.batching import PREFILL_CHUNK, SHORT_PROMPT, Busy, Job, Scheduler
 
 SETTINGS = [
     dict(temperature=1.0),
@@ -63,6 +63,24 @@ def test_batched_jobs_equal_their_solo_answers(trained_run, scheduler):
     for job, want in jobs:
         assert _collect(job) == [want]
     assert max(scheduler.sizes) > 1  # they really shared the batch
+
+
+def test_long_and_short_prompts_together_equal_their_solo_answers(trained_run, scheduler):
+    # A long prompt is fed on its own in chunks; short ones are fed inside the batch.
+    reference = Sampler.from_checkpoint(trained_run)
+    long_prompt = ("The dog saw a cat. " * 40)[: 2 * PREFILL_CHUNK + 7]
+    prompts = [long_prompt, "A", "x" * SHORT_PROMPT, long_prompt[:40], "The "]
+    jobs = []
+    for i, prompt in enumerate(prompts):
+        want = reference.generate_batch(2, 50, prime=prompt, seed=i, temperature=0.8)
+        jobs.append(
+            (Job(scheduler.prompt_ids(prompt), n=2, max_tokens=50, seed=i, temperature=0.8), want)
+        )
+    for job, _ in jobs:
+        scheduler.submit(job)
+    for job, want in jobs:
+        assert _collect(job) == want
+    assert max(scheduler.sizes) > 2
 
 
 def test_cancelled_job_leaves_the_batch(scheduler):

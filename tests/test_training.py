@@ -214,3 +214,35 @@ def test_callbacks_see_every_batch_and_epoch_and_can_stop_training(tmp_path, cor
     assert result.stopped == "enough" and result.epochs_done == 2
     assert seen["epochs"] == [(1, True), (2, True)] and seen["begun"] == 1
     assert load_checkpoint(tmp_path / "run" / "latest.npz").state.step == seen["batches"]
+
+
+def test_weight_average_is_validated_kept_as_best_and_resumed_exactly(tmp_path, corpus):
+    corpus.write_text(make_text(1500))
+    settings = {**TINY, "epochs": 2, "weight_average": 0.9}
+    train(corpus, run_dir=tmp_path / "straight", **_quiet(**settings))
+    latest = load_checkpoint(tmp_path / "straight" / "latest.npz")
+    best = load_checkpoint(tmp_path / "straight" / "best.npz")
+    assert set(latest.average) == set(latest.weights)
+    # The average is not the last step's weights, and it is what best.npz kept and validation
+    # scored (the last epoch is the best of two here).
+    assert not np.allclose(latest.average["dense/kernel"], latest.weights["dense/kernel"])
+    if best.state.step == latest.state.step:
+        for name, value in latest.average.items():
+            np.testing.assert_array_equal(best.weights[name], value)
+    total = latest.state.step
+
+    class CtrlC(training.Callback):
+        def on_batch_end(self, state, loss):
+            if state.step == int(total * 0.6):
+                os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted):
+        train(corpus, run_dir=tmp_path / "split", callbacks=[CtrlC()], **_quiet(**settings))
+    train(corpus, run_dir=tmp_path / "split", resume=True, **_quiet())
+    _assert_same_checkpoint(tmp_path / "straight" / "latest.npz", tmp_path / "split" / "latest.npz")
+    resumed = load_checkpoint(tmp_path / "split" / "latest.npz").average
+    for name, value in latest.average.items():
+        np.testing.assert_allclose(resumed[name], value, atol=1e-5)
+    straight_rows = list(csv.DictReader((tmp_path / "straight" / "history.csv").open()))
+    split_rows = list(csv.DictReader((tmp_path / "split" / "history.csv").open()))
+    assert [r["val_loss"] for r in straight_rows][-1] == [r["val_loss"] for r in split_rows][-1]

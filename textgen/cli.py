@@ -136,6 +136,12 @@ def _default(name: str) -> str:
     help="Clip gradients to this global norm; 0 disables." + _default("clip_norm"),
 )
 @click.option(
+    "--weight-average",
+    type=click.FloatRange(0, 1, max_open=True),
+    help="Validate, and keep as best.npz, a moving average of the weights with this decay per "
+    "step (0.998 averages about the last 500 steps); 0 turns it off." + _default("weight_average"),
+)
+@click.option(
     "--validation-split",
     type=click.FloatRange(0, 1, max_open=True),
     help="Fraction held out from the end of the text." + _default("validation_split"),

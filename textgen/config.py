@@ -55,6 +55,7 @@ class TrainConfig:
     learning_rate: float = 4e-3  # Adam's peak rate
     lr_schedule: str = "cosine"  # "cosine" (decay to 10% of the peak) or "constant"
     clip_norm: float | None = 5.0  # global gradient-norm clip; None disables it
+    weight_average: float = 0.0  # EMA decay of the weights validated and kept as best; 0: off
     validation_split: float = 0.1  # fraction held out from the END of the text
     validation_context: int = DEFAULT_CONTEXT  # characters read before each scored window
     seed: int = 0
@@ -77,6 +78,7 @@ class TrainConfig:
             (self.learning_rate > 0 and math.isfinite(self.learning_rate), "bad learning rate"),
             (self.lr_schedule in ("cosine", "constant"), "lr schedule: cosine or constant"),
             (self.clip_norm is None or self.clip_norm > 0, "clip norm must be positive"),
+            (0.0 <= self.weight_average < 1.0, "weight average decay must be in [0, 1)"),
             (self.max_time is None or self.max_time > 0, "max time must be positive"),
             (self.patience is None or self.patience >= 1, "patience must be at least 1"),
             (self.checkpoint_every > 0, "checkpoint interval must be positive"),

@@ -137,7 +137,7 @@ def check_weights(weights: Mapping[str, np.ndarray], config: ModelConfig) -> Non
             )
 
 
-def _variables(model: keras.Model) -> dict[str, object]:
+def named_variables(model: keras.Model) -> dict[str, object]:
     """Each stable weight name with the Keras variable that holds it."""
     found = {"embedding": model.get_layer("embedding").embeddings}
     for i, layer in enumerate(recurrent_layers(model)):
@@ -150,13 +150,15 @@ def _variables(model: keras.Model) -> dict[str, object]:
 
 def get_weights(model: keras.Model) -> dict[str, np.ndarray]:
     """Return the model's weights as a name -> float32 array dict (see the module docstring)."""
-    return {name: np.asarray(var.numpy(), np.float32) for name, var in _variables(model).items()}
+    return {
+        name: np.asarray(var.numpy(), np.float32) for name, var in named_variables(model).items()
+    }
 
 
 def set_weights(model: keras.Model, weights: Mapping[str, np.ndarray]) -> None:
     """Assign a name -> array dict (as from ``get_weights``) to the model, checking every shape."""
     check_weights(weights, config_of(model))
-    for name, var in _variables(model).items():
+    for name, var in named_variables(model).items():
         var.assign(np.asarray(weights[name], np.float32))
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from textgen import run as rundir
+from textgen.averaging import WeightAverage
 from textgen.callbacks import Callback, EpochEnd
 from textgen.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from textgen.config import LOCKED_ON_RESUME, RunConfig, TrainConfig, TrainState
@@ -35,7 +36,7 @@ from textgen.distribute import Cluster, choose_path, lost_worker_errors, make_cl
 from textgen.errors import CheckpointError, TextgenError, VocabularyError
 from textgen.evaluation import build_eval_step, evaluate_ids
 from textgen.files import remove_stale_temporaries
-from textgen.model import build_model, get_weights, set_weights
+from textgen.model import build_model, get_weights, named_variables, set_weights
 from textgen.tokenizer import Tokenizer
 from textgen.windows import (
     epoch_starts,
@@ -506,6 +507,10 @@ class Trainer:
         self._interrupt = {"stop": False}
         self._agreed_stop: str | None = None  # what the cluster's last vote decided
         self._pending_reason: str | None = None  # a callback's reason, for the next vote
+        self.average = None
+        if config.weight_average:
+            named = named_variables(model)
+            self.average = WeightAverage(named.values(), named.keys(), config.weight_average)
 
     def restore(self, saved: Checkpoint) -> None:
         """Load weights, optimizer state and loop position from a checkpoint."""
@@ -518,6 +523,9 @@ class Trainer:
                 raise CheckpointError("the checkpoint's optimizer state does not match this model")
             var.assign(value)
         self.state = replace(saved.state)
+        if self.average is not None:
+            # A run that did not average before starts its average from the current weights.
+            self.average.load(saved.average or saved.weights)
 
     def share_checkpoint(self) -> None:
         """Give every worker of the cluster the chief's weights, optimizer state and position."""
@@ -525,13 +533,17 @@ class Trainer:
         weights = get_weights(self.model)
         names = sorted(weights)
         arrays = [weights[n] for n in names]
-        arrays += [np.asarray(v.numpy()) for v in self.optimizer.variables]
+        optimizer = [np.asarray(v.numpy()) for v in self.optimizer.variables]
+        average = self.average.arrays() if self.average is not None else {}
+        arrays += optimizer + [average[n] for n in names if n in average]
         shared = cluster.broadcast_arrays(arrays)
         state = cluster.broadcast_text(json.dumps(self.state.to_json()))
         if not cluster.is_chief:
-            restored = dict(zip(names, shared[: len(names)], strict=True))
+            count, opt_count = len(names), len(optimizer)
+            restored = dict(zip(names, shared[:count], strict=True))
+            averaged = dict(zip(names, shared[count + opt_count :], strict=False))
             state = TrainState.from_json(json.loads(state))
-            self.restore(Checkpoint(restored, shared[len(names) :], state))
+            self.restore(Checkpoint(restored, shared[count : count + opt_count], state, averaged))
 
     def save(self, with_best: bool = False) -> None:
         """Write the checkpoint files; ``best`` first, so a crash in between replays the epoch
@@ -540,19 +552,26 @@ class Trainer:
         if not self.writes:
             return
         weights = get_weights(self.model)
+        average = self.average.arrays() if self.average is not None else {}
         if with_best:
-            save_checkpoint(self.run_dir / rundir.BEST, Checkpoint(weights, [], self.state))
+            # best.npz holds the weights that were validated: the average, when there is one.
+            best = average or weights
+            save_checkpoint(self.run_dir / rundir.BEST, Checkpoint(best, [], self.state))
         opt = [np.asarray(v.numpy()) for v in self.optimizer.variables]
-        save_checkpoint(self.run_dir / rundir.LATEST, Checkpoint(weights, opt, self.state))
+        latest = Checkpoint(weights, opt, self.state, average)
+        save_checkpoint(self.run_dir / rundir.LATEST, latest)
 
     def evaluate(self) -> float | None:
         """Mean validation loss in nats per character, or None without a validation split."""
         if self.valid_ids is None:
             return None
         cfg = self.config
-        return evaluate_ids(
-            self.eval_step, self.valid_ids, cfg.seq_length, cfg.batch_size, cfg.validation_context
-        )
+        averaged = self.average.applied() if self.average is not None else contextlib.nullcontext()
+        with averaged:
+            return evaluate_ids(
+                self.eval_step, self.valid_ids, cfg.seq_length, cfg.batch_size,
+                cfg.validation_context,
+            )  # fmt: skip
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -653,6 +672,8 @@ class Trainer:
         state.batch += 1
         state.step += 1
         state.loss_sum += loss
+        if self.average is not None:
+            self.average.update(state.step)
         bar.update(1)
         bar.set_postfix(loss=f"{state.loss_sum / state.batch:.4f}")
         now = time.monotonic()

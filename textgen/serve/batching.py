@@ -2,9 +2,11 @@
 
 A :class:`Job` is one prompt with ``n`` choices; each choice is a row of the engine's batch. A
 :class:`Scheduler` owns one numpy ``RecurrentStack`` and runs it in its own thread, so that a web
-server's event loop stays free to accept and stream. Between two steps, new jobs' prompts are fed
-(in chunks, so a long prompt never stalls the others for long) and their rows join the batch;
-rows that finished, stopped, timed out or were cancelled leave it at once.
+server's event loop stays free to accept and stream. Between two steps, new jobs join: a short
+prompt's rows join the batch at once in the zero state and are fed their prompt one character
+per step alongside the others' draws (so a crowd of new requests costs a few batched steps, not
+a few steps each); a long prompt is fed on its own, in chunks between two steps, and its rows
+join when it is done. Rows that finished, stopped, timed out or were cancelled leave at once.
 
 Each row has its own temperature, top-k, top-p, stop strings and generator. Row ``i`` of a job
 with seed ``S`` draws from ``np.random.default_rng([S, i])``, consumed exactly as
@@ -30,8 +32,11 @@ from textgen.sampler import Sampler, StopMatcher
 
 __all__ = ["Busy", "Job", "Piece", "Scheduler"]
 
-# Prompt characters fed per scheduler iteration: bounds how long a long prompt holds up the
-# streams already running (about a millisecond per 10 characters for a 512-unit LSTM).
+# Prompts up to this many characters are fed inside the batch, one character per step; longer
+# ones alone, PREFILL_CHUNK characters between two steps (about a millisecond per 10 characters
+# for a 512-unit LSTM), which bounds how long they hold up the streams already running. A batch
+# step costs a few single-stream steps, so in-batch feeding wins only for short prompts.
+SHORT_PROMPT = 32
 PREFILL_CHUNK = 128
 
 
@@ -154,6 +159,8 @@ class _Row:
     index: int
     noise: LogExponentials
     matcher: StopMatcher | None
+    prompt: np.ndarray | None = None  # prompt ids still to feed inside the batch
+    fed: int = 0
     produced: int = 0
     held: list = field(default_factory=list)  # log-probability entries of held-back text
     done: bool = False
@@ -256,9 +263,13 @@ class Scheduler:
                 if self._closing:
                     queued, self._queue = self._queue, []
                     break
+                short = [job for job in self._queue if len(job.prompt_ids) <= SHORT_PROMPT]
+                if short:
+                    self._queue = [job for job in self._queue if len(job.prompt_ids) > SHORT_PROMPT]
+            for job in short:
+                rows, logits = self._join(job, None, None, rows, logits)
             if rows:
-                ids = self._draw(rows, logits)
-                self._emit(rows, ids, logits)
+                ids = self._next_ids(rows, logits)
                 keep = [i for i, row in enumerate(rows) if not row.done]
                 if len(keep) < len(rows):
                     if keep:
@@ -282,6 +293,36 @@ class Scheduler:
             for i in range(job.n):
                 job._deliver(Piece(i, "", "length"))
         self._active = 0
+
+    def _next_ids(self, rows: list[_Row], logits: np.ndarray) -> np.ndarray:
+        """Each row's next input: its next prompt id while feeding one, else a drawn id."""
+        feeding = [r for r, row in enumerate(rows) if row.prompt is not None]
+        if not feeding:
+            ids = self._draw(rows, logits)
+            self._emit(rows, ids, logits)
+            return ids
+        ids = np.empty(len(rows), np.int64)
+        now = time.monotonic()
+        for r in feeding:
+            row = rows[r]
+            job = row.job
+            if job.cancelled or (job.deadline is not None and now > job.deadline):
+                self._finish(row, "length")
+                ids[r] = 0
+                continue
+            ids[r] = row.prompt[row.fed]
+            row.fed += 1
+        live = [r for r, row in enumerate(rows) if row.prompt is None]
+        if live:
+            drawing = [rows[r] for r in live]
+            drawn = self._draw(drawing, logits[live])
+            self._emit(drawing, drawn, logits[live])
+            ids[live] = drawn
+        for r in feeding:
+            row = rows[r]
+            if row.fed == len(row.prompt):
+                row.prompt = None  # the next step's logits are its first draw's
+        return ids
 
     def _prefill(self, current, running: bool):
         """Feed the next chunk of the job being prefilled (taking one from the queue if none)."""
@@ -313,15 +354,27 @@ class Scheduler:
         return (job, end, state, last)
 
     def _join(self, job: Job, state, last, rows, logits):
-        """Add a prefilled job's rows to the batch (all start from the same state)."""
-        if job.cancelled:
+        """Add a job's rows to the batch, all from the same state.
+
+        With ``state`` None the rows start in the zero state and feed the prompt themselves;
+        otherwise the prompt was fed already and ``last`` holds its last logits.
+        """
+        if job.cancelled or job.max_tokens == 0:
             self._release(job.n)
+            for i in range(job.n):
+                job._deliver(Piece(i, "", "length"))
             return rows, logits
         new = []
         for i in range(job.n):
             gen = np.random.default_rng([job.seed, i])
             matcher = StopMatcher(job.stop) if job.stop else None
-            new.append(_Row(job, i, LogExponentials(gen, 1, len(self._chars)), matcher))
+            row = _Row(job, i, LogExponentials(gen, 1, len(self._chars)), matcher)
+            if state is None:
+                row.prompt = job.prompt_ids
+            new.append(row)
+        if state is None:
+            state = np.zeros_like(self._stack.state[:, :, :1])
+            last = np.zeros((1, self._stack.vocab_size), np.float32)  # never drawn from
         fork = np.repeat(state, job.n, axis=2)
         if rows:
             self._stack.state = np.concatenate([self._stack.state, fork], axis=2)
