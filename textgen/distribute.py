@@ -17,9 +17,10 @@ Every replica computes its rows of the global batch; gradients are summed over r
 clipped and applied once, outside the replicas. Worker 0 is the chief: it alone writes the run
 directory; the others receive its settings, vocabulary and checkpoint through ``broadcast_*``.
 
-A worker that dies is noticed by the strategy's own health check (every 30 s; it aborts the
-collectives and the waiting ops raise ``tf.errors.UnavailableError``), which ``lost_worker_errors``
-lists for the training loop to turn into one clear message.
+A worker that dies makes the collective in flight fail as soon as its connection drops (within
+seconds on one machine); a peer that vanishes silently is caught by the strategy's own health
+check, every 30 s, which aborts the collectives. Either way the waiting op raises one of
+``lost_worker_errors``, which the training loop turns into one clear message.
 """
 
 from __future__ import annotations
