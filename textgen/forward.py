@@ -79,7 +79,7 @@ def make_forward(model, dropout: float, stock: bool = False) -> Callable:
         if training and dropout > 0:
             x = stateless_dropout(x, dropout, seed, rows, batch_axis=1 if fast else 0)
         shape = tf.shape(x)
-        flat = tf.reshape(x, [shape[0] * shape[1], shape[2]])  # explicit: a replica may get 0 rows
+        flat = tf.reshape(x, [shape[0] * shape[1], x.shape[-1]])  # not -1: a replica may get 0 rows
         logits = tf.nn.bias_add(
             tf.matmul(flat, tf.convert_to_tensor(dense.kernel)), tf.convert_to_tensor(dense.bias)
         )
