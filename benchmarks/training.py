@@ -4,11 +4,21 @@ Every contender trains the same network (Embedding -> LSTM layers -> Linear) wit
 softmax cross-entropy on the same batches: stock Keras through ``model.fit``, PyTorch in a plain
 loop (skipped when torch is not installed; textgen never needs it), and textgen's fast path as a
 ``tf.function`` step that ``textgen train`` runs (``textgen.training.build_train_step``, with
-its default Adam and gradient clipping). Each is warmed up, then timed
-for ``--seconds`` per round, rounds interleaved. Other processes share the CPU, so compare the
-ratios of one run rather than absolute numbers across runs; each measurement shows how much of
-the CPU other processes took meanwhile. TensorFlow's thread pools are set as ``textgen train``
-sets them (``textgen.backend``), for stock Keras too, since the two share the process.
+its default Adam and gradient clipping), in float32 and with bfloat16 products
+(``--precision bfloat16``). Each is warmed up, then timed for ``--seconds`` per round, rounds
+interleaved.
+
+The same rounds time a large matrix product in float32 and in bfloat16 (two at once, one per
+core, as the training step's two chains run), and every row shows its share of the float32
+limit: chars/s times the FLOPs a character costs, over the float32 product rate. The FLOPs per
+character are counted from the shapes, 6 per weight of each layer (2 forward, 4 backward), the
+way model FLOPs are usually counted; textgen's first layer skips part of that work by projecting
+the embedding table, so its share can read slightly high.
+
+Other processes share the CPU, so compare the ratios of one run rather than absolute numbers
+across runs; each measurement shows how much of the CPU other processes took meanwhile.
+TensorFlow's thread pools are set as ``textgen train`` sets them (``textgen.backend``), for
+stock Keras too, since the two share the process.
 
     python benchmarks/training.py --seconds 20
 """
@@ -16,6 +26,7 @@ sets them (``textgen.backend``), for stock Keras too, since the two share the pr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -46,8 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        default="keras,torch,fast",
-        help="comma-separated subset of keras, torch, fast",
+        default="keras,torch,fast,bf16",
+        help="comma-separated subset of keras, torch, fast, bf16",
     )
     parser.add_argument("--threads", type=int, default=2, help="PyTorch's CPU threads")
     return parser.parse_args(argv)
@@ -75,7 +86,7 @@ def make_batches(args: argparse.Namespace, count: int = 16) -> tuple[np.ndarray,
 class Stepper:
     """Times a ``step(i)`` function; the step index keeps counting across measurements."""
 
-    def __init__(self, step: Callable[[int], None], chars_per_step: int) -> None:
+    def __init__(self, step: Callable[[int], None], chars_per_step: float) -> None:
         self.step = step
         self.chars_per_step = chars_per_step
         self.done = 0
@@ -182,7 +193,9 @@ def build_torch(args: argparse.Namespace, batches: np.ndarray, vocab: int) -> Ca
     return Stepper(step, args.batch * args.seq)
 
 
-def build_fast(args: argparse.Namespace, batches: np.ndarray, vocab: int) -> Callable:
+def build_fast(
+    args: argparse.Namespace, batches: np.ndarray, vocab: int, matmul_dtype=None
+) -> Callable:
     """textgen's own training step (``textgen.training.build_train_step``), default optimizer."""
     import tensorflow as tf
 
@@ -198,7 +211,7 @@ def build_fast(args: argparse.Namespace, batches: np.ndarray, vocab: int) -> Cal
     )
     optimizer = make_optimizer(TrainConfig())
     optimizer.build(model.trainable_variables)
-    step_fn = build_train_step(model, optimizer, args.dropout)
+    step_fn = build_train_step(model, optimizer, args.dropout, matmul_dtype=matmul_dtype)
     data = [(tf.constant(b[0]), tf.constant(b[1])) for b in batches]
     lr = tf.constant(TrainConfig().learning_rate, tf.float32)
 
@@ -207,6 +220,59 @@ def build_fast(args: argparse.Namespace, batches: np.ndarray, vocab: int) -> Cal
         step_fn(inputs, targets, tf.constant([i, 0], tf.int32), lr).numpy()
 
     return Stepper(step, args.batch * args.seq)
+
+
+def build_bf16(args: argparse.Namespace, batches: np.ndarray, vocab: int) -> Callable:
+    """textgen's training step with bfloat16 products, as ``--precision bfloat16`` runs it."""
+    import tensorflow as tf
+
+    return build_fast(args, batches, vocab, tf.bfloat16)
+
+
+def flops_per_char(args: argparse.Namespace, vocab: int) -> float:
+    """Training FLOPs per character: 6 per weight (forward 2, backward 4) of every layer."""
+    weights = 0
+    inputs = args.embedding
+    for _ in range(args.layers):
+        weights += (inputs + args.units) * 4 * args.units
+        inputs = args.units
+    weights += args.units * vocab
+    return 6.0 * weights
+
+
+# A product of the size the step's big products reach: (2048 x 512) @ (512 x 2048).
+GEMM_SHAPE = (2048, 512, 2048)
+
+
+def build_gemm(dtype_name: str) -> Callable:
+    """Times two independent ``GEMM_SHAPE`` products at once; returns GFLOP/s, not chars/s."""
+    import tensorflow as tf
+
+    dtype = tf.as_dtype(dtype_name)
+    m, k, n = GEMM_SHAPE
+    rng = np.random.default_rng(1)
+    pairs = [
+        (tf.constant(rng.normal(size=(m, k)), dtype), tf.constant(rng.normal(size=(k, n)), dtype))
+        for _ in range(2)
+    ]
+    repeats = 8
+
+    @tf.function
+    def products():
+        def chain(a, b):
+            # A loop, so grappler cannot merge the repeated products into one.
+            def body(i, total):
+                return i + 1, total + tf.cast(tf.matmul(a, b)[0, 0], tf.float32)
+
+            return tf.while_loop(lambda i, _: i < repeats, body, (0, 0.0))[1]
+
+        return [chain(a, b) for a, b in pairs]
+
+    def step(i: int) -> None:
+        for value in products():
+            value.numpy()
+
+    return Stepper(step, 2 * repeats * 2 * m * k * n / 1e9)
 
 
 class LoadMeter:
@@ -240,7 +306,9 @@ CONTENDERS = {
     "keras": ("stock Keras LSTM (model.fit)", build_keras),
     "torch": ("PyTorch nn.LSTM", build_torch),
     "fast": ("textgen fast_lstm", build_fast),
+    "bf16": ("textgen fast_lstm bfloat16", build_bf16),
 }
+GEMMS = {"float32": "float32 products (GFLOP/s)", "bfloat16": "bfloat16 products (GFLOP/s)"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -248,6 +316,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(REPO))
+    if "torch" in args.only.split(","):
+        # PyTorch's optimizers load torch._dynamo (and triton) on first use; loaded after
+        # TensorFlow, that import crashed the process (torch 2.14, TF 2.21); before, it is fine.
+        with contextlib.suppress(ImportError):
+            import torch._dynamo  # noqa: F401
     # Importing textgen's backend sets TensorFlow's thread pools the way ``textgen train`` runs
     # them; stock Keras shares the process and so gets the same setting (it is faster with it).
     from textgen.backend import tf
@@ -274,6 +347,9 @@ def main(argv: list[str] | None = None) -> None:
             continue
         runner(0.0, warmup=args.warmup)
         runners[name] = runner
+    for dtype_name, name in GEMMS.items():
+        runners[name] = build_gemm(dtype_name)
+        runners[name](0.0, warmup=args.warmup)
 
     # Interleaving the rounds spreads slow spells caused by other processes over every contender.
     rates: dict[str, list[float]] = {name: [] for name in runners}
@@ -289,13 +365,31 @@ def main(argv: list[str] | None = None) -> None:
     print("(others N%: CPU share taken by other processes or the hypervisor; above ~10% skews")
     print(" the ratios, PyTorch's the most)")
     medians = {name: float(np.median(r)) for name, r in rates.items()}
+    gflops = {dtype_name: medians.pop(name) for dtype_name, name in GEMMS.items()}
     torch_rate = medians.get(CONTENDERS["torch"][0])
     keras_rate = medians.get(CONTENDERS["keras"][0])
-    print(f"\n{'name':<30} {'chars/s':>10} {'vs PyTorch':>11} {'vs Keras':>9}  (medians)")
+    fast_rate = medians.get(CONTENDERS["fast"][0])
+    per_char = flops_per_char(args, vocab)
+    limit = gflops["float32"] * 1e9 / per_char
+    m, k, n = GEMM_SHAPE
+    f32, bf16 = gflops["float32"], gflops["bfloat16"]
+    print(
+        f"\nproducts ({m}x{k} @ {k}x{n}, two at once): float32 {f32:,.0f} GFLOP/s, "
+        f"bfloat16 {bf16:,.0f} GFLOP/s ({bf16 / f32:.2f}x)"
+    )
+    print(
+        f"training costs {per_char / 1e6:.2f} MFLOP per character: the float32 limit is "
+        f"{limit:,.0f} chars/s"
+    )
+    header = f"{'name':<30} {'chars/s':>10} {'vs PyTorch':>11} {'vs Keras':>9} {'vs float32':>11}"
+    print(f"\n{header} {'of limit':>9}  (medians)")
     for name, rate in medians.items():
         vs_torch = f"{rate / torch_rate:.2f}x" if torch_rate else "-"
         vs_keras = f"{rate / keras_rate:.2f}x" if keras_rate else "-"
-        print(f"{name:<30} {rate:>10,.0f} {vs_torch:>11} {vs_keras:>9}")
+        vs_fast = f"{rate / fast_rate:.2f}x" if fast_rate else "-"
+        share = f"{rate / limit:.0%}"
+        print(f"{name:<30} {rate:>10,.0f} {vs_torch:>11} {vs_keras:>9} {vs_fast:>11} {share:>9}")
+    print("(of limit: chars/s over the float32 limit; bfloat16 rows may pass 100%)")
 
 
 if __name__ == "__main__":

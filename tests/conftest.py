@@ -69,8 +69,12 @@ def trained_run(tmp_path_factory) -> Path:
 API_KEY = "test-key"
 
 
-def start_server(run_dir: Path, *args: str, api_key: str | None = API_KEY):
-    """Start ``textgen serve`` on a free 127.0.0.1 port; returns (process, base URL)."""
+def start_server(
+    run_dir: Path, *args: str, api_key: str | None = API_KEY, blas_threads: str | None = "1"
+):
+    """Start ``textgen serve`` on a free 127.0.0.1 port; returns (process, base URL).
+
+    ``blas_threads`` is its OPENBLAS_NUM_THREADS; None leaves the choice to the server."""
     import os
     import socket
     import subprocess
@@ -83,7 +87,9 @@ def start_server(run_dir: Path, *args: str, api_key: str | None = API_KEY):
         port = sock.getsockname()[1]
     command = [sys.executable, "-m", "textgen", "serve", str(run_dir), "--port", str(port)]
     command += ["--api-key", api_key] if api_key else []
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if blas_threads is not None:
+        env["OPENBLAS_NUM_THREADS"] = blas_threads
     proc = subprocess.Popen(
         [*command, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )

@@ -1,5 +1,4 @@
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -9,7 +8,6 @@ from click.testing import CliRunner
 from conftest import TINY, make_text
 
 from textgen.cli import main
-from textgen.cores import idle_cores_from
 
 TRAIN_ARGS = [
     "--epochs", "1", "--batch-size", str(TINY["batch_size"]), "--seq-length",
@@ -44,23 +42,6 @@ def test_help_is_instant_and_does_not_import_tensorflow():
     out = run("train", "--help").output
     for option in ("--epochs", "--seq-length", "--max-time", "--resume", "--checkpoint-dir"):
         assert option in out
-
-
-def test_blas_gets_the_idle_cores():
-    assert idle_cores_from(2, "0.10 0.40 0.90 1/79 123") == 2  # idle: both cores
-    assert idle_cores_from(2, "0.10 0.40 0.90 2/79 123") == 1  # another process running now
-    assert idle_cores_from(2, "1.20 0.40 0.90 1/79 123") == 1  # busy over the last minute
-    assert idle_cores_from(2, "7.00 7.00 7.00 9/79 123") == 1  # never fewer than one
-    assert idle_cores_from(8, "3.00 3.00 3.00 1/79 123") == 5
-    # Three steady busy processes show in both figures; they are not counted twice.
-    assert idle_cores_from(8, "3.00 3.00 3.00 4/79 123") == 5
-    # A thread count the user chose is kept.
-    code = "import os, textgen.cli; print(os.environ['OPENBLAS_NUM_THREADS'])"
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "3"}
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert out.stdout.strip() == "3"
 
 
 def test_train_sample_info_eval(tmp_path, corpus):
@@ -170,3 +151,40 @@ def test_usage_errors():
     assert_clean_error(run("train", "--max-time", "soon"), "duration")
     assert_clean_error(run("train", "--epochs", "0"), "--epochs")
     assert_clean_error(run("train", "--cell", "transformer"), "--cell")
+
+
+def test_beam_width_and_best_of(trained_run):
+    from textgen.sampler import Sampler
+
+    sampler = Sampler.from_checkpoint(trained_run)
+    ck = ("--checkpoint", trained_run, "--prime", "The ", "--length", 40)
+    beam = run("sample", *ck, "--beam-width", 3, "--stop", "\n")
+    assert beam.exit_code == 0, beam.output
+    assert beam.output == "The " + sampler.beam_search("The ", 40, 3, stop="\n").text + "\n"
+    best = run("sample", *ck, "--best-of", 6, "--num-samples", 2, "--seed", 4, "--format", "jsonl")
+    assert best.exit_code == 0, best.output
+    want = sampler.generate_batch(2, 40, prime="The ", seed=4, best_of=6)
+    assert [json.loads(line)["text"] for line in best.output.splitlines()] == want
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (("--beam-width", 2, "--temperature", 0.5), ("--beam-width", "--temperature")),
+        (("--beam-width", 2, "--top-k", 3), ("--beam-width", "--top-k")),
+        (("--beam-width", 2, "--top-p", 0.5), ("--beam-width", "--top-p")),
+        (("--beam-width", 2, "--seed", 1), ("--beam-width", "--seed")),
+        (("--beam-width", 2, "--num-samples", 2), ("--beam-width", "--num-samples")),
+        (("--beam-width", 2, "--best-of", 2), ("--beam-width", "--best-of")),
+        (("--beam-width", 2, "--length", 0), ("--beam-width", "--length")),
+        (("--best-of", 2, "--length", 0), ("--best-of", "--length")),
+        (("--best-of", 2, "--num-samples", 3), ("--best-of", "--num-samples")),
+        (("--beam-width", 0), ("--beam-width",)),
+        (("--best-of", 0), ("--best-of",)),
+        (("--best-of", 5000), ("--best-of",)),
+    ],
+)
+def test_search_options_that_do_not_combine(trained_run, args, fragments):
+    result = run("sample", "--checkpoint", trained_run, *args)
+    assert result.exit_code == 2
+    assert_clean_error(result, *fragments)

@@ -79,6 +79,48 @@ def test_forward_and_gradients_match_stock_lstm(
     )
 
 
+@pytest.mark.parametrize("from_ids", [False, True])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_bfloat16_products_stay_close_to_float64(with_state: bool, from_ids: bool) -> None:
+    # bfloat16 keeps 8 significant bits: each product's operands and result are rounded to a
+    # relative 2^-9, which a few steps of recurrence compound into about 1e-2 here.
+    tol, vocab = 3e-2, 7
+    exact, rough = _stock_layer("float64"), _stock_layer("float32")
+    _, h0, c0, w_out, w_h, w_c = _data("float64")
+    rng = np.random.default_rng(8)
+    table = tf.constant(rng.normal(size=(vocab, D)), "float64")
+    ids = tf.constant(rng.integers(0, vocab, size=(B, T)), tf.int32)
+    state = (h0, c0) if with_state else None
+
+    def run(layer, dtype, matmul_dtype):
+        cell = layer.cell
+        weights = [tf.convert_to_tensor(v) for v in (cell.kernel, cell.recurrent_kernel, cell.bias)]
+        inputs = [tf.cast(v, dtype) for v in [table, *(state or ())]]
+        with tf.GradientTape() as tape:
+            tape.watch([*weights, *inputs])
+            initial = inputs[1:] or None
+            if from_ids:
+                result = lstm_sequence_from_ids(
+                    ids, inputs[0], *weights, initial, matmul_dtype=matmul_dtype
+                )
+            else:
+                x = tf.gather(inputs[0], ids)
+                result = lstm_sequence(x, *weights, initial, matmul_dtype=matmul_dtype)
+            outputs, (h_last, c_last) = result
+            total = _loss(outputs, h_last, c_last, *(tf.cast(w, dtype) for w in (w_out, w_h, w_c)))
+        grads = tape.gradient(total, [*weights, *inputs])
+        values = (outputs, h_last, c_last, *grads)
+        return [tf.convert_to_tensor(v).numpy().astype("float64") for v in values]
+
+    want = run(exact, "float64", None)
+    got = run(rough, "float32", tf.bfloat16)
+    _assert_all_close(got, want, tol)
+    # ...and the products really were rounded: float32 alone lands far closer.
+    plain = run(rough, "float32", None)
+    assert max(np.abs(g - w).max() for g, w in zip(got, want, strict=True)) > 1e-4
+    assert max(np.abs(p - w).max() for p, w in zip(plain, want, strict=True)) < 1e-4
+
+
 @pytest.mark.parametrize("chains", [1, 2])
 @pytest.mark.parametrize("with_state", [False, True])
 def test_from_ids_matches_embedding_then_stock_lstm(with_state: bool, chains: int) -> None:

@@ -104,6 +104,33 @@ def test_prompt_list_echo_and_logprobs(client, model):
     assert all(v <= 0 for v in lp.token_logprobs)
 
 
+def test_best_of_returns_the_n_best_of_its_seeded_choices(client, model, trained_run):
+    options = dict(max_tokens=40, seed=6, temperature=1.3)
+    answer = client.completions.create(
+        model=model, prompt="The ", n=2, best_of=5, logprobs=0, **options
+    )
+    sampler = Sampler.from_checkpoint(trained_run)
+    want = sampler.generate_batch(2, 40, prime="The ", best_of=5, seed=6, temperature=1.3)
+    assert [c.text for c in answer.choices] == want
+    assert [c.index for c in answer.choices] == [0, 1]
+    assert answer.usage.completion_tokens == 5 * 40  # every generated choice counts
+    # The chosen characters' log-probabilities rank the choices: theirs are the two best means.
+    means = [sum(c.logprobs.token_logprobs) / 40 for c in answer.choices]
+    scored = sampler.scored_batch(5, 40, prime="The ", seed=6, temperature=1.3)
+    scores = sorted(s.score for s in scored)
+    assert means == pytest.approx(scores[::-1][:2], abs=1e-5)
+    # The five choices themselves are samples 0..4 of the same seed.
+    plain = client.completions.create(model=model, prompt="The ", n=5, **options)
+    assert set(want) <= {c.text for c in plain.choices}
+    # best_of equal to n changes nothing, and may stream.
+    same = client.completions.create(model=model, prompt="The ", n=2, best_of=2, **options)
+    assert [c.text for c in same.choices] == [c.text for c in plain.choices[:2]]
+    chunks = client.completions.create(
+        model=model, prompt="The ", best_of=1, stream=True, **options
+    )
+    assert "".join(chunk.choices[0].text for chunk in chunks) == plain.choices[0].text
+
+
 @pytest.mark.parametrize(
     "options",
     [
@@ -119,6 +146,10 @@ def test_prompt_list_echo_and_logprobs(client, model):
         dict(prompt="snow \u2603"),
         dict(prompt=[]),
         dict(extra_body={"top_k": 0}),
+        dict(best_of=0),
+        dict(best_of=1, n=2),
+        dict(best_of=3, stream=True),
+        dict(best_of=30, prompt=["a", "b"]),
     ],
 )
 def test_bad_values_are_400(client, model, options):
@@ -260,6 +291,17 @@ def test_sigterm_ends_streams_and_exits_0(trained_run):
             rest = [line for line in lines if line]
         assert rest[-1] == "data: [DONE]"
         assert proc.wait(timeout=15) == 0
+    finally:
+        stop_server(proc)
+
+
+def test_blas_threads_follow_the_idle_cores_unless_chosen(live_server, trained_run):
+    base, _ = live_server  # started with OPENBLAS_NUM_THREADS=1: the user's choice is kept
+    assert httpx.get(f"{base}/health", timeout=TIMEOUT).json()["blas_threads"] is None
+    proc, base = start_server(trained_run, api_key=None, blas_threads=None)
+    try:
+        threads = httpx.get(f"{base}/health", timeout=TIMEOUT).json()["blas_threads"]
+        assert isinstance(threads, int) and 1 <= threads <= 4
     finally:
         stop_server(proc)
 

@@ -133,3 +133,23 @@ def test_close_ends_running_jobs(trained_run):
     sched.close()
     pieces = job.take(timeout=1)
     assert job.done and pieces[-1].finish_reason == "length"
+
+
+@pytest.mark.parametrize("stop", [(), ("e ",)])
+def test_scored_jobs_score_as_the_sampler_does(trained_run, scheduler, stop):
+    reference = Sampler.from_checkpoint(trained_run).scored_batch(
+        4, 50, prime="A", seed=3, temperature=1.2, stop=stop
+    )
+    job = Job(scheduler.prompt_ids("A"), n=4, max_tokens=50, seed=3, temperature=1.2, stop=stop,
+              score=True)  # fmt: skip
+    scheduler.submit(job)
+    texts, scores = [""] * 4, [None] * 4
+    deadline = time.monotonic() + 30
+    while not job.drained:
+        assert time.monotonic() < deadline
+        for piece in job.take(timeout=1.0):
+            texts[piece.index] += piece.text
+            if piece.finish_reason is not None:
+                scores[piece.index] = piece.score
+    assert texts == [r.text for r in reference]
+    assert scores == pytest.approx([r.score for r in reference], abs=1e-5)

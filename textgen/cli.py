@@ -20,9 +20,12 @@ from textgen.cores import blas_threads
 # Before numpy loads: numpy's BLAS reads its thread count once, at import. Sampling does one
 # small matrix product per character. BLAS threads that find their core busy wait for it at every
 # product: on 2 cores with one other busy process, two threads sampled 1.7x slower than one,
-# while on an idle machine two threads sampled 1.6x faster. So BLAS gets the idle cores. Users
-# can still choose, by setting the variable themselves.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", str(blas_threads()))
+# while on an idle machine two threads sampled 1.6x faster. So BLAS gets the cores idle right
+# now (measured over 50 ms). Users can still choose, by setting the variable themselves; the
+# server then keeps their choice instead of following the load.
+BLAS_THREADS_CHOSEN = "OPENBLAS_NUM_THREADS" in os.environ
+if not BLAS_THREADS_CHOSEN:
+    os.environ["OPENBLAS_NUM_THREADS"] = str(blas_threads())
 # Quiet TensorFlow's C++ log for command-line users, unless they chose a level.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -33,8 +36,11 @@ from textgen.cli_group import TextgenGroup  # noqa: E402
 from textgen.config import TrainConfig  # noqa: E402
 from textgen.distribute import DEVICES, DISTRIBUTE  # noqa: E402
 from textgen.errors import TextgenError  # noqa: E402
+from textgen.precision import PRECISIONS  # noqa: E402
 
 DEFAULT_CORPUS = "pydocs"  # textgen.corpus.DEFAULT_CORPUS, without importing the corpus code
+# --best-of draws all its samples as one batch, so it is bounded like one chunk of streams.
+BEST_OF_MAX = 1024  # textgen.output.CHUNK_STREAMS, without importing the output code
 _DURATION = re.compile(
     r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$"
 )
@@ -188,6 +194,12 @@ def _default(name: str) -> str:
     help="Write TensorBoard event files under RUN/tensorboard. [default: on]",
 )
 @click.option(
+    "--precision",
+    type=click.Choice(list(PRECISIONS)),
+    help="Operands of the LSTM's large matrix products; auto: bfloat16 where the CPU (AVX512-BF16, "
+    "AMX) or a GPU multiplies it natively, else float32." + _default("precision"),
+)
+@click.option(
     "--distribute",
     type=click.Choice(DISTRIBUTE),
     default="none",
@@ -225,7 +237,8 @@ def train(corpus, checkpoint_dir, resume, quiet, distribute, device, **options) 
     )
     best = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.4f} nats"
     click.echo(
-        f"{result.stopped.replace('_', ' ')} after {result.epochs_done:.2f} epochs; "
+        f"{result.stopped.replace('_', ' ')} after {result.epochs_done:.2f} epochs "
+        f"({result.precision}); "
         f"best loss {best}; run saved in {result.run_dir}"
     )
 
@@ -313,6 +326,18 @@ def _stop_strings(ctx, param, value):
     show_default=True,
     help="Which checkpoint of the run.",
 )
+@click.option(
+    "--beam-width",
+    type=click.IntRange(min=1),
+    help="Print the likeliest continuation a beam search of this width finds, instead of "
+    "sampling (no --temperature, --top-k, --top-p, --seed or --num-samples).",
+)
+@click.option(
+    "--best-of",
+    type=click.IntRange(1, BEST_OF_MAX),
+    help="Draw N samples and print the --num-samples of them with the highest mean "
+    "log-probability per character, best first.",
+)
 def sample(
     checkpoint,
     temperature,
@@ -327,12 +352,22 @@ def sample(
     fmt,
     output,
     which,
+    beam_width,
+    best_of,
 ) -> None:
     """Generate text from a trained run, printed as it is produced."""
+    _check_search_options(click.get_current_context(), beam_width, best_of)
     from textgen.options import SamplingOptions
     from textgen.output import write_samples
     from textgen.sampler import Sampler
 
+    if beam_width is not None:
+        sampler = Sampler.from_checkpoint(_pick_run(checkpoint), which=which)
+        found = sampler.beam_search(
+            prime, length, beam_width, stop=stop, drop_unknown=drop_unknown
+        ).text
+        write_samples(lambda first, count: [[found]], 1, prime=prime, fmt=fmt, output=output)
+        return
     options = SamplingOptions(
         temperature=temperature,
         top_k=top_k,
@@ -344,11 +379,39 @@ def sample(
         stop=stop,
     )
     sampler = Sampler.from_checkpoint(_pick_run(checkpoint), which=which)
+    if best_of is not None:
+        best = sampler.generate_batch(num_samples, length, options=options, best_of=best_of)
 
-    def stream(first: int, count: int):
-        return sampler.stream_batch(count, length or None, options=options, first_sample=first)
+        def stream(first: int, count: int):
+            return [best[first : first + count]]
+    else:
+
+        def stream(first: int, count: int):
+            return sampler.stream_batch(count, length or None, options=options, first_sample=first)
 
     write_samples(stream, num_samples, prime=prime, fmt=fmt, output=output)
+
+
+def _check_search_options(ctx: click.Context, beam_width: int | None, best_of: int | None):
+    """Refuse combinations that mean nothing: a beam search draws no randomness and gives one
+    text; both it and best-of need a finite --length; best-of needs as many draws as samples."""
+    given = {
+        name
+        for name in ("temperature", "top_k", "top_p", "seed", "num_samples", "best_of")
+        if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
+    }
+    if beam_width is not None:
+        for name in sorted(given):
+            flag = "--" + name.replace("_", "-")
+            raise click.UsageError(f"--beam-width searches without sampling: drop {flag}", ctx)
+    if (beam_width is not None or best_of is not None) and ctx.params["length"] == 0:
+        flag = "--beam-width" if beam_width is not None else "--best-of"
+        raise click.UsageError(f"{flag} needs a finite --length (not 0)", ctx)
+    if best_of is not None and best_of < ctx.params["num_samples"]:
+        raise click.UsageError(
+            f"--best-of ({best_of}) must be at least --num-samples ({ctx.params['num_samples']})",
+            ctx,
+        )
 
 
 @main.command()
@@ -377,6 +440,8 @@ def serve(run_dirs, host, port, api_key, drop_unknown, which, **limits) -> None:
                            "pip install 'textgen[serve]'") from None  # fmt: skip
     runs = [Path(d) for d in run_dirs] or [_pick_run(None)]
     options = dict(host=host, port=port, api_key=api_key, drop_unknown=drop_unknown)
+    # The BLAS threads follow the idle cores while serving, unless the user chose a count.
+    options["adapt_blas_threads"] = not BLAS_THREADS_CHOSEN
     serve(runs, limits=Limits(**limits), which=which, **options)
 
 

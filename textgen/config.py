@@ -13,6 +13,7 @@ from typing import Any
 
 from textgen.cells import get_cell
 from textgen.errors import CheckpointError, TextgenError
+from textgen.precision import PRECISIONS
 
 DEFAULT_CONTEXT = 100
 """Characters read before each scored validation window unless a run says otherwise: enough
@@ -55,7 +56,7 @@ class TrainConfig:
     learning_rate: float = 4e-3  # Adam's peak rate
     lr_schedule: str = "cosine"  # "cosine" (decay to 10% of the peak) or "constant"
     clip_norm: float | None = 5.0  # global gradient-norm clip; None disables it
-    weight_average: float = 0.0  # EMA decay of the weights validated and kept as best; 0: off
+    weight_average: float = 0.998  # EMA decay of the weights validated and kept as best; 0: off
     validation_split: float = 0.1  # fraction held out from the END of the text
     validation_context: int = DEFAULT_CONTEXT  # characters read before each scored window
     seed: int = 0
@@ -67,6 +68,7 @@ class TrainConfig:
     errors: str = "strict"  # or "replace": how to treat undecodable bytes
     sample_every: int = 1  # print (and log) a sample after every N epochs; 0: never
     tensorboard: bool = True  # write TensorBoard event files under RUN/tensorboard
+    precision: str = "auto"  # of the large matrix products: "auto", "float32" or "bfloat16"
 
     def validate(self) -> None:
         """Raise TextgenError for settings that cannot work."""
@@ -85,6 +87,7 @@ class TrainConfig:
             (self.errors in ("strict", "replace"), "errors must be 'strict' or 'replace'"),
             (0.0 <= self.validation_split < 1.0, "validation split must be in [0, 1)"),
             (self.sample_every >= 0, "sample-every must be at least 0"),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -172,6 +175,8 @@ class RunConfig:
             saved = dict(data.get("training", {}))
             # Release 0.1.0 validated every window from a zero state.
             saved.setdefault("validation_context", 0)
+            # Runs saved before the precision setting trained in float32 only.
+            saved.setdefault("precision", "float32")
             names = {f.name for f in fields(TrainConfig)}
             training = TrainConfig(**{k: v for k, v in saved.items() if k in names})
             return cls(ModelConfig(**data["model"]), training, dict(data.get("corpus", {})))

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["LogExponentials", "sample_ids"]
+__all__ = ["LogExponentials", "log_softmax", "sample_ids"]
 
 
 def sample_ids(
@@ -147,3 +147,14 @@ def mask_top_p(z: np.ndarray, top_p: float) -> None:
     keep = np.count_nonzero(np.cumsum(probs, axis=1) - probs < top_p, axis=1)
     threshold = ordered[np.arange(z.shape[0]), keep - 1, None]
     z[z < threshold] = -np.inf
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """The model's own log-probabilities (temperature 1) of every id, float64, ``(batch, vocab)``.
+
+    Computed in float64 so that log-probabilities summed over a long text, and compared between
+    texts (beam search, best-of), do not drift with float32 rounding.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))

@@ -14,6 +14,13 @@ backward loop, as a few large matrix products that keep both cores busy. On top 
 - one sigmoid serves all four gates (see ``_forward``), and the forward pass leaves behind
   exactly the per-step factors the backward loop multiplies by.
 
+With ``matmul_dtype=tf.bfloat16`` the large products (``h @ U`` and ``dZ @ U^T`` in the loops,
+the weight gradients after them, the input projection of a layer fed by another) take bfloat16
+operands; oneDNN accumulates them in float32 and rounds the result. The weights stay float32 (the
+optimizer's master copy), and so do the cell state, the gate arithmetic, the per-id gradient sums
+and everything the loss sees: only the operands of those products are rounded. The small products
+of the embedding table stay float32, since they cost nothing.
+
 The loops are ``tf.while_loop`` over TensorArrays (``tf.scan`` measured no faster and cannot
 peel the first step). The weights are the Keras ones (``kernel`` (D, 4H), ``recurrent_kernel``
 (H, 4H), ``bias`` (4H,), gate order i, f, c, o), so a model trained through this path loads
@@ -30,25 +37,36 @@ from textgen.errors import TextgenError
 _PARALLEL_ITERATIONS = 2
 
 
+def _product(a, b, dtype: tf.DType, **kwargs) -> tf.Tensor:
+    """``a @ b`` with both operands in ``dtype``, returned in ``a``'s dtype.
+
+    An operand already in ``dtype`` (a weight cast once before a loop) is used as it is.
+    """
+    if dtype == a.dtype and dtype == b.dtype:
+        return tf.matmul(a, b, **kwargs)
+    return tf.cast(tf.matmul(tf.cast(a, dtype), tf.cast(b, dtype), **kwargs), a.dtype)
+
+
 def _gate_scale(units: tf.Tensor, dtype: tf.DType, candidate: float) -> tf.Tensor:
     """Column scale (4H,): ``candidate`` on the candidate (c) gate's columns, 1 elsewhere."""
     ones = tf.ones([units], dtype)
     return tf.concat([ones, ones, candidate * ones, ones], axis=0)
 
 
-def _forward(step_input, steps, recurrent_kernel, h0, c0, batch_dim):
+def _forward(step_input, steps, recurrent_kernel, h0, c0, batch_dim, dtype):
     """Run the recurrence; ``step_input(t)`` gives step t's input pre-activations (B, 4H).
 
     The pre-activations and ``recurrent_kernel`` have their candidate columns doubled: since
     ``tanh(z) == 2 * sigmoid(2 z) - 1`` (and doubling is exact in floating point), one sigmoid
     over all 4H columns then serves every gate. ``h0`` of None means a zero initial state, which
     lets the first step skip its matrix product. ``batch_dim`` is the static batch size or None.
+    ``dtype`` is the float type of the states; ``recurrent_kernel`` may be in a narrower one, the
+    type of the products' operands.
 
     Returns time-major TensorArrays of the hidden states h (T, B, H) and of what the backward
     pass needs, computed here while it is still in cache: ``p`` (T, B, 4H), ``q`` and ``f``
     (T, B, H) as described in ``_backward``, and the final cell state.
     """
-    dtype = recurrent_kernel.dtype
     units = recurrent_kernel.shape[0]
     gates_shape = tf.TensorShape([batch_dim, recurrent_kernel.shape[1]])
     cell_shape = tf.TensorShape([batch_dim, units])
@@ -85,7 +103,8 @@ def _forward(step_input, steps, recurrent_kernel, h0, c0, batch_dim):
         h, c, start = h0, c0, tf.constant(0)
 
     def body(t, h, c, tas):
-        h, c, p, q, f = cell(step_input(t) + tf.matmul(h, recurrent_kernel), c)
+        z = step_input(t) + _product(h, recurrent_kernel, recurrent_kernel.dtype)
+        h, c, p, q, f = cell(z, c)
         return t + 1, h, c, write(t, tas, (h, p, q, f))
 
     _, _, c, tas = tf.while_loop(
@@ -104,11 +123,13 @@ def _backward(d_outputs, d_h_last, d_c_last, p_ta, q_ta, f_ta, recurrent_kernel_
     ``dZ_t = [dc, dc, dc, dh] * p_t`` and ``dc_{t-1} = dc_t * f_t`` where
     ``dc_t = dc_t' + dh_t * q_t``, so the loop is a handful of element-wise ops and one product.
     The candidate columns of dZ come out a quarter of their true value; ``recurrent_kernel_t``
-    (U^T, 4H x H) must have those rows scaled by 4 to compensate.
+    (U^T, 4H x H) must have those rows scaled by 4 to compensate. Its dtype is that of the
+    products' operands.
 
     Returns the stacked dZ (T, B, 4H) and the gradients of h0 (None unless ``need_state``) and c0.
     """
     steps = tf.shape(d_outputs)[0]
+    mm = recurrent_kernel_t.dtype
     dz_ta = tf.TensorArray(d_outputs.dtype, size=steps, element_shape=p_ta.element_shape)
 
     def grads_at(t, dh_rec, dc_rec):
@@ -119,7 +140,7 @@ def _backward(d_outputs, d_h_last, d_c_last, p_ta, q_ta, f_ta, recurrent_kernel_
 
     def body(t, dh_rec, dc_rec, dz_ta):
         dz, dc_rec = grads_at(t, dh_rec, dc_rec)
-        return t - 1, tf.matmul(dz, recurrent_kernel_t), dc_rec, dz_ta.write(t, dz)
+        return t - 1, _product(dz, recurrent_kernel_t, mm), dc_rec, dz_ta.write(t, dz)
 
     _, dh_rec, dc_rec, dz_ta = tf.while_loop(
         lambda t, *_: t > 0,
@@ -130,19 +151,21 @@ def _backward(d_outputs, d_h_last, d_c_last, p_ta, q_ta, f_ta, recurrent_kernel_
     # Step 0 is peeled off so its recurrent product is only paid for when asked for.
     dz0, dc0 = grads_at(0, dh_rec, dc_rec)
     dz_ta = dz_ta.write(0, dz0)
-    dh0 = tf.matmul(dz0, recurrent_kernel_t) if need_state else None
+    dh0 = _product(dz0, recurrent_kernel_t, mm) if need_state else None
     return dz_ta.stack(), dh0, dc0
 
 
-def _lstm_chain(x, w, u, b, state, ids=None):
+def _lstm_chain(x, w, u, b, state, ids=None, matmul_dtype=None):
     """One LSTM over time-major inputs with the hand-written gradient attached.
 
     The inputs are ``x`` (T, B, D), or, when ``ids`` (T, B) is given, rows of the embedding
     table ``x`` (V, D). The latter projects the small table instead of every timestep
     (``x[ids] @ W == (x @ W)[ids]``), which saves the input projection, the input gradient and
-    the kernel gradient their large matrix products.
+    the kernel gradient their large matrix products. ``matmul_dtype`` is the operand type of the
+    large products (None: ``x``'s own).
     """
     dtype = x.dtype
+    mm = matmul_dtype or dtype
     need_state = state is not None
 
     @tf.custom_gradient
@@ -153,7 +176,7 @@ def _lstm_chain(x, w, u, b, state, ids=None):
         if ids is None:
             steps, batch, depth = tf.shape(x)[0], tf.shape(x)[1], tf.shape(x)[2]
             x2d = tf.reshape(x, [-1, depth])
-            zx = tf.reshape(tf.nn.bias_add(tf.matmul(x2d, w2), b2), [steps, batch, 4 * units])
+            zx = tf.reshape(tf.nn.bias_add(_product(x2d, w2, mm), b2), [steps, batch, 4 * units])
             batch_dim = x.shape[1]
 
             def step_input(t):
@@ -168,7 +191,8 @@ def _lstm_chain(x, w, u, b, state, ids=None):
                 return tf.gather(table, ids[t])
 
         h0, c0 = h0c0 if need_state else (None, None)
-        h_ta, p_ta, q_ta, f_ta, c_last = _forward(step_input, steps, u * double, h0, c0, batch_dim)
+        u2 = tf.cast(u * double, mm)
+        h_ta, p_ta, q_ta, f_ta, c_last = _forward(step_input, steps, u2, h0, c0, batch_dim, dtype)
         hs = h_ta.stack()
 
         def grad(d_outputs, d_h_last, d_c_last):
@@ -179,7 +203,7 @@ def _lstm_chain(x, w, u, b, state, ids=None):
             quad = _gate_scale(units, dtype, 4.0)
             # Scaling after the transpose keeps grappler from folding the transpose into a
             # transposed-operand product, which oneDNN runs several times slower here.
-            u_t = tf.transpose(u) * quad[:, tf.newaxis]
+            u_t = tf.cast(tf.transpose(u) * quad[:, tf.newaxis], mm)
             w_t = tf.transpose(w) * quad[:, tf.newaxis]
             dz, dh0, dc0 = _backward(
                 d_outputs, d_h_last, d_c_last, p_ta, q_ta, f_ta, u_t, need_state
@@ -193,10 +217,10 @@ def _lstm_chain(x, w, u, b, state, ids=None):
                     [x2d, tf.reshape(h_prev, [-1, units]), tf.ones([steps * batch, 1], dtype)],
                     axis=1,
                 )
-                dwub = tf.matmul(stacked, dz2d, transpose_a=True) * quad
+                dwub = _product(stacked, dz2d, mm, transpose_a=True) * quad
                 dw, du, db = tf.split(dwub, [depth, units, 1], axis=0)
                 db = tf.reshape(db, [-1])
-                dx = tf.reshape(tf.matmul(dz2d, w_t), tf.shape(x))
+                dx = tf.reshape(_product(dz2d, w_t, mm), tf.shape(x))
             else:
                 # Gradient of the projected table: the dZ rows summed per id.
                 d_table = tf.math.unsorted_segment_sum(dz2d, tf.reshape(ids, [-1]), tf.shape(x)[0])
@@ -204,9 +228,10 @@ def _lstm_chain(x, w, u, b, state, ids=None):
                 dw = tf.matmul(x, d_table, transpose_a=True) * quad
                 db = tf.reduce_sum(d_table, axis=0) * quad
                 # Leading-axis slices are normally views, so this H_prev^T dZ copies nothing.
-                du = tf.matmul(
+                du = _product(
                     tf.reshape(hs[:-1], [-1, units]),
                     tf.reshape(dz[1:], [-1, 4 * units]),
+                    mm,
                     transpose_a=True,
                 )
                 if need_state:
@@ -219,9 +244,11 @@ def _lstm_chain(x, w, u, b, state, ids=None):
     return run(x, w, u, b, *(state or ()))
 
 
-def _run_chains(source, weights, initial_state, ids, chains):
+def _run_chains(source, weights, initial_state, ids, chains, matmul_dtype):
     """Run ``_lstm_chain`` on ``chains`` slices of the batch; time-major in and out."""
     dtype = source.dtype
+    if matmul_dtype is not None:
+        matmul_dtype = tf.as_dtype(matmul_dtype)
     weights = [tf.convert_to_tensor(v, dtype) for v in weights]
     state = None
     if initial_state is not None:
@@ -229,7 +256,7 @@ def _run_chains(source, weights, initial_state, ids, chains):
     if chains < 1:
         raise TextgenError(f"chains must be at least 1, got {chains}")
     if chains == 1:
-        return _lstm_chain(source, *weights, state, ids)
+        return _lstm_chain(source, *weights, state, ids, matmul_dtype)
     # The batch rows are independent, so split them into chains with their own time loops. TF
     # runs the loops concurrently: one chain's element-wise ops fill the gaps between the other
     # chain's matrix products, where a single chain leaves cores waiting at every step.
@@ -243,7 +270,7 @@ def _run_chains(source, weights, initial_state, ids, chains):
     if state is not None:
         states = list(zip(*(tf.split(s, sizes, axis=0) for s in state), strict=True))
     results = [
-        _lstm_chain(x, *weights, list(s) if s else None, part_ids)
+        _lstm_chain(x, *weights, list(s) if s else None, part_ids, matmul_dtype)
         for (x, part_ids), s in zip(runs, states, strict=True)
     ]
     outputs, h_last, c_last = zip(*results, strict=True)
@@ -259,6 +286,7 @@ def lstm_sequence(
     *,
     time_major: bool = False,
     chains: int = 2,
+    matmul_dtype: tf.DType | str | None = None,
 ) -> tuple[tf.Tensor, tuple[tf.Tensor, tf.Tensor]]:
     """Run a Keras-compatible LSTM over a whole sequence with a fast custom gradient.
 
@@ -275,6 +303,8 @@ def lstm_sequence(
         time_major: inputs and outputs are (time, batch, ...).
         chains: independent slices of the batch run concurrently; 2 suits two cores. Any value
             gives the same result up to rounding.
+        matmul_dtype: operand type of the large matrix products, e.g. ``tf.bfloat16`` (see the
+            module docstring); None keeps the inputs' type, so the maths is exact to it.
 
     Returns:
         ``(outputs, (h_last, c_last))`` with outputs (batch, time, units), or (time, batch, units)
@@ -284,7 +314,9 @@ def lstm_sequence(
     if not time_major:
         inputs = tf.transpose(inputs, [1, 0, 2])
     weights = (kernel, recurrent_kernel, bias)
-    outputs, h_last, c_last = _run_chains(inputs, weights, initial_state, None, chains)
+    outputs, h_last, c_last = _run_chains(
+        inputs, weights, initial_state, None, chains, matmul_dtype
+    )
     if not time_major:
         outputs = tf.transpose(outputs, [1, 0, 2])
     return outputs, (h_last, c_last)
@@ -300,6 +332,7 @@ def lstm_sequence_from_ids(
     *,
     time_major: bool = False,
     chains: int = 2,
+    matmul_dtype: tf.DType | str | None = None,
 ) -> tuple[tf.Tensor, tuple[tf.Tensor, tf.Tensor]]:
     """``lstm_sequence`` over ``embeddings[ids]``, faster than looking the rows up first.
 
@@ -308,7 +341,8 @@ def lstm_sequence_from_ids(
     Args:
         ids: int (batch, time) ids, or (time, batch) if ``time_major``.
         embeddings: (vocab, input_dim) float table.
-        kernel, recurrent_kernel, bias, initial_state, time_major, chains: as ``lstm_sequence``.
+        kernel, recurrent_kernel, bias, initial_state, time_major, chains, matmul_dtype: as
+            ``lstm_sequence``.
 
     Returns:
         As ``lstm_sequence``.
@@ -318,7 +352,9 @@ def lstm_sequence_from_ids(
         ids = tf.transpose(ids)
     embeddings = tf.convert_to_tensor(embeddings)
     weights = (kernel, recurrent_kernel, bias)
-    outputs, h_last, c_last = _run_chains(embeddings, weights, initial_state, ids, chains)
+    outputs, h_last, c_last = _run_chains(
+        embeddings, weights, initial_state, ids, chains, matmul_dtype
+    )
     if not time_major:
         outputs = tf.transpose(outputs, [1, 0, 2])
     return outputs, (h_last, c_last)

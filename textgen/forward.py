@@ -38,12 +38,14 @@ def stateless_dropout(x, rate: float, seed, rows=None, batch_axis: int = 0):
     return tf.where(keep, x / (1.0 - rate), tf.zeros_like(x))
 
 
-def make_forward(model, dropout: float, stock: bool = False) -> Callable:
+def make_forward(model, dropout: float, matmul_dtype=None, stock: bool = False) -> Callable:
     """Return ``forward(ids, training, seed, rows=None) -> logits`` (batch, time, vocab).
 
     ``seed`` (int32 [2]) fixes the dropout mask, applied only when ``training``; ``rows`` is as
-    in ``stateless_dropout``. ``stock`` runs LSTM layers as Keras layers too (on a GPU, Keras's
-    cuDNN kernel) instead of ``textgen.fast_lstm``.
+    in ``stateless_dropout``. ``matmul_dtype`` (e.g. ``tf.bfloat16``) is the operand type of the
+    LSTM layers' large matrix products (see ``textgen.fast_lstm``); None keeps float32. Other
+    cells ignore it. ``stock`` runs LSTM layers as Keras layers too (on a GPU, Keras's cuDNN
+    kernel) instead of ``textgen.fast_lstm``.
     """
     layers = recurrent_layers(model)
     embedding = model.get_layer("embedding")
@@ -63,9 +65,11 @@ def make_forward(model, dropout: float, stock: bool = False) -> Callable:
             ]
             if k == 0:
                 table = tf.convert_to_tensor(embedding.embeddings)
-                x, _ = lstm_sequence_from_ids(x, table, *weights, time_major=True)  # (T, B, H)
+                x, _ = lstm_sequence_from_ids(
+                    x, table, *weights, time_major=True, matmul_dtype=matmul_dtype
+                )  # (T, B, H)
             else:
-                x, _ = lstm_sequence(x, *weights, time_major=True)
+                x, _ = lstm_sequence(x, *weights, time_major=True, matmul_dtype=matmul_dtype)
         return x
 
     def keras_stack(ids):

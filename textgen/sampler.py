@@ -11,14 +11,37 @@ Two engines step the same weights with the same Keras cell semantics:
 Sampling order: logits / temperature, then top-k keeps the k most likely characters, then top-p
 keeps the smallest set of the remaining characters whose probability reaches p. Temperature 0
 is greedy (argmax) and ignores top-k and top-p. The unknown id (``--max-vocab``) is never drawn.
+
+Two ways of choosing among continuations rank them by one score, the mean log-probability per
+generated character under the model's own distribution (natural log, temperature 1, whatever
+temperature the sample was drawn at):
+
+    score = (log p(c_1 | prime) + ... + log p(c_L | prime, c_1 .. c_L-1)) / L
+
+L counts every generated character, those of a stop string that ended the text included (the
+stop string is what the model chose to end with, though the returned text leaves it out); an
+empty continuation scores 0. Dividing by L lets a text that stopped early compete with longer
+ones; among texts of one length the score ranks as their total log-probability does.
+
+- ``best_of=N`` (``generate``, ``generate_batch``) draws N samples, sample i exactly as
+  ``generate_batch(N, ...)`` with the same seed draws it, and keeps the best-scoring ones.
+- ``beam_search`` keeps the ``beam_width`` most likely partial texts of each length, one batch
+  row each: every step extends every beam by every character, keeps the ``beam_width`` best
+  extensions by total log-probability and reorders the engine's state rows by the beam each one
+  extends. An extension that completes a stop string ends its beam (it joins the ended ones if it
+  ranked among the best ``beam_width`` extensions of that step); the search ends when
+  ``beam_width`` beams have ended or ``length`` characters are reached, and returns the ended
+  beam with the best score. Width 1 is greedy sampling. Beam search draws no randomness, so
+  temperature, top-k, top-p and the seed do not apply.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -111,6 +134,13 @@ class StopMatcher:
         """The text held back when the sample ends without a stop."""
         out, self.pending = self.pending, ""
         return out
+
+
+class ScoredText(NamedTuple):
+    """A continuation and its score: the mean log-probability per generated character."""
+
+    text: str
+    score: float
 
 
 class Sampler:
@@ -231,10 +261,16 @@ class Sampler:
         )
 
     def _id_steps(
-        self, num_samples: int, length: int | None, options: SamplingOptions, first_sample: int = 0
+        self,
+        num_samples: int,
+        length: int | None,
+        options: SamplingOptions,
+        first_sample: int = 0,
+        chosen: list[np.ndarray] | None = None,
     ) -> Iterator[np.ndarray]:
         """Check the call now, then return an iterator of the drawn ids, shape (num_samples,),
-        one array per generated character.
+        one array per generated character. With ``chosen``, each step first appends the drawn
+        ids' log-probabilities (temperature 1) to it.
 
         The checks run before anything is generated so that a bad prime fails at the call,
         before a caller has printed anything (a generator would only fail when first advanced).
@@ -245,6 +281,8 @@ class Sampler:
             raise TextgenError(f"length must be >= 0, got {length}")
         prime_ids = self.prime_ids(options.prime, options.drop_unknown)
         draw = self.draw_function(options, num_samples, first_sample)
+        if chosen is not None:
+            draw = partial(_draw_and_score, draw, chosen)
         return self._draw(num_samples, length, prime_ids, draw)
 
     def _draw(
@@ -297,18 +335,49 @@ class Sampler:
         pieces = self.stream_batch(1, length, options=options, **values)
         return (piece[0] for piece in pieces if piece[0])
 
-    def generate(self, length: int, options: SamplingOptions | None = None, **values) -> str:
+    def generate(
+        self,
+        length: int,
+        options: SamplingOptions | None = None,
+        *,
+        best_of: int | None = None,
+        **values,
+    ) -> str:
         """Return ``length`` new characters after feeding the prime (fewer if a stop string hits).
 
-        Generation starts from a fresh state. The same seed gives the same text.
+        Generation starts from a fresh state. The same seed gives the same text. With
+        ``best_of=N``, N samples are drawn and the one with the best score is returned (see
+        ``generate_batch``).
         """
-        return self.generate_batch(1, length, options=options, **values)[0]
+        return self.generate_batch(1, length, options=options, best_of=best_of, **values)[0]
 
     def generate_batch(
-        self, num_samples: int, length: int, *, options: SamplingOptions | None = None, **values
+        self,
+        num_samples: int,
+        length: int,
+        *,
+        options: SamplingOptions | None = None,
+        best_of: int | None = None,
+        **values,
     ) -> list[str]:
-        """Generate ``num_samples`` samples in one batch; returns one string per sample."""
+        """Generate ``num_samples`` samples in one batch; returns one string per sample.
+
+        With ``best_of=N`` (at least ``num_samples``), N samples are drawn as
+        ``scored_batch(N, ...)`` draws them and the ``num_samples`` with the highest mean
+        log-probability per character are returned, best first (ties keep the sample order).
+
+        Raises:
+            TextgenError: bad options, or ``best_of`` smaller than ``num_samples``.
+        """
         options = SamplingOptions.of(options, **values)
+        if best_of is not None:
+            if best_of < num_samples:
+                raise TextgenError(
+                    f"best_of ({best_of}) must be at least the number of samples ({num_samples})"
+                )
+            scored = self.scored_batch(best_of, length, options=options)
+            ranked = sorted(range(best_of), key=lambda i: -scored[i].score)
+            return [scored[i].text for i in ranked[:num_samples]]
         if options.stop:
             texts = [[] for _ in range(num_samples)]
             for pieces in self.stream_batch(num_samples, length, options=options):
@@ -320,6 +389,142 @@ class Sampler:
             return [""] * num_samples
         ids = np.stack(steps, axis=1)  # (num_samples, length)
         return [self.tokenizer.decode(row) for row in ids]
+
+    def scored_batch(
+        self, num_samples: int, length: int, *, options: SamplingOptions | None = None, **values
+    ) -> list[ScoredText]:
+        """The samples of ``generate_batch(num_samples, length, ...)``, each with its score.
+
+        The score is the mean log-probability of the sample's characters, a stop string's
+        included (see the module's notes).
+        """
+        options = SamplingOptions.of(options, **values)
+        chosen: list[np.ndarray] = []
+        steps = self._id_steps(num_samples, length, options, chosen=chosen)
+        chars = self.tokenizer.chars
+        matchers = [StopMatcher(options.stop) for _ in range(num_samples)]
+        parts: list[list[str]] = [[] for _ in range(num_samples)]
+        totals, counts = np.zeros(num_samples), np.zeros(num_samples, np.int64)
+        live = np.ones(num_samples, bool)
+        for ids in steps:
+            totals[live] += chosen.pop()[live]
+            counts[live] += 1
+            for i in np.flatnonzero(live).tolist():
+                char = chars[ids[i]]
+                if options.stop:
+                    char = matchers[i].feed(char)
+                    live[i] = not matchers[i].done
+                parts[i].append(char)
+            if not live.any():
+                break
+        return [
+            ScoredText(
+                "".join(p) + (m.flush() if not m.done else ""),
+                float(total / count) if count else 0.0,
+            )
+            for p, m, total, count in zip(parts, matchers, totals, counts)
+        ]
+
+    def beam_search(
+        self,
+        prime: str = "",
+        length: int = 100,
+        beam_width: int = 4,
+        *,
+        stop: Sequence[str] | str = (),
+        drop_unknown: bool = False,
+    ) -> ScoredText:
+        """The most likely continuation of ``prime`` that a beam of ``beam_width`` finds.
+
+        Returns the text (without a stop string that ended it) and its score, the mean
+        log-probability per generated character; the search is described in the module's notes.
+        Deterministic: the same call gives the same answer. Needs the numpy engine.
+
+        Raises:
+            TextgenError: a bad width, length, stop string or prime character.
+        """
+        options = SamplingOptions(prime=prime, stop=stop, drop_unknown=drop_unknown)
+        if isinstance(beam_width, bool) or not isinstance(beam_width, int) or beam_width < 1:
+            raise TextgenError(f"the beam width must be an integer >= 1, got {beam_width!r}")
+        if length < 0:
+            raise TextgenError(f"length must be >= 0, got {length}")
+        if not hasattr(self.engine, "state"):
+            raise TextgenError("beam search needs the numpy engine")
+        prime_ids = self.prime_ids(options.prime, options.drop_unknown)
+        unknown = self.tokenizer.unknown_id
+        return _beam_search(
+            self.engine, prime_ids, length, beam_width, self.tokenizer.chars, options.stop,
+            None if unknown is None else [unknown],
+        )  # fmt: skip
+
+
+def _draw_and_score(
+    draw: Callable[[np.ndarray], np.ndarray], chosen: list[np.ndarray], logits: np.ndarray
+) -> np.ndarray:
+    """``draw(logits)``, noting the drawn ids' log-probabilities in ``chosen``."""
+    from textgen.draw import log_softmax
+
+    ids = draw(logits)
+    chosen.append(log_softmax(logits)[np.arange(len(ids)), ids])
+    return ids
+
+
+def _beam_search(
+    stack,
+    prime_ids: np.ndarray,
+    length: int,
+    width: int,
+    chars: Sequence[str],
+    stop: Sequence[str],
+    exclude: list[int] | None,
+) -> ScoredText:
+    """Beam search on a ``RecurrentStack``; the beams are its batch rows."""
+    from textgen.draw import log_softmax
+
+    stack.reset(1)
+    logits = stack.feed(prime_ids[None, :])
+    totals = np.zeros(1)  # each live beam's total log-probability
+    texts = [""]  # each live beam's text released by its stop matcher
+    matchers = [StopMatcher(stop)]
+    ended: list[ScoredText] = []
+    for step in range(1, length + 1):
+        logp = log_softmax(logits)
+        if exclude is not None:
+            logp[:, exclude] = -np.inf
+        candidates = (totals[:, None] + logp).ravel()
+        # Stable, so that a tie goes to the lower id of the earlier beam, as argmax does.
+        order = np.argsort(-candidates, kind="stable")
+        parents, ids, new_totals, new_texts, new_matchers = [], [], [], [], []
+        for rank, flat in enumerate(order.tolist()):
+            total = float(candidates[flat])
+            if len(ids) == width or total == -np.inf:
+                break
+            parent, char_id = divmod(flat, logp.shape[1])
+            matcher = copy.copy(matchers[parent])
+            text = texts[parent] + matcher.feed(chars[char_id])
+            if matcher.done:
+                if rank < width:
+                    ended.append(ScoredText(text, total / step))
+                continue
+            parents.append(parent)
+            ids.append(char_id)
+            new_totals.append(total)
+            new_texts.append(text)
+            new_matchers.append(matcher)
+        if len(ended) >= width or not ids:
+            break
+        if step == length:
+            ended += [
+                ScoredText(text + m.flush(), total / length)
+                for text, m, total in zip(new_texts, new_matchers, new_totals)
+            ]
+            break
+        stack.state = stack.state[:, :, parents]
+        logits = stack.step(np.array(ids, dtype=np.int64))
+        totals, texts, matchers = np.array(new_totals), new_texts, new_matchers
+    if not ended:  # length 0
+        return ScoredText("", 0.0)
+    return max(ended, key=lambda beam: beam.score)  # the first of equals: found earlier
 
 
 def _until_stopped(

@@ -37,6 +37,7 @@ from textgen.errors import CheckpointError, TextgenError, VocabularyError
 from textgen.evaluation import build_eval_step, evaluate_ids
 from textgen.files import remove_stale_temporaries
 from textgen.model import build_model, get_weights, named_variables, set_weights
+from textgen.precision import resolve_precision
 from textgen.tokenizer import Tokenizer
 from textgen.windows import (
     epoch_starts,
@@ -71,6 +72,7 @@ class TrainResult:
     epochs_done: float
     best_val_loss: float | None
     stopped: str  # one of STOPS, or the reason a callback gave
+    precision: str = "float32"  # of the large matrix products, as ``auto`` resolved
 
 
 class TrainingInterrupted(TextgenError):
@@ -344,18 +346,21 @@ def _watchers(config: TrainConfig, tokenizer, run_dir: Path, echo) -> list[Callb
     return watchers
 
 
-def build_train_step(model, optimizer, dropout: float, grad_norm=None, stock: bool = False):
+def build_train_step(
+    model, optimizer, dropout: float, grad_norm=None, matmul_dtype=None, stock: bool = False
+):
     """The compiled training step ``(x, y, seed, lr) -> mean loss`` that ``train`` runs.
 
     ``seed`` (int32 [2]) fixes the dropout mask and ``lr`` is assigned before the update, so a
     step is a pure function of the model, optimizer state and its arguments. When given, the
     float variable ``grad_norm`` receives the gradient's global norm (before clipping).
+    ``matmul_dtype`` is the operand type of the large products (``textgen.forward``).
     ``stock`` trains LSTM layers through ``keras.layers.LSTM`` (see ``make_forward``).
     """
     from textgen.backend import tf
     from textgen.forward import make_forward
 
-    forward = make_forward(model, dropout, stock)
+    forward = make_forward(model, dropout, matmul_dtype, stock=stock)
     variables = model.trainable_variables
     ids = tf.TensorSpec([None, None], tf.int32)
     signature = [ids, ids, tf.TensorSpec([2], tf.int32), tf.TensorSpec([], tf.float32)]
@@ -378,7 +383,14 @@ def build_train_step(model, optimizer, dropout: float, grad_norm=None, stock: bo
 
 
 def build_replica_train_step(
-    cluster: Cluster, model, optimizer, dropout: float, clip_norm, grad_norm, stock: bool = False
+    cluster: Cluster,
+    model,
+    optimizer,
+    dropout: float,
+    clip_norm,
+    grad_norm,
+    stock: bool = False,
+    matmul_dtype=None,
 ):
     """The training step of a cluster: ``(x, y, offset, rows, seed, lr, votes) -> (loss, votes)``.
 
@@ -393,7 +405,7 @@ def build_replica_train_step(
     from textgen.backend import tf
     from textgen.forward import make_forward
 
-    forward = make_forward(model, dropout, stock)
+    forward = make_forward(model, dropout, matmul_dtype, stock=stock)
     variables = model.trainable_variables
     strategy = cluster.strategy
 
@@ -488,10 +500,12 @@ class Trainer:
         self.optimizer.build(model.trainable_variables)
         self.state = TrainState()
         self.grad_norm = tf.Variable(0.0, trainable=False, name="grad_norm")  # of the last step
+        self.precision = resolve_precision(config.precision)
+        matmul_dtype = tf.bfloat16 if self.precision == "bfloat16" else None
         stock = path == "stock"
         if cluster is None:
             self.train_step = build_train_step(
-                model, self.optimizer, config.dropout, self.grad_norm, stock
+                model, self.optimizer, config.dropout, self.grad_norm, matmul_dtype, stock=stock
             )
         else:
             self.train_step = build_replica_train_step(
@@ -502,6 +516,7 @@ class Trainer:
                 config.clip_norm,
                 self.grad_norm,
                 stock,
+                matmul_dtype,
             )
         self.eval_step = build_eval_step(model, cluster, stock)
         self._interrupt = {"stop": False}
@@ -776,7 +791,7 @@ class Trainer:
         elif stopped != "completed":
             self.save()
         epochs_done = state.epoch + state.batch / self.steps
-        return TrainResult(self.run_dir, epochs_done, state.best_val_loss, stopped)
+        return TrainResult(self.run_dir, epochs_done, state.best_val_loss, stopped, self.precision)
 
 
 def _first_reason(reasons) -> str | None:

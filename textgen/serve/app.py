@@ -11,12 +11,17 @@ Decisions (see also the README's "Serving" section):
 - ``temperature`` lies in [0, 2] as in OpenAI's API; ``seed`` must be in [0, 2**63).
 - ``logprobs`` are the model's own log-probabilities (temperature 1), for generated characters
   only (also with ``echo``).
+- ``best_of`` (at least ``n``) generates ``best_of`` choices per prompt as extra rows of the
+  batch, choice i drawing from ``(seed, i)`` as usual, and returns the ``n`` with the highest
+  mean log-probability per character (``Sampler.scored_batch``), best first; ``usage`` counts
+  every generated character. Like OpenAI, it cannot be streamed when larger than ``n``.
 - A request that runs past the time limit ends with ``finish_reason: "length"``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import math
@@ -89,6 +94,7 @@ class CompletionRequest(BaseModel):
     top_p: float | None = Field(1.0, gt=0, le=1, allow_inf_nan=False)
     top_k: int | None = Field(None, ge=1)
     n: int | None = Field(1, ge=1, le=128)
+    best_of: int | None = Field(None, ge=1, le=128, description="choices generated; n returned")
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=0, lt=2**63)
     stream: bool | None = False
@@ -153,6 +159,7 @@ class ErrorResponse(BaseModel):
 class Health(BaseModel):
     status: str
     streams: dict[str, int] = {}
+    blas_threads: int | None = None  # numpy's BLAS threads when they follow the idle cores
 
 
 class RunDetails(BaseModel):
@@ -175,9 +182,13 @@ def _errors(*statuses: int) -> dict:
 class Models:
     """The served runs, loaded in a background thread so that ``/health`` can answer meanwhile."""
 
-    def __init__(self, run_dirs: list[Path], which: str, limits: Limits) -> None:
+    def __init__(
+        self, run_dirs: list[Path], which: str, limits: Limits, adapt_blas_threads: bool = False
+    ) -> None:
         self.run_dirs = {Path(d).resolve().name: Path(d) for d in run_dirs}
         self.which, self.limits = which, limits
+        self.adapt_blas_threads = adapt_blas_threads
+        self.blas = None  # a textgen.cores.AdaptiveBlasThreads once loaded, when adapting
         self.schedulers: dict[str, Scheduler] = {}
         self.ready = threading.Event()
         self.failure: str | None = None
@@ -192,6 +203,13 @@ class Models:
                 self.schedulers[name] = Scheduler(sampler, max_streams=self.limits.max_streams)
         except TextgenError as err:
             self.failure = str(err)
+        if self.adapt_blas_threads and not self.failure:
+            from textgen.cores import AdaptiveBlasThreads
+
+            # One for the process: the BLAS threads are one setting for every served run.
+            with contextlib.suppress(ImportError, OSError):
+                self.blas = AdaptiveBlasThreads()
+                self.blas.start()
         self.ready.set()
 
     def get(self, name: str) -> Scheduler:
@@ -209,6 +227,8 @@ class Models:
         """End every running request (its streams finish) and stop the engines."""
         for scheduler in self.schedulers.values():
             scheduler.close()
+        if self.blas is not None:
+            self.blas.stop()
 
 
 def run_details(name: str, run_dir: Path) -> RunDetails:
@@ -245,9 +265,15 @@ def create_app(
     api_key: str | None = None,
     drop_unknown: bool = False,
     which: str = "best",
+    adapt_blas_threads: bool = False,
 ) -> FastAPI:
-    """The FastAPI app serving ``run_dirs``; a model's id is its run directory's name."""
-    models = Models(run_dirs, which, limits)
+    """The FastAPI app serving ``run_dirs``; a model's id is its run directory's name.
+
+    With ``adapt_blas_threads``, numpy's BLAS threads follow the idle cores, measured every two
+    seconds by a thread of their own (``textgen.cores.AdaptiveBlasThreads``); ``/health`` shows
+    the count.
+    """
+    models = Models(run_dirs, which, limits, adapt_blas_threads)
 
     async def lifespan(app: FastAPI):
         threading.Thread(target=models.load, name="textgen-load", daemon=True).start()
@@ -303,7 +329,9 @@ def create_app(
             status = "failed: " + models.failure if models.failure else "loading"
             return JSONResponse({"status": status, "streams": {}}, status_code=503)
         return Health(
-            status="ok", streams={k: s.active_streams for k, s in models.schedulers.items()}
+            status="ok",
+            streams={k: s.active_streams for k, s in models.schedulers.items()},
+            blas_threads=None if models.blas is None else models.blas.threads,
         )
 
     @app.get("/v1/models", response_model=ModelList, dependencies=guarded, responses=_errors(401))
@@ -377,8 +405,16 @@ def _jobs(body: CompletionRequest, scheduler: Scheduler, limits: Limits, drop_un
             param="max_tokens",
         )  # fmt: skip
     n = body.n or 1
-    if n * len(prompts) > limits.max_streams:
-        raise ApiError(400, f"n times the prompts must be at most {limits.max_streams}", param="n")
+    rows = n if body.best_of is None else body.best_of
+    if rows < n:
+        raise ApiError(400, f"best_of ({rows}) must be at least n ({n})", param="best_of")
+    if body.stream and rows > n:
+        raise ApiError(400, "best_of larger than n cannot be streamed", param="best_of")
+    if rows * len(prompts) > limits.max_streams:
+        raise ApiError(
+            400, f"best_of (or n) times the prompts must be at most {limits.max_streams}",
+            param="best_of" if rows > n else "n",
+        )  # fmt: skip
     if any(len(p) > limits.max_prompt for p in prompts):
         raise ApiError(
             400, f"a prompt may hold at most {limits.max_prompt} characters", param="prompt"
@@ -396,9 +432,9 @@ def _jobs(body: CompletionRequest, scheduler: Scheduler, limits: Limits, drop_un
             raise ApiError(400, str(err), param="prompt") from None
         jobs.append(
             Job(
-                ids, n=n, max_tokens=max_tokens, temperature=temperature, top_k=body.top_k,
+                ids, n=rows, max_tokens=max_tokens, temperature=temperature, top_k=body.top_k,
                 top_p=top_p, stop=stop, seed=body.seed, logprobs=body.logprobs,
-                timeout=limits.request_timeout,
+                timeout=limits.request_timeout, score=rows > n,
             )
         )  # fmt: skip
     return jobs, prompts
@@ -440,6 +476,7 @@ class _Choice:
     def __init__(self, index: int, prefix: str, want_logprobs: bool) -> None:
         self.index, self.text, self.finish = index, prefix, None
         self.generated = 0
+        self.score = 0.0  # set by the last piece of a scored (best-of) job
         self.logprobs = Logprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
         self.want_logprobs = want_logprobs
 
@@ -458,6 +495,8 @@ class _Choice:
         self.text += piece.text
         self.generated += len(piece.text)
         self.finish = piece.finish_reason or self.finish
+        if piece.score is not None:
+            self.score = piece.score
         return new
 
 
@@ -472,22 +511,25 @@ def _usage(prompts: list[str], choices: list[_Choice]) -> Usage:
 
 async def _complete(jobs, scheduler, prompts, body, head, request: Request) -> Completion:
     """Wait for every choice of every prompt; cancel if the client goes away."""
-    n = body.n or 1
+    n, rows = body.n or 1, jobs[0].n  # rows: best_of where it is larger
     want = body.logprobs is not None
     choices = [
-        _Choice(p * n + i, prompts[p] if body.echo else "", want)
+        _Choice(p * rows + i, prompts[p] if body.echo else "", want)
         for p in range(len(jobs))
-        for i in range(n)
+        for i in range(rows)
     ]
     try:
         async for batch in _pieces(jobs, scheduler, poll=0.5):
             for p, piece in batch:
-                choices[p * n + piece.index].add(piece)
+                choices[p * rows + piece.index].add(piece)
             if not batch and await request.is_disconnected():
                 return JSONResponse({}, status_code=499)
     finally:
         for job in jobs:
             job.cancel()
+    usage = _usage(prompts, choices)
+    if rows > n:
+        choices = _best(choices, rows, n)
     return Completion(
         **head,
         choices=[
@@ -497,8 +539,19 @@ async def _complete(jobs, scheduler, prompts, body, head, request: Request) -> C
             )
             for c in choices
         ],
-        usage=_usage(prompts, choices),
+        usage=usage,
     )  # fmt: skip
+
+
+def _best(choices: list[_Choice], rows: int, n: int) -> list[_Choice]:
+    """Of each prompt's ``rows`` choices, the ``n`` best-scoring, best first, numbered anew."""
+    best = []
+    for first in range(0, len(choices), rows):
+        ranked = sorted(choices[first : first + rows], key=lambda c: -c.score)
+        best += ranked[:n]
+    for index, choice in enumerate(best):
+        choice.index = index
+    return best
 
 
 async def _stream(jobs, scheduler, prompts, body, head) -> AsyncIterator[str]:
@@ -590,8 +643,12 @@ def serve(
     api_key: str | None = None,
     drop_unknown: bool = False,
     which: str = "best",
+    adapt_blas_threads: bool = False,
 ) -> None:
-    """Run the server until SIGTERM or Ctrl-C; in-flight streams end first, then it returns."""
+    """Run the server until SIGTERM or Ctrl-C; in-flight streams end first, then it returns.
+
+    ``adapt_blas_threads``: see :func:`create_app`.
+    """
     import uvicorn
 
     for run_dir in run_dirs:
@@ -601,8 +658,9 @@ def serve(
     if len(set(names)) != len(names):
         raise TextgenError(f"two runs share a directory name (the model id): {', '.join(names)}")
     app = create_app(
-        run_dirs, limits=limits, api_key=api_key, drop_unknown=drop_unknown, which=which
-    )
+        run_dirs, limits=limits, api_key=api_key, drop_unknown=drop_unknown, which=which,
+        adapt_blas_threads=adapt_blas_threads,
+    )  # fmt: skip
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:

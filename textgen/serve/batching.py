@@ -12,7 +12,8 @@ Each row has its own temperature, top-k, top-p, stop strings and generator. Row 
 with seed ``S`` draws from ``np.random.default_rng([S, i])``, consumed exactly as
 ``Sampler.draw_function`` consumes it (``vocab`` exponentials per drawn character, none when
 greedy), so choice ``i`` equals sample ``i`` of ``textgen sample --num-samples n --seed S``
-whatever else shares the batch.
+whatever else shares the batch. A job asked to ``score`` its choices sums each row's chosen
+log-probabilities as ``Sampler.scored_batch`` does (for best-of).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from textgen.draw import LogExponentials, sample_ids
+from textgen.draw import LogExponentials, log_softmax, sample_ids
 from textgen.errors import TextgenError
 from textgen.options import SamplingOptions
 from textgen.sampler import Sampler, StopMatcher
@@ -49,13 +50,15 @@ class Piece:
     """New output of one choice: text, and when the choice ended, why (``"stop"``/``"length"``).
 
     ``logprobs`` (when asked for) holds one ``(char, logprob, {char: logprob} of the top
-    alternatives)`` per character of ``text``.
+    alternatives)`` per character of ``text``. ``score`` (on a scored job's last piece) is the
+    choice's mean log-probability per generated character, a stop string's included.
     """
 
     index: int
     text: str
     finish_reason: str | None = None
     logprobs: list[tuple[str, float, dict[str, float]]] | None = None
+    score: float | None = None
 
 
 class Job:
@@ -68,6 +71,7 @@ class Job:
         seed: a non-negative integer; random when None.
         logprobs: how many top alternatives to report per character (None: no log-probabilities).
         timeout: seconds after submission when the job's rows leave, ending as ``"length"``.
+        score: give each choice's last piece its ``score`` (for best-of).
     """
 
     def __init__(
@@ -83,6 +87,7 @@ class Job:
         seed: int | None = None,
         logprobs: int | None = None,
         timeout: float | None = None,
+        score: bool = False,
     ) -> None:
         # The same checks, and messages, as every other way of sampling.
         SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, stop=tuple(stop))
@@ -96,7 +101,7 @@ class Job:
         self.n, self.max_tokens, self.seed = n, max_tokens, seed
         self.draw_key = (float(temperature), top_k, top_p)
         self.stop = tuple(s for s in stop if s)
-        self.logprobs = logprobs
+        self.logprobs, self.score = logprobs, score
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.on_ready: Callable[[], None] | None = None  # called (from the engine thread) when
         # pieces are waiting and nobody was told yet; a web server sets it to wake its loop.
@@ -162,6 +167,7 @@ class _Row:
     prompt: np.ndarray | None = None  # prompt ids still to feed inside the batch
     fed: int = 0
     produced: int = 0
+    total: float = 0.0  # the chosen characters' log-probabilities, summed (scored jobs)
     held: list = field(default_factory=list)  # log-probability entries of held-back text
     done: bool = False
 
@@ -413,9 +419,8 @@ class Scheduler:
         chars = self._chars
         now = time.monotonic()
         logp = None
-        if any(row.job.logprobs is not None for row in rows):
-            shifted = logits - logits.max(axis=1, keepdims=True)
-            logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        if any(row.job.logprobs is not None or row.job.score for row in rows):
+            logp = log_softmax(logits)
         for r, (row, char_id) in enumerate(zip(rows, ids.tolist())):
             job = row.job
             if job.cancelled or (job.deadline is not None and now > job.deadline):
@@ -423,6 +428,8 @@ class Scheduler:
                 continue
             char = chars[char_id]
             row.produced += 1
+            if job.score:
+                row.total += float(logp[r, char_id])
             if logp is not None and job.logprobs is not None:
                 top = np.argsort(-logp[r])[: job.logprobs]
                 alternatives = {chars[t]: float(logp[r, t]) for t in top.tolist()}
@@ -443,7 +450,10 @@ class Scheduler:
         if reason == "length" and row.matcher is not None:
             text += row.matcher.flush()
         row.done = True
-        row.job._deliver(Piece(row.index, text, reason, self._logprobs_for(row, text)))
+        score = None
+        if row.job.score:
+            score = row.total / row.produced if row.produced else 0.0
+        row.job._deliver(Piece(row.index, text, reason, self._logprobs_for(row, text), score))
 
     @staticmethod
     def _logprobs_for(row: _Row, text: str):
