@@ -34,6 +34,7 @@ import click  # noqa: E402
 from textgen.cells import CELLS  # noqa: E402
 from textgen.cli_group import TextgenGroup  # noqa: E402
 from textgen.config import TrainConfig  # noqa: E402
+from textgen.distribute import DEVICES, DISTRIBUTE  # noqa: E402
 from textgen.errors import TextgenError  # noqa: E402
 from textgen.precision import PRECISIONS  # noqa: E402
 
@@ -198,9 +199,25 @@ def _default(name: str) -> str:
     help="Operands of the LSTM's large matrix products; auto: bfloat16 where the CPU (AVX512-BF16, "
     "AMX) or a GPU multiplies it natively, else float32." + _default("precision"),
 )
+@click.option(
+    "--distribute",
+    type=click.Choice(DISTRIBUTE),
+    default="none",
+    show_default=True,
+    help="Train on one process (none), this machine's GPUs (mirrored) or a cluster of workers "
+    "described by TF_CONFIG (multi-worker; every worker runs the same command).",
+)
+@click.option(
+    "--device",
+    type=click.Choice(DEVICES),
+    default="auto",
+    show_default=True,
+    help="gpu trains LSTMs through Keras's cuDNN layer, cpu through textgen's CPU-tuned step; "
+    "auto takes the GPU when TensorFlow sees one.",
+)
 @click.option("--resume", is_flag=True, help="Continue the run in the run directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(corpus, checkpoint_dir, resume, quiet, **options) -> None:
+def train(corpus, checkpoint_dir, resume, quiet, distribute, device, **options) -> None:
     """Train a model on CORPUS: a text file, folder, glob or corpus name (default: pydocs)."""
     from textgen.training import default_run_dir, train
 
@@ -214,6 +231,8 @@ def train(corpus, checkpoint_dir, resume, quiet, **options) -> None:
         resume=resume,
         progress=not quiet,
         echo=click.echo,
+        distribute=distribute,
+        device=device,
         **settings,
     )
     best = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.4f} nats"

@@ -12,16 +12,18 @@ from textgen.errors import CorpusError
 from textgen.tokenizer import Tokenizer
 
 
-def build_eval_step(model) -> Callable:
+def build_eval_step(model, cluster=None, stock: bool = False) -> Callable:
     """The compiled step ``(x, y, first, scored) -> (summed loss, count)``.
 
     Row ``r`` scores ``scored`` positions from position ``first[r]`` (the batches of
-    ``textgen.windows.validation_dataset``); the positions before are context only.
+    ``textgen.windows.validation_dataset``); the positions before are context only. With a
+    ``textgen.distribute.Cluster``, each replica scores its block of the rows and every worker
+    gets the sums over all of them. ``stock`` is as in ``textgen.forward.make_forward``.
     """
     from textgen.backend import tf
     from textgen.forward import make_forward
 
-    forward = make_forward(model, 0.0)
+    forward = make_forward(model, 0.0, stock=stock)
     ids = tf.TensorSpec([None, None], tf.int32)
     spec = [ids, ids, tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32)]
 
@@ -34,7 +36,30 @@ def build_eval_step(model) -> Callable:
         mask = tf.cast((positions >= start) & (positions < start + scored), losses.dtype)
         return tf.reduce_sum(losses * mask), tf.reduce_sum(mask)
 
-    return eval_step
+    if cluster is None:
+        return eval_step
+    strategy = cluster.strategy
+
+    def replica_eval(x, y, first, scored):
+        sums = eval_step(x, y, first, scored)
+        context = tf.distribute.get_replica_context()
+        return context.all_reduce(tf.distribute.ReduceOp.SUM, list(sums))
+
+    def summed(x, y, first, scored):
+        with strategy.scope():
+            sums = strategy.run(replica_eval, args=(x, y, first, scored))
+            return [strategy.experimental_local_results(v)[0] for v in sums]
+
+    summed_step = cluster.compile(summed, spec)
+
+    def distributed_step(x, y, first, scored):
+        blocks = cluster.local_rows(len(x))
+        parts = [
+            cluster.per_replica([tf.constant(a[lo:hi]) for lo, hi in blocks]) for a in (x, y, first)
+        ]
+        return summed_step(*parts, tf.constant(scored, tf.int32))
+
+    return distributed_step
 
 
 def evaluate_ids(

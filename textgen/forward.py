@@ -18,23 +18,39 @@ from textgen.cells import cell_of_layer
 from textgen.model import recurrent_layers
 
 
-def stateless_dropout(x, rate: float, seed):
-    """Inverted dropout whose mask depends only on ``seed`` (a shape-[2] int32 tensor)."""
-    keep = tf.random.stateless_uniform(tf.shape(x), seed=seed, dtype=x.dtype) >= rate
+def stateless_dropout(x, rate: float, seed, rows=None, batch_axis: int = 0):
+    """Inverted dropout whose mask depends only on ``seed`` (a shape-[2] int32 tensor).
+
+    ``rows`` = ``(offset, total)`` says that ``x`` holds rows ``offset...`` of a batch of
+    ``total`` rows (along ``batch_axis``): the mask is then that slice of the whole batch's mask,
+    so replicas that each compute part of a batch drop exactly what one process would.
+    """
+    shape = tf.shape(x)
+    if rows is None:
+        uniform = tf.random.stateless_uniform(shape, seed=seed, dtype=x.dtype)
+    else:
+        offset, total = rows
+        whole = tf.tensor_scatter_nd_update(shape, [[batch_axis]], [total])
+        uniform = tf.random.stateless_uniform(whole, seed=seed, dtype=x.dtype)
+        begin = tf.tensor_scatter_nd_update(tf.zeros_like(shape), [[batch_axis]], [offset])
+        uniform = tf.slice(uniform, begin, shape)
+    keep = uniform >= rate
     return tf.where(keep, x / (1.0 - rate), tf.zeros_like(x))
 
 
-def make_forward(model, dropout: float, matmul_dtype=None) -> Callable:
-    """Return ``forward(ids, training, seed) -> logits`` (batch, time, vocab) for ``model``.
+def make_forward(model, dropout: float, matmul_dtype=None, stock: bool = False) -> Callable:
+    """Return ``forward(ids, training, seed, rows=None) -> logits`` (batch, time, vocab).
 
-    ``seed`` (int32 [2]) fixes the dropout mask, applied only when ``training``. ``matmul_dtype``
-    (e.g. ``tf.bfloat16``) is the operand type of the LSTM layers' large matrix products (see
-    ``textgen.fast_lstm``); None keeps float32. Other cells ignore it.
+    ``seed`` (int32 [2]) fixes the dropout mask, applied only when ``training``; ``rows`` is as
+    in ``stateless_dropout``. ``matmul_dtype`` (e.g. ``tf.bfloat16``) is the operand type of the
+    LSTM layers' large matrix products (see ``textgen.fast_lstm``); None keeps float32. Other
+    cells ignore it. ``stock`` runs LSTM layers as Keras layers too (on a GPU, Keras's cuDNN
+    kernel) instead of ``textgen.fast_lstm``.
     """
     layers = recurrent_layers(model)
     embedding = model.get_layer("embedding")
     dense = model.get_layer("dense")
-    fast = cell_of_layer(layers[0]).name == "lstm"
+    fast = cell_of_layer(layers[0]).name == "lstm" and not stock
 
     def lstm_stack(ids):
         from textgen.fast_lstm import lstm_sequence, lstm_sequence_from_ids
@@ -62,12 +78,12 @@ def make_forward(model, dropout: float, matmul_dtype=None) -> Callable:
             x = layer(x)  # (B, T, H)
         return x
 
-    def forward(ids, training: bool, seed):
-        x = lstm_stack(ids) if fast else keras_stack(ids)
+    def forward(ids, training: bool, seed, rows=None):
+        x = lstm_stack(ids) if fast else keras_stack(ids)  # (T, B, H) if fast else (B, T, H)
         if training and dropout > 0:
-            x = stateless_dropout(x, dropout, seed)
+            x = stateless_dropout(x, dropout, seed, rows, batch_axis=1 if fast else 0)
         shape = tf.shape(x)
-        flat = tf.reshape(x, [shape[0] * shape[1], -1])
+        flat = tf.reshape(x, [shape[0] * shape[1], x.shape[-1]])  # not -1: a replica may get 0 rows
         logits = tf.nn.bias_add(
             tf.matmul(flat, tf.convert_to_tensor(dense.kernel)), tf.convert_to_tensor(dense.bias)
         )

@@ -121,11 +121,15 @@ class Tokenizer:
         write_text(path, json.dumps(self.to_json(), ensure_ascii=True))
 
     @classmethod
+    def from_json(cls, data: dict) -> Tokenizer:
+        """The tokenizer of a dict written by ``to_json``."""
+        return cls(list(data["chars"]), unknown=bool(data.get("unknown", False)))
+
+    @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:
         """Read a vocabulary written by ``save``."""
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-            return cls(list(data["chars"]), unknown=bool(data.get("unknown", False)))
+            return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
         except FileNotFoundError:
             raise CheckpointError(f"no tokenizer file at {path}") from None
         except (ValueError, KeyError, TypeError) as err:

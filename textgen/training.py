@@ -14,8 +14,11 @@ in without touching the loop.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import re
 import signal
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -29,13 +32,20 @@ from textgen.callbacks import Callback, EpochEnd
 from textgen.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from textgen.config import LOCKED_ON_RESUME, RunConfig, TrainConfig, TrainState
 from textgen.corpus import DEFAULT_CORPUS, check_exists, load_corpus
+from textgen.distribute import Cluster, choose_path, lost_worker_errors, make_cluster
 from textgen.errors import CheckpointError, TextgenError, VocabularyError
 from textgen.evaluation import build_eval_step, evaluate_ids
 from textgen.files import remove_stale_temporaries
 from textgen.model import build_model, get_weights, named_variables, set_weights
 from textgen.precision import resolve_precision
 from textgen.tokenizer import Tokenizer
-from textgen.windows import epoch_starts, split_ids, steps_per_epoch, window_dataset
+from textgen.windows import (
+    epoch_starts,
+    replica_windows,
+    split_ids,
+    steps_per_epoch,
+    window_dataset,
+)
 
 LN2 = math.log(2.0)
 CACHE_DIR = ".cache"  # id arrays of prepared corpora, shared by the runs in one folder
@@ -50,6 +60,8 @@ HISTORY_FIELDS = [
     "seconds",
 ]
 STOPS = ("completed", "early_stopping", "max_time", "interrupted")
+# What the workers of a cluster vote on with every step, so that all of them stop together.
+_VOTES = ("max_time", "interrupted", "callback")
 
 
 @dataclass
@@ -133,6 +145,8 @@ def train(
     progress: bool = True,
     echo: Callable[[str], None] = print,
     callbacks: Sequence[Callback] = (),
+    distribute: str = "none",
+    device: str = "auto",
     **settings,
 ) -> TrainResult:
     """Train a model on ``corpus`` and keep it in ``run_dir`` (default ``checkpoints/<name>``).
@@ -145,11 +159,16 @@ def train(
         progress: show a tqdm progress bar.
         echo: where per-epoch summaries go.
         callbacks: ``Callback`` objects told of every batch and epoch.
+        distribute: ``none``, ``mirrored`` or ``multi-worker`` (see ``textgen.distribute``);
+            on a cluster, every worker calls ``train`` with the same arguments and only worker
+            0 writes ``run_dir``.
+        device: ``auto``, ``cpu`` or ``gpu``: which recurrent path trains (``choose_path``).
         **settings: fields of ``TrainConfig``; on resume, the saved values fill the rest.
 
     Returns:
         A TrainResult. Ctrl-C saves a checkpoint and raises TrainingInterrupted. A second
-        trainer on the same run directory, or a failed write, raises a TextgenError.
+        trainer on the same run directory, or a failed write, raises a TextgenError; so does
+        the loss of a worker of a cluster.
     """
     if run_dir is None:
         run_dir = default_run_dir(corpus or DEFAULT_CORPUS)
@@ -159,11 +178,16 @@ def train(
         config.validate()  # bad settings fail before any file is made
     if corpus is not None or not resume:
         check_exists(corpus or DEFAULT_CORPUS)  # so does a missing corpus
+    cluster = make_cluster(distribute)  # before any other TensorFlow op
+    args = (corpus, run_dir, config, progress, echo, callbacks, settings, cluster, device)
+    if cluster is not None and not cluster.is_chief:
+        with _lost_workers(cluster, run_dir):
+            return _train_locked(*args)
     created = not run_dir.exists()
     rundir.ensure_writable(run_dir)
     try:
-        with rundir.writer_lock(run_dir):
-            return _train_locked(corpus, run_dir, config, progress, echo, callbacks, settings)
+        with rundir.writer_lock(run_dir), _lost_workers(cluster, run_dir):
+            return _train_locked(*args)
     finally:
         if created and not (run_dir / rundir.CONFIG).exists():
             # leave no empty run behind for a corpus or setting that failed
@@ -172,8 +196,32 @@ def train(
                 run_dir.rmdir()
 
 
-def _train_locked(corpus, run_dir: Path, config, progress, echo, callbacks, settings):
+@contextlib.contextmanager
+def _lost_workers(cluster: Cluster | None, run_dir: Path) -> Iterator[None]:
+    """Turn the error a collective raises when a peer has gone into one clear TextgenError."""
+    if cluster is None:
+        yield
+        return
+    try:
+        yield
+    except lost_worker_errors() as err:
+        lines = (getattr(err, "message", "") or str(err)).splitlines()
+        said = [re.sub(r"\{\{[^}]*\}\}", "", line).strip() for line in lines]
+        said = [line for line in said if line and not line.endswith("execution error:")]
+        reason = (said[0] if said else type(err).__name__)[:200]
+        raise TextgenError(
+            f"worker {cluster.worker} of {cluster.workers} lost contact with the cluster "
+            f"({reason}); once every worker has stopped, rerun each of them with --resume to "
+            f"continue from the last checkpoint in {run_dir}"
+        ) from None
+
+
+def _train_locked(
+    corpus, run_dir: Path, config, progress, echo, callbacks, settings, cluster, device
+):
     """``train`` once the run directory's lock is held; ``config`` is None when resuming."""
+    if cluster is not None and not cluster.is_chief:
+        return _train_follower(corpus, run_dir, progress, echo, callbacks, cluster, device)
     resume = config is None
     has_run = (run_dir / rundir.CONFIG).exists()
     if has_run and not resume:
@@ -206,36 +254,80 @@ def _train_locked(corpus, run_dir: Path, config, progress, echo, callbacks, sett
             raise CheckpointError(f"cannot resume {run_dir}: {err}") from None
         raise
     tokenizer = prepared.tokenizer
+    corpus_record = {
+        "source": corpus,
+        "characters": int(len(prepared.ids)),
+        "sha256": prepared.sha256,
+    }
+    if saved is not None:
+        run_config = replace(saved, training=config)
+    else:
+        run_config = RunConfig(config.model(tokenizer.vocab_size), config, corpus_record)
+    if cluster is not None:
+        shared = {"run": run_config.to_json(), "tokenizer": tokenizer.to_json()}
+        shared.update(sha256=prepared.sha256, resume=saved is not None)
+        cluster.broadcast_text(json.dumps(shared))
 
-    from textgen.backend import keras
-
-    keras.utils.set_random_seed(config.seed)
-    model = build_model(config.model(tokenizer.vocab_size))
-    trainer = Trainer(
-        model,
-        config,
-        split,
-        run_dir,
-        echo,
-        progress,
-        [*_watchers(config, tokenizer, run_dir, echo), *callbacks],
-    )
+    watchers = _watchers(config, tokenizer, run_dir, echo)
+    trainer = _make_trainer(config, tokenizer, split, run_dir, echo, progress, cluster, device)
+    trainer.callbacks = [*watchers, *callbacks]
     if saved is not None:
         remove_stale_temporaries(run_dir)
         trainer.restore(load_checkpoint(run_dir / rundir.LATEST))
-        rundir.write_config(run_dir, replace(saved, training=config))
+        if cluster is not None:
+            trainer.share_checkpoint()
+        rundir.write_config(run_dir, run_config)
     else:
         tokenizer.save(run_dir / rundir.TOKENIZER)
         # A step-0 checkpoint before the config: a run directory with a config always has a
         # checkpoint to resume from, even if the process is killed before the first save.
         trainer.save(with_best=True)
-        corpus_record = {
-            "source": corpus,
-            "characters": int(len(prepared.ids)),
-            "sha256": prepared.sha256,
-        }
-        run_config = RunConfig(config.model(tokenizer.vocab_size), config, corpus_record)
         rundir.write_config(run_dir, run_config)
+    return trainer.run()
+
+
+def _make_trainer(config, tokenizer, split, run_dir, echo, progress, cluster, device):
+    """The model and its Trainer, built in the cluster's scope so its variables are mirrored."""
+    from textgen.backend import keras
+    from textgen.distribute import visible_gpus
+
+    path = choose_path(device, visible_gpus())
+    keras.utils.set_random_seed(config.seed)
+    scope = cluster.strategy.scope() if cluster is not None else contextlib.nullcontext()
+    with scope:
+        model = build_model(config.model(tokenizer.vocab_size))
+        return Trainer(model, config, split, run_dir, echo, progress, (), cluster, path)
+
+
+def _train_follower(corpus, run_dir: Path, progress, echo, callbacks, cluster: Cluster, device):
+    """A worker other than the chief: the chief's settings, vocabulary and checkpoint, no files.
+
+    Its ids are cached in the system's temporary folder, not beside the run directory, which
+    may be the chief's disk or storage that only the chief writes.
+    """
+    shared = json.loads(cluster.broadcast_text(None))
+    run_config = RunConfig.from_json(shared["run"], "the chief's run config")
+    config = run_config.training
+    tokenizer = Tokenizer.from_json(shared["tokenizer"])
+    prepared = load_corpus(
+        str(corpus or run_config.corpus.get("source") or DEFAULT_CORPUS),
+        cache_dir=Path(tempfile.gettempdir()) / "textgen-cache",
+        encoding=config.encoding,
+        errors=config.errors,
+        max_vocab=config.max_vocab,
+        tokenizer=tokenizer if shared["resume"] else None,  # as the chief read it
+    )
+    if prepared.sha256 != shared["sha256"] or prepared.tokenizer != tokenizer:
+        raise TextgenError(
+            f"worker {cluster.worker}'s corpus differs from the chief's (sha256 "
+            f"{prepared.sha256[:12]}... against {shared['sha256'][:12]}...); give every worker "
+            "the same text"
+        )
+    split = split_ids(prepared.ids, config.validation_split, config.seq_length)
+    trainer = _make_trainer(config, tokenizer, split, run_dir, echo, progress, cluster, device)
+    trainer.callbacks = list(callbacks)
+    if shared["resume"]:
+        trainer.share_checkpoint()
     return trainer.run()
 
 
@@ -254,18 +346,21 @@ def _watchers(config: TrainConfig, tokenizer, run_dir: Path, echo) -> list[Callb
     return watchers
 
 
-def build_train_step(model, optimizer, dropout: float, grad_norm=None, matmul_dtype=None):
+def build_train_step(
+    model, optimizer, dropout: float, grad_norm=None, matmul_dtype=None, stock: bool = False
+):
     """The compiled training step ``(x, y, seed, lr) -> mean loss`` that ``train`` runs.
 
     ``seed`` (int32 [2]) fixes the dropout mask and ``lr`` is assigned before the update, so a
     step is a pure function of the model, optimizer state and its arguments. When given, the
     float variable ``grad_norm`` receives the gradient's global norm (before clipping).
     ``matmul_dtype`` is the operand type of the large products (``textgen.forward``).
+    ``stock`` trains LSTM layers through ``keras.layers.LSTM`` (see ``make_forward``).
     """
     from textgen.backend import tf
     from textgen.forward import make_forward
 
-    forward = make_forward(model, dropout, matmul_dtype)
+    forward = make_forward(model, dropout, matmul_dtype, stock=stock)
     variables = model.trainable_variables
     ids = tf.TensorSpec([None, None], tf.int32)
     signature = [ids, ids, tf.TensorSpec([2], tf.int32), tf.TensorSpec([], tf.float32)]
@@ -287,13 +382,75 @@ def build_train_step(model, optimizer, dropout: float, grad_norm=None, matmul_dt
     return train_step
 
 
-def make_optimizer(config: TrainConfig):
-    """Adam with the run's peak learning rate and gradient clipping, built for the model."""
+def build_replica_train_step(
+    cluster: Cluster,
+    model,
+    optimizer,
+    dropout: float,
+    clip_norm,
+    grad_norm,
+    stock: bool = False,
+    matmul_dtype=None,
+):
+    """The training step of a cluster: ``(x, y, offset, rows, seed, lr, votes) -> (loss, votes)``.
+
+    ``x``, ``y`` and ``offset`` are distributed values (``Cluster.per_replica``): each replica's
+    block of a global batch of ``rows`` rows and where the block starts. Each replica divides
+    its summed loss by the whole batch's size, so the all-reduced sum of the replicas' gradients
+    is the gradient of the batch's mean loss, as in ``build_train_step``. Clipping then uses the
+    global norm of that sum, once (Keras's ``global_clipnorm`` would clip each replica's part
+    before the sum), and the update is applied outside the replicas, so the optimizer does not
+    sum again. ``votes`` (float [3]) are summed over workers with the gradients and returned.
+    """
+    from textgen.backend import tf
+    from textgen.forward import make_forward
+
+    forward = make_forward(model, dropout, matmul_dtype, stock=stock)
+    variables = model.trainable_variables
+    strategy = cluster.strategy
+
+    def replica_step(x, y, offset, rows, seed, votes):
+        with tf.GradientTape() as tape:
+            logits = forward(x, training=True, seed=seed, rows=(offset, rows))  # (b, T, vocab)
+            losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+            size = tf.cast(rows * tf.shape(x)[1], losses.dtype)
+            loss = tf.reduce_sum(losses) / size
+        grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
+        votes = tf.identity(votes)  # placed on the replica's device, as all_reduce needs
+        context = tf.distribute.get_replica_context()
+        return context.all_reduce(tf.distribute.ReduceOp.SUM, [*grads, loss, votes])
+
+    def train_step(x, y, offset, rows, seed, lr, votes):
+        with strategy.scope():
+            summed = strategy.run(replica_step, args=(x, y, offset, rows, seed, votes))
+            *grads, loss, votes = [strategy.experimental_local_results(v)[0] for v in summed]
+            norm = tf.linalg.global_norm(grads)
+            grad_norm.assign(norm)
+            if clip_norm is not None:
+                grads, _ = tf.clip_by_global_norm(grads, clip_norm, use_norm=norm)
+            optimizer.learning_rate.assign(lr)
+            # What ``apply_gradients`` does outside a strategy, one update per variable;
+            # called here, outside the replicas, it would need the merge_call of a replica.
+            rate = optimizer.learning_rate
+            for grad, var in zip(grads, variables, strict=True):
+                strategy.extended.update(
+                    var.value, lambda v, g: optimizer.update_step(g, v, rate), args=(grad,)
+                )
+            optimizer.iterations.assign_add(1)
+        return loss, votes
+
+    ids, scalar = tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([], tf.int32)
+    signature = [ids, ids, scalar, scalar, tf.TensorSpec([2], tf.int32)]
+    signature += [tf.TensorSpec([], tf.float32), tf.TensorSpec([len(_VOTES)], tf.float32)]
+    return cluster.compile(train_step, signature)
+
+
+def make_optimizer(config: TrainConfig, clip: bool = True):
+    """Adam with the run's peak learning rate and (unless ``clip`` is off) gradient clipping."""
     from textgen.backend import keras
 
-    return keras.optimizers.Adam(
-        learning_rate=config.learning_rate, global_clipnorm=config.clip_norm
-    )
+    clip_norm = config.clip_norm if clip else None
+    return keras.optimizers.Adam(learning_rate=config.learning_rate, global_clipnorm=clip_norm)
 
 
 @dataclass
@@ -320,7 +477,11 @@ class Trainer:
         echo: Callable[[str], None] = print,
         progress: bool = False,
         callbacks: Sequence[Callback] = (),
+        cluster: Cluster | None = None,
+        path: str = "fast",
     ) -> None:
+        """A cluster's trainer is made in ``cluster.strategy.scope()``; ``path`` is
+        ``choose_path``'s answer."""
         from textgen.backend import tf
 
         self.tf = tf
@@ -330,19 +491,37 @@ class Trainer:
         self.echo = echo
         self.progress = progress
         self.callbacks = list(callbacks)
+        self.cluster = cluster
+        self.writes = cluster is None or cluster.is_chief  # the chief alone writes the run
         self.train_ids = split.train
         self.valid_ids = split.valid if len(split.valid) else None
         self.steps = steps_per_epoch(len(split.train), config.seq_length, config.batch_size)
-        self.optimizer = make_optimizer(config)
+        self.optimizer = make_optimizer(config, clip=cluster is None)
         self.optimizer.build(model.trainable_variables)
         self.state = TrainState()
         self.grad_norm = tf.Variable(0.0, trainable=False, name="grad_norm")  # of the last step
         self.precision = resolve_precision(config.precision)
         matmul_dtype = tf.bfloat16 if self.precision == "bfloat16" else None
-        self.train_step = build_train_step(
-            model, self.optimizer, config.dropout, self.grad_norm, matmul_dtype
-        )
-        self.eval_step = build_eval_step(model)
+        stock = path == "stock"
+        if cluster is None:
+            self.train_step = build_train_step(
+                model, self.optimizer, config.dropout, self.grad_norm, matmul_dtype, stock=stock
+            )
+        else:
+            self.train_step = build_replica_train_step(
+                cluster,
+                model,
+                self.optimizer,
+                config.dropout,
+                config.clip_norm,
+                self.grad_norm,
+                stock,
+                matmul_dtype,
+            )
+        self.eval_step = build_eval_step(model, cluster, stock)
+        self._interrupt = {"stop": False}
+        self._agreed_stop: str | None = None  # what the cluster's last vote decided
+        self._pending_reason: str | None = None  # a callback's reason, for the next vote
         self.average = None
         if config.weight_average:
             named = named_variables(model)
@@ -363,9 +542,30 @@ class Trainer:
             # A run that did not average before starts its average from the current weights.
             self.average.load(saved.average or saved.weights)
 
+    def share_checkpoint(self) -> None:
+        """Give every worker of the cluster the chief's weights, optimizer state and position."""
+        cluster = self.cluster
+        weights = get_weights(self.model)
+        names = sorted(weights)
+        arrays = [weights[n] for n in names]
+        optimizer = [np.asarray(v.numpy()) for v in self.optimizer.variables]
+        average = self.average.arrays() if self.average is not None else {}
+        arrays += optimizer + [average[n] for n in names if n in average]
+        shared = cluster.broadcast_arrays(arrays)
+        state = cluster.broadcast_text(json.dumps(self.state.to_json()))
+        if not cluster.is_chief:
+            count, opt_count = len(names), len(optimizer)
+            restored = dict(zip(names, shared[:count], strict=True))
+            averaged = dict(zip(names, shared[count + opt_count :], strict=False))
+            state = TrainState.from_json(json.loads(state))
+            self.restore(Checkpoint(restored, shared[count : count + opt_count], state, averaged))
+
     def save(self, with_best: bool = False) -> None:
         """Write the checkpoint files; ``best`` first, so a crash in between replays the epoch
-        from the older ``latest`` and rewrites ``best`` rather than leaving a stale one."""
+        from the older ``latest`` and rewrites ``best`` rather than leaving a stale one.
+        Only the chief of a cluster writes."""
+        if not self.writes:
+            return
         weights = get_weights(self.model)
         average = self.average.arrays() if self.average is not None else {}
         if with_best:
@@ -405,6 +605,7 @@ class Trainer:
             callback.trainer = self
             callback.on_train_begin(self.state)
         with self._ending(), _graceful_interrupts() as interrupt:
+            self._interrupt = interrupt
             with bar:
                 stopped = self._loop(clock, bar, interrupt)
             return self._finish(stopped, clock)
@@ -435,7 +636,15 @@ class Trainer:
                 callback.on_train_end(self.state)
 
     def _stop_before_batch(self, clock: _Clock, interrupted: bool) -> str | None:
-        """The stop condition that holds before the next batch, if any."""
+        """The stop condition that holds before the next batch, if any.
+
+        A cluster's workers must stop at the same batch, so there the budget, Ctrl-C and the
+        callbacks are voted on with each step (``_VOTES``) and act after it.
+        """
+        if self.cluster is not None:
+            if self._agreed_stop is not None:
+                return self._agreed_stop
+            return "completed" if self.state.epoch >= self.config.epochs else None
         if interrupted:
             return "interrupted"
         if self.state.epoch >= self.config.epochs:
@@ -452,6 +661,9 @@ class Trainer:
         bar.reset(total=self.steps)
         bar.update(state.batch)
         bar.set_description(f"epoch {state.epoch + 1}/{cfg.epochs}")
+        if self.cluster is not None:
+            rows_of = self.cluster.local_rows
+            return replica_windows(self.train_ids, starts, cfg.seq_length, cfg.batch_size, rows_of)
         return window_dataset(self.train_ids, starts, cfg.seq_length, cfg.batch_size)
 
     def _progress(self, clock: _Clock) -> float:
@@ -463,10 +675,13 @@ class Trainer:
 
     def _train_batch(self, batch, clock: _Clock, bar) -> str | None:
         tf, cfg, state = self.tf, self.config, self.state
-        x, y = batch
         lr = learning_rate_at(cfg, self._progress(clock))
         seed = tf.constant([cfg.seed, state.step], tf.int32)
-        loss = float(self.train_step(x, y, seed, tf.constant(lr, tf.float32)))
+        if self.cluster is None:
+            x, y = batch
+            loss = float(self.train_step(x, y, seed, tf.constant(lr, tf.float32)))
+        else:
+            loss = self._train_replicas(batch, seed, lr, clock)
         if not math.isfinite(loss):
             raise TextgenError("the training loss became NaN or infinite; lower --learning-rate")
         state.batch += 1
@@ -481,7 +696,34 @@ class Trainer:
             state.seconds = clock.seconds_before + clock.elapsed()
             self.save()
             clock.last_save = now
-        return _first_reason(cb.on_batch_end(state, loss) for cb in self.callbacks)
+        reason = _first_reason(cb.on_batch_end(state, loss) for cb in self.callbacks)
+        if self.cluster is not None and reason is not None:
+            self._pending_reason = reason  # voted on with the next step
+            return None
+        return reason
+
+    def _train_replicas(self, batch, seed, lr: float, clock: _Clock) -> float:
+        """One step of a cluster, with this worker's votes on stopping after it."""
+        tf, cfg, cluster = self.tf, self.config, self.cluster
+        parts, rows = batch
+        blocks = cluster.local_rows(rows)
+        x = cluster.per_replica([tf.constant(px) for px, _ in parts])
+        y = cluster.per_replica([tf.constant(py) for _, py in parts])
+        offset = cluster.per_replica([tf.constant(lo, tf.int32) for lo, _ in blocks])
+        budget = cfg.max_time is not None and clock.elapsed() >= cfg.max_time
+        mine = [budget, self._interrupt["stop"], self._pending_reason is not None]
+        votes = tf.constant(mine, tf.float32)
+        lr_t = tf.constant(lr, tf.float32)
+        loss, votes = self.train_step(x, y, offset, tf.constant(rows, tf.int32), seed, lr_t, votes)
+        # Every worker sees the same sums, so every worker picks the same reason.
+        agreed = [name for name, v in zip(_VOTES, votes.numpy(), strict=True) if v > 0]
+        if "interrupted" in agreed:
+            self._agreed_stop = "interrupted"
+        elif "callback" in agreed:
+            self._agreed_stop = self._pending_reason or "stopped by a callback of another worker"
+        elif agreed:
+            self._agreed_stop = "max_time"
+        return float(loss)
 
     def _end_epoch(self, clock: _Clock) -> str | None:
         """Validate, log and checkpoint a finished (or budget-cut) epoch; patience counts here."""
@@ -505,7 +747,7 @@ class Trainer:
             state.epochs_without_improvement += 1
         lr = float(self.optimizer.learning_rate.numpy())
         self._append_history(label, train_loss, val_loss, lr)
-        self.save(with_best=improved or not (self.run_dir / rundir.BEST).exists())
+        self.save(with_best=improved or (self.writes and not (self.run_dir / rundir.BEST).exists()))
         clock.last_save = time.monotonic()
         self.echo(
             f"epoch {label:g}: train {_fmt(train_loss)}, validation {_fmt(val_loss)}"
@@ -519,6 +761,8 @@ class Trainer:
 
     def _append_history(self, label: float, train_loss, val_loss, lr: float) -> None:
         """Add the epoch's row, first dropping rows at or past its step (left by a crash)."""
+        if not self.writes:
+            return
         step = self.state.step
         rows = [r for r in rundir.read_history(self.run_dir) if int(r["step"]) < step]
         rows.append(

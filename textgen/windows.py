@@ -7,7 +7,7 @@ holds the ids once and never a one-hot grid. The order of windows is a pure func
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,6 +80,31 @@ def window_dataset(
     for i in range(0, len(starts), batch_size):
         windows = ids[starts[i : i + batch_size, None] + offsets].astype(np.int32)
         yield windows[:, :-1], windows[:, 1:]
+
+
+def replica_windows(
+    ids: np.ndarray,
+    starts: np.ndarray,
+    seq_length: int,
+    batch_size: int,
+    rows_of: Callable[[int], list[tuple[int, int]]],
+) -> Iterator[tuple[list[tuple[np.ndarray, np.ndarray]], int]]:
+    """Like ``window_dataset``, but cutting only some rows of each batch.
+
+    ``rows_of(n)`` names the ``(start, stop)`` blocks of an n-row batch that this process
+    computes; each yielded item is those blocks' (inputs, targets) and the whole batch's row
+    count. The batches are ``window_dataset``'s, so the data order is the single-process one,
+    and a worker of a cluster gathers only its own windows from the (memory-mapped) ids.
+    """
+    offsets = np.arange(seq_length + 1)
+    starts = np.asarray(starts, dtype=np.int64)
+    for i in range(0, len(starts), batch_size):
+        batch = starts[i : i + batch_size]
+        parts = []
+        for lo, hi in rows_of(len(batch)):
+            windows = ids[batch[lo:hi, None] + offsets].astype(np.int32)
+            parts.append((windows[:, :-1], windows[:, 1:]))
+        yield parts, len(batch)
 
 
 def validation_dataset(
