@@ -65,6 +65,18 @@ def _assert_same_checkpoint(a_path, b_path):
         np.testing.assert_allclose(x, y, atol=1e-5)
 
 
+class _CtrlCAt(training.Callback):
+    """Sends this process SIGINT after training step ``step``: the moment is counted in steps,
+    not seconds, so it is the same on a fast or a loaded machine."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_batch_end(self, state, loss):
+        if state.step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
 def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, corpus):
     settings = {**TINY, "epochs": 3}
     train(corpus, run_dir=tmp_path / "straight", **_quiet(**settings))
@@ -90,16 +102,14 @@ def test_interrupt_mid_epoch_resumes_at_the_same_batch(tmp_path, corpus):
     train(corpus, run_dir=tmp_path / "straight", **_quiet(**settings))
     total = load_checkpoint(tmp_path / "straight" / "latest.npz").state.step
     assert total >= 10
-    # Ctrl-C arrives after the step that is 60% of the way through the run: counted in steps,
-    # not seconds, so the moment is the same on a fast or a loaded machine.
-
-    class CtrlC(training.Callback):
-        def on_batch_end(self, state, loss):
-            if state.step == int(total * 0.6):
-                os.kill(os.getpid(), signal.SIGINT)
-
+    # Ctrl-C arrives after the step that is 60% of the way through the run.
     with pytest.raises(TrainingInterrupted):
-        train(corpus, run_dir=tmp_path / "split", callbacks=[CtrlC()], **_quiet(**settings))
+        train(
+            corpus,
+            run_dir=tmp_path / "split",
+            callbacks=[_CtrlCAt(int(total * 0.6))],
+            **_quiet(**settings),
+        )
     state = load_checkpoint(tmp_path / "split" / "latest.npz").state
     assert 0 < state.step < total
     train(corpus, run_dir=tmp_path / "split", resume=True, **_quiet())
@@ -231,13 +241,13 @@ def test_weight_average_is_validated_kept_as_best_and_resumed_exactly(tmp_path, 
             np.testing.assert_array_equal(best.weights[name], value)
     total = latest.state.step
 
-    class CtrlC(training.Callback):
-        def on_batch_end(self, state, loss):
-            if state.step == int(total * 0.6):
-                os.kill(os.getpid(), signal.SIGINT)
-
     with pytest.raises(TrainingInterrupted):
-        train(corpus, run_dir=tmp_path / "split", callbacks=[CtrlC()], **_quiet(**settings))
+        train(
+            corpus,
+            run_dir=tmp_path / "split",
+            callbacks=[_CtrlCAt(int(total * 0.6))],
+            **_quiet(**settings),
+        )
     train(corpus, run_dir=tmp_path / "split", resume=True, **_quiet())
     _assert_same_checkpoint(tmp_path / "straight" / "latest.npz", tmp_path / "split" / "latest.npz")
     resumed = load_checkpoint(tmp_path / "split" / "latest.npz").average
