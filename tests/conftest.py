@@ -69,6 +69,19 @@ def trained_run(tmp_path_factory) -> Path:
 API_KEY = "test-key"
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports on 127.0.0.1 (all held open until every one is found)."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
 def start_server(
     run_dir: Path, *args: str, api_key: str | None = API_KEY, blas_threads: str | None = "1"
 ):
@@ -76,15 +89,12 @@ def start_server(
 
     ``blas_threads`` is its OPENBLAS_NUM_THREADS; None leaves the choice to the server."""
     import os
-    import socket
     import subprocess
     import sys
     import time
     import urllib.request
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    (port,) = free_ports(1)
     command = [sys.executable, "-m", "textgen", "serve", str(run_dir), "--port", str(port)]
     command += ["--api-key", api_key] if api_key else []
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}

@@ -12,7 +12,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_text
+from conftest import free_ports, make_text
 
 from textgen.distribute import choose_path, split_rows, worker_of
 from textgen.errors import TextgenError
@@ -193,16 +192,6 @@ SETTINGS = [
 ]
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _hosts(tmp_path: Path, text: str) -> list[Path]:
     """Two folders standing for two machines, each with its own copy of the corpus."""
     hosts = []
@@ -216,7 +205,7 @@ def _hosts(tmp_path: Path, text: str) -> list[Path]:
 
 def _start_workers(hosts: list[Path], *args: str) -> list[subprocess.Popen]:
     """``textgen train`` on each host with the same command and its own TF_CONFIG task."""
-    workers = [f"127.0.0.1:{port}" for port in _free_ports(len(hosts))]
+    workers = [f"127.0.0.1:{port}" for port in free_ports(len(hosts))]
     procs = []
     for index, host in enumerate(hosts):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}

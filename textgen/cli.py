@@ -7,6 +7,7 @@ once and ``textgen sample`` (numpy only) never pays for TensorFlow.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -17,15 +18,9 @@ from pathlib import Path
 
 from textgen.cores import blas_threads
 
-# Before numpy loads: numpy's BLAS reads its thread count once, at import. Sampling does one
-# small matrix product per character. BLAS threads that find their core busy wait for it at every
-# product: on 2 cores with one other busy process, two threads sampled 1.7x slower than one,
-# while on an idle machine two threads sampled 1.6x faster. So BLAS gets the cores idle right
-# now (measured over 50 ms). Users can still choose, by setting the variable themselves; the
-# server then keeps their choice instead of following the load.
+# Users choose numpy's BLAS threads by setting the variable themselves; the server then keeps
+# their choice instead of following the load.
 BLAS_THREADS_CHOSEN = "OPENBLAS_NUM_THREADS" in os.environ
-if not BLAS_THREADS_CHOSEN:
-    os.environ["OPENBLAS_NUM_THREADS"] = str(blas_threads())
 # Quiet TensorFlow's C++ log for command-line users, unless they chose a level.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -78,6 +73,26 @@ def _finite(ctx, param, value):
 @click.version_option(package_name="textgen")
 def main() -> None:
     """Train a character-level LSTM on any text, then generate text in its style."""
+
+
+def _numpy_command(command):
+    """Give numpy's BLAS the cores idle right now, just before ``command`` runs.
+
+    numpy's BLAS reads its thread count once, when numpy loads, which the commands do inside
+    their bodies. Sampling does one small matrix product per character; BLAS threads that find
+    their core busy wait for it at every product (on 2 cores with one other busy process, two
+    threads sampled 1.7x slower than one; on an idle machine 1.6x faster). The measurement takes
+    50 ms, so it is made here, once the arguments have parsed, and never for ``--help`` or a
+    usage error.
+    """
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        if not BLAS_THREADS_CHOSEN:
+            os.environ["OPENBLAS_NUM_THREADS"] = str(blas_threads())
+        return command(*args, **kwargs)
+
+    return run
 
 
 _TRAIN_DEFAULTS = TrainConfig()
@@ -217,6 +232,7 @@ def _default(name: str) -> str:
 )
 @click.option("--resume", is_flag=True, help="Continue the run in the run directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@_numpy_command
 def train(corpus, checkpoint_dir, resume, quiet, distribute, device, **options) -> None:
     """Train a model on CORPUS: a text file, folder, glob or corpus name (default: pydocs)."""
     from textgen.training import default_run_dir, train
@@ -338,6 +354,7 @@ def _stop_strings(ctx, param, value):
     help="Draw N samples and print the --num-samples of them with the highest mean "
     "log-probability per character, best first.",
 )
+@_numpy_command
 def sample(
     checkpoint,
     temperature,
@@ -431,6 +448,7 @@ def _check_search_options(ctx: click.Context, beam_width: int | None, best_of: i
               help="Bytes per request body; more get 413.")  # fmt: skip
 @click.option("--request-timeout", type=Duration(), default=300.0, show_default=True,
               help="Time limit per request.")  # fmt: skip
+@_numpy_command
 def serve(run_dirs, host, port, api_key, drop_unknown, which, **limits) -> None:
     """Serve runs with OpenAI's completions API and a writing page at /."""
     try:
@@ -447,6 +465,7 @@ def serve(run_dirs, host, port, api_key, drop_unknown, which, **limits) -> None:
 
 @main.command()
 @click.argument("run_dir", type=click.Path())
+@_numpy_command
 def info(run_dir) -> None:
     """Show a run's settings, vocabulary, progress and model summary."""
     from textgen.report import describe_run
@@ -464,6 +483,7 @@ def info(run_dir) -> None:
     help="Characters read before each scored window (0: each window from a zero state). "
     "[default: the run's validation context]",
 )
+@_numpy_command
 def evaluate(run_dir, text_file, which, context) -> None:
     """Report a run's loss on TEXT_FILE in nats and bits per character."""
     from textgen.evaluation import evaluate_file
@@ -483,6 +503,7 @@ def evaluate(run_dir, text_file, which, context) -> None:
 )
 @click.option("--which", type=click.Choice(["best", "latest"]), default="best", show_default=True)
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@_numpy_command
 def export(run_dir, out, fmt, which, force) -> None:
     """Export RUN's model to OUT for use without textgen (tokenizer.json goes beside it)."""
     if "tensorflow" not in sys.modules:  # hidden before it loads: an export is made on the CPU

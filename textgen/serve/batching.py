@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from textgen.cells import get_cell
 from textgen.draw import LogExponentials, log_softmax, sample_ids
 from textgen.errors import TextgenError
 from textgen.options import SamplingOptions
@@ -194,6 +195,7 @@ class Scheduler:
         self.sampler, self.tokenizer = sampler, sampler.tokenizer
         self.max_streams, self.on_step = max_streams, on_step
         self._stack = sampler.engine
+        self._state_size = get_cell(self._stack.cell).state_size  # h (and c) per layer
         self._chars = list(self.tokenizer.chars) + (["\ufffd"] if self.tokenizer.unknown else [])
         unknown = self.tokenizer.unknown_id
         self._exclude = None if unknown is None else [unknown]
@@ -379,7 +381,8 @@ class Scheduler:
                 row.prompt = job.prompt_ids
             new.append(row)
         if state is None:
-            state = np.zeros_like(self._stack.state[:, :, :1])
+            stack = self._stack
+            state = np.zeros((stack.num_layers, self._state_size, 1, stack.units), np.float32)
             last = np.zeros((1, self._stack.vocab_size), np.float32)  # never drawn from
         fork = np.repeat(state, job.n, axis=2)
         if rows:
