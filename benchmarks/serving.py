@@ -14,6 +14,8 @@ several times the CPU of the server's own streaming work per character (httpx to
 CPU-seconds to read what a bare client reads in 0.1), and on two shared cores that would measure
 the client. numpy's BLAS gets one thread everywhere, so the rows compare the same work.
 
+Each figure is the median of ``--rounds`` rounds, and each round measures the three side by side.
+
     python benchmarks/serving.py --length 500
 """
 
@@ -158,6 +160,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--length", type=int, default=500, help="characters per request")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per client count")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         run_dir = random_run(Path(folder))
@@ -167,14 +170,21 @@ def main() -> None:
             header += f" {'serial c/s':>11} {'vs serial':>10} {'ttfc p50':>9} {'ttfc p99':>9}"
             print(header)
             for clients in args.clients:
-                rate, firsts = asyncio.run(served(port, clients, args.length, True))
-                serial, _ = asyncio.run(served(port, clients, args.length, False))
-                batch = in_process(run_dir, clients, args.length)
-                p50, p99 = statistics.median(firsts), percentile(firsts, 0.99)
-                print(
-                    f"{clients:7d} {rate:11,.0f} {batch:12,.0f} {rate / batch:9.2f} "
-                    f"{serial:11,.0f} {rate / serial:10.2f} {p50 * 1e3:7.0f}ms {p99 * 1e3:7.0f}ms"
+                rows = []
+                for _ in range(args.rounds):  # interleaved, so that each round compares alike
+                    rate, firsts = asyncio.run(served(port, clients, args.length, True))
+                    serial, _ = asyncio.run(served(port, clients, args.length, False))
+                    batch = in_process(run_dir, clients, args.length)
+                    p50, p99 = statistics.median(firsts), percentile(firsts, 0.99)
+                    rows.append((rate, batch, rate / batch, serial, rate / serial, p50, p99))
+                rate, batch, vs_batch, serial, vs_serial, p50, p99 = (
+                    statistics.median(column) for column in zip(*rows, strict=True)
                 )
+                print(
+                    f"{clients:7d} {rate:11,.0f} {batch:12,.0f} {vs_batch:9.2f} "
+                    f"{serial:11,.0f} {vs_serial:10.2f} {p50 * 1e3:7.0f}ms {p99 * 1e3:7.0f}ms"
+                )
+            print(f"(medians of {args.rounds} rounds; each round measures all three side by side)")
         finally:
             proc.kill()
             proc.wait()

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["LogExponentials", "log_softmax", "sample_ids"]
+__all__ = ["LogExponentials", "fill_log_exponentials", "log_softmax", "sample_ids"]
 
 
 def sample_ids(
@@ -128,14 +128,19 @@ class LogExponentials:
             self._buffer = np.empty(shape, np.float32)
         buffer = self._buffer
         if self._shared:
-            self._rng.standard_exponential(dtype=np.float32, out=buffer)
+            fill_log_exponentials(self._rng, buffer)
         else:
             for rows, gen in zip(buffer, self._rng, strict=True):
-                gen.standard_exponential(dtype=np.float32, out=rows)
-        # float32 exponentials can be exactly 0; log(0) would beat even masked (-inf) ids.
-        np.maximum(buffer, np.float32(1e-30), out=buffer)
-        np.log(buffer, out=buffer)
+                fill_log_exponentials(gen, rows)
         self._next = 0
+
+
+def fill_log_exponentials(gen: np.random.Generator, out: np.ndarray) -> None:
+    """Fill the float32 array ``out`` with ``log(E)``, ``E ~ Exp(1)``, in ``gen``'s order."""
+    gen.standard_exponential(dtype=np.float32, out=out)
+    # float32 exponentials can be exactly 0; log(0) would beat even masked (-inf) ids.
+    np.maximum(out, np.float32(1e-30), out=out)
+    np.log(out, out=out)
 
 
 def mask_top_p(z: np.ndarray, top_p: float) -> None:

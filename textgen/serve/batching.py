@@ -21,13 +21,14 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from textgen.cells import get_cell
-from textgen.draw import LogExponentials, log_softmax, sample_ids
+from textgen.draw import LogExponentials, fill_log_exponentials, log_softmax, sample_ids
 from textgen.errors import TextgenError
 from textgen.options import SamplingOptions
 from textgen.sampler import Sampler, StopMatcher
@@ -46,7 +47,7 @@ class Busy(TextgenError):
     """The scheduler has no free rows for the job; try again later."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Piece:
     """New output of one choice: text, and when the choice ended, why (``"stop"``/``"length"``).
 
@@ -106,8 +107,11 @@ class Job:
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.on_ready: Callable[[], None] | None = None  # called (from the engine thread) when
         # pieces are waiting and nobody was told yet; a web server sets it to wake its loop.
-        self._lock = threading.Condition()
-        self._pieces: list[Piece] = []
+        self.on_done: Callable[[], None] | None = None  # called once its last choice has ended
+        # The engine appends and the reader pops without a lock: deque operations are atomic,
+        # and a lock per character and row cost more than the rest of the row's work.
+        self._pieces: deque[Piece] = deque()
+        self._arrived = threading.Event()  # set when pieces arrive for a reader told of none
         self._told = False
         self._open = n  # choices not finished yet
         self.cancelled = False
@@ -120,8 +124,8 @@ class Job:
     @property
     def drained(self) -> bool:
         """True once every choice has finished and every piece has been taken."""
-        with self._lock:
-            return self._open == 0 and not self._pieces
+        # The last piece is appended before ``_open`` drops, so this is never early.
+        return self._open == 0 and not self._pieces
 
     def cancel(self) -> None:
         """Stop generating: the job's rows leave the batch before the next step."""
@@ -129,24 +133,34 @@ class Job:
 
     def take(self, timeout: float | None = None) -> list[Piece]:
         """The pieces produced since the last call; waits up to ``timeout`` for at least one."""
-        with self._lock:
-            if not self._pieces and not self.done:
-                self._lock.wait(timeout)
-            pieces, self._pieces, self._told = self._pieces, [], False
-            return pieces
+        if not self._pieces and not self.done and timeout != 0:
+            self._arrived.wait(timeout)
+        # Reset before popping: a piece appended meanwhile either is popped now or tells anew.
+        self._told = False
+        if self._arrived.is_set():  # clearing takes a lock; most calls find it clear
+            self._arrived.clear()
+        pieces, pop = [], self._pieces.popleft
+        with contextlib.suppress(IndexError):
+            while True:
+                pieces.append(pop())
+        return pieces
 
     def _deliver(self, piece: Piece) -> None:
-        with self._lock:
-            self._pieces.append(piece)
-            if piece.finish_reason is not None:
-                self._open -= 1
-            self._lock.notify_all()
-            tell = not self._told and self.on_ready is not None
+        self._pieces.append(piece)
+        if piece.finish_reason is not None:
+            self._open -= 1
+            if self._open == 0:
+                self._arrived.set()
+                if self.on_done is not None:
+                    with contextlib.suppress(RuntimeError):  # the caller's loop has closed
+                        self.on_done()
+        if not self._told:
             self._told = True
-        if tell:
-            # RuntimeError: the caller's event loop has closed, so nobody is listening.
-            with contextlib.suppress(RuntimeError):
-                self.on_ready()
+            self._arrived.set()
+            if self.on_ready is not None:
+                # RuntimeError: the caller's event loop has closed, so nobody is listening.
+                with contextlib.suppress(RuntimeError):
+                    self.on_ready()
 
 
 class _Drawn(LogExponentials):
@@ -159,11 +173,53 @@ class _Drawn(LogExponentials):
         return self._values
 
 
+class _Noise:
+    """Every row's own ``log(E)`` noise in one array, ``block`` steps drawn ahead per row.
+
+    A row keeps its slot while it lives, so rows leaving cost nothing, and :meth:`take` gathers
+    one step of many rows in one indexing instead of a call per row. Each row's Generator is
+    consumed exactly as ``LogExponentials(gen, 1, vocab)`` consumes it, so the ids are the same.
+    """
+
+    def __init__(self, slots: int, vocab: int) -> None:
+        block = max(1, min(64, 4_000_000 // (slots * vocab)))
+        self._shape = (slots, block, vocab)
+        self._values: np.ndarray | None = None  # allocated on first use: greedy never draws
+        self._next = np.full(slots, block)
+        self._gens: list[np.random.Generator | None] = [None] * slots
+        self._free = list(range(slots - 1, -1, -1))
+
+    def open(self, gen: np.random.Generator) -> int:
+        """A slot for a new row drawing from ``gen``."""
+        slot = self._free.pop()
+        self._gens[slot], self._next[slot] = gen, self._shape[1]
+        return slot
+
+    def close(self, slot: int) -> None:
+        """Free a row's slot."""
+        self._gens[slot] = None
+        self._free.append(slot)
+
+    def take(self, slots: np.ndarray) -> np.ndarray:
+        """The next step's noise of the rows in ``slots``, shape ``(len(slots), vocab)``."""
+        if self._values is None:
+            self._values = np.empty(self._shape, np.float32)
+        block = self._shape[1]
+        steps = self._next[slots]
+        spent = steps == block
+        if spent.any():
+            for slot in slots[spent].tolist():
+                fill_log_exponentials(self._gens[slot], self._values[slot])
+            steps[spent] = 0
+        self._next[slots] = steps + 1
+        return self._values[slots, steps]
+
+
 @dataclass
 class _Row:
     job: Job
     index: int
-    noise: LogExponentials
+    slot: int  # its noise slot
     matcher: StopMatcher | None
     prompt: np.ndarray | None = None  # prompt ids still to feed inside the batch
     fed: int = 0
@@ -171,6 +227,11 @@ class _Row:
     total: float = 0.0  # the chosen characters' log-probabilities, summed (scored jobs)
     held: list = field(default_factory=list)  # log-probability entries of held-back text
     done: bool = False
+
+    @property
+    def plain(self) -> bool:
+        """Whether each character goes straight out: no stop strings, log-probabilities or score."""
+        return self.matcher is None and self.job.logprobs is None and not self.job.score
 
 
 class Scheduler:
@@ -204,6 +265,8 @@ class Scheduler:
         self._reserved = 0  # rows of jobs admitted and not finished
         self._active = 0  # rows in the running batch
         self._closing = False
+        self._noise = _Noise(max_streams, len(self._chars))
+        self._plan: tuple | None = None  # how the running rows draw; None when rows changed
         self._thread = threading.Thread(target=self._loop, name="textgen-batcher", daemon=True)
         self._thread.start()
 
@@ -282,8 +345,12 @@ class Scheduler:
                 if len(keep) < len(rows):
                     if keep:
                         self._stack.state = self._stack.state[:, :, keep]
+                    for row in rows:
+                        if row.done:
+                            self._noise.close(row.slot)
                     rows, ids = [rows[i] for i in keep], ids[keep]
                     self._release(len(logits) - len(keep))
+                    self._plan = None
                 if rows:
                     if self.on_step is not None:
                         self.on_step(len(rows))
@@ -297,6 +364,7 @@ class Scheduler:
             self._active = len(rows)
         for row in rows:
             self._finish(row, "length")
+            self._noise.close(row.slot)
         for job in queued:
             for i in range(job.n):
                 job._deliver(Piece(i, "", "length"))
@@ -304,9 +372,11 @@ class Scheduler:
 
     def _next_ids(self, rows: list[_Row], logits: np.ndarray) -> np.ndarray:
         """Each row's next input: its next prompt id while feeding one, else a drawn id."""
-        feeding = [r for r, row in enumerate(rows) if row.prompt is not None]
+        if self._plan is None:
+            self._plan = self._make_plan(rows)
+        feeding, live, groups = self._plan
         if not feeding:
-            ids = self._draw(rows, logits)
+            ids = self._draw(groups, logits, len(rows))
             self._emit(rows, ids, logits)
             return ids
         ids = np.empty(len(rows), np.int64)
@@ -320,17 +390,48 @@ class Scheduler:
                 continue
             ids[r] = row.prompt[row.fed]
             row.fed += 1
-        live = [r for r, row in enumerate(rows) if row.prompt is None]
         if live:
             drawing = [rows[r] for r in live]
-            drawn = self._draw(drawing, logits[live])
+            drawn = self._draw(groups, logits[live], len(live))
             self._emit(drawing, drawn, logits[live])
             ids[live] = drawn
         for r in feeding:
             row = rows[r]
             if row.fed == len(row.prompt):
                 row.prompt = None  # the next step's logits are its first draw's
+                self._plan = None
         return ids
+
+    def _make_plan(self, rows: list[_Row]) -> tuple:
+        """``(feeding rows, drawing rows, groups)``: a group is the drawing rows that share
+        settings, as ``(settings, their places among the drawing rows, their noise slots)``."""
+        feeding = [r for r, row in enumerate(rows) if row.prompt is not None]
+        live = [r for r, row in enumerate(rows) if row.prompt is None]
+        members: dict[tuple, list[int]] = {}
+        for place, r in enumerate(live):
+            members.setdefault(rows[r].job.draw_key, []).append(place)
+        groups = [
+            (key, np.array(places), np.array([rows[live[p]].slot for p in places]))
+            for key, places in members.items()
+        ]
+        return feeding, live, groups
+
+    def _draw(self, groups: list[tuple], logits: np.ndarray, count: int) -> np.ndarray:
+        """One id per drawing row; each group at once, each row with its own noise."""
+        if len(groups) == 1:  # the usual case: every row alike, no gathering
+            (temperature, top_k, top_p), _, slots = groups[0]
+            return self._sample(logits, temperature, top_k, top_p, slots)
+        ids = np.empty(count, np.int64)
+        for (temperature, top_k, top_p), places, slots in groups:
+            ids[places] = self._sample(logits[places], temperature, top_k, top_p, slots)
+        return ids
+
+    def _sample(self, logits, temperature: float, top_k, top_p, slots: np.ndarray) -> np.ndarray:
+        noise = self._noise.take(slots) if temperature > 0 else None  # greedy draws none
+        return sample_ids(
+            logits, _Drawn(noise), temperature=temperature, top_k=top_k, top_p=top_p,
+            exclude=self._exclude,
+        )  # fmt: skip
 
     def _prefill(self, current, running: bool):
         """Feed the next chunk of the job being prefilled (taking one from the queue if none)."""
@@ -376,7 +477,7 @@ class Scheduler:
         for i in range(job.n):
             gen = np.random.default_rng([job.seed, i])
             matcher = StopMatcher(job.stop) if job.stop else None
-            row = _Row(job, i, LogExponentials(gen, 1, len(self._chars)), matcher)
+            row = _Row(job, i, self._noise.open(gen), matcher)
             if state is None:
                 row.prompt = job.prompt_ids
             new.append(row)
@@ -390,40 +491,18 @@ class Scheduler:
         else:
             self._stack.state = fork
         logits = np.concatenate([logits, np.repeat(last, job.n, axis=0)])
+        self._plan = None
         return rows + new, logits
 
     def _release(self, count: int) -> None:
         with self._cond:
             self._reserved -= count
 
-    def _draw(self, rows: list[_Row], logits: np.ndarray) -> np.ndarray:
-        """One id per row; rows sharing settings are drawn together, each with its own noise."""
-        ids = np.empty(len(rows), np.int64)
-        groups: dict[tuple, list[int]] = {}
-        for r, row in enumerate(rows):
-            groups.setdefault(row.job.draw_key, []).append(r)
-        vocab = logits.shape[1]
-        for (temperature, top_k, top_p), members in groups.items():
-            noise = None
-            if temperature > 0:  # greedy draws no noise, as in Sampler
-                noise = np.concatenate([rows[r].noise.next(1, vocab) for r in members])
-            ids[members] = sample_ids(
-                logits[members],
-                _Drawn(noise),
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
-                exclude=self._exclude,
-            )
-        return ids
-
     def _emit(self, rows: list[_Row], ids: np.ndarray, logits: np.ndarray) -> None:
         """Hand each row's new character to its job; mark rows that finished."""
         chars = self._chars
         now = time.monotonic()
         logp = None
-        if any(row.job.logprobs is not None or row.job.score for row in rows):
-            logp = log_softmax(logits)
         for r, (row, char_id) in enumerate(zip(rows, ids.tolist())):
             job = row.job
             if job.cancelled or (job.deadline is not None and now > job.deadline):
@@ -431,9 +510,17 @@ class Scheduler:
                 continue
             char = chars[char_id]
             row.produced += 1
+            if row.plain:  # most rows: the character goes straight out
+                if row.produced >= job.max_tokens:
+                    self._finish(row, "length", char)
+                else:
+                    job._deliver(Piece(row.index, char))
+                continue
+            if logp is None and (job.logprobs is not None or job.score):
+                logp = log_softmax(logits)
             if job.score:
                 row.total += float(logp[r, char_id])
-            if logp is not None and job.logprobs is not None:
+            if job.logprobs is not None:
                 top = np.argsort(-logp[r])[: job.logprobs]
                 alternatives = {chars[t]: float(logp[r, t]) for t in top.tolist()}
                 row.held.append((char, float(logp[r, char_id]), alternatives))
