@@ -312,3 +312,12 @@ def test_other_cells_run_through_their_keras_layers(cell: str) -> None:
     ids = _ids(11)
     logits = forward_logits(model, ids, training=False)
     np.testing.assert_allclose(logits.numpy(), model(ids).numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("cores", "chains"), [(1, 1), (2, 2), (8, 2)])
+def test_one_chain_on_one_core(monkeypatch, cores: int, chains: int) -> None:
+    import textgen.cores
+    from textgen.forward import lstm_chains
+
+    monkeypatch.setattr(textgen.cores, "usable_cores", lambda: cores)
+    assert lstm_chains() == chains
