@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["LogExponentials", "fill_log_exponentials", "log_softmax", "sample_ids"]
+__all__ = ["LogExponentials", "fill_log_exponentials", "log_softmax", "sample_ids", "steps_ahead"]
 
 
 def sample_ids(
@@ -102,7 +102,7 @@ class LogExponentials:
         if not isinstance(rng, np.random.Generator) and len(rng) != batch:
             raise ValueError(f"need one Generator per row ({batch}), got {len(rng)}")
         if block is None:
-            block = max(1, min(64, 4_000_000 // (batch * vocab)))
+            block = steps_ahead(batch, vocab)
         self._rng, self._shape = rng, (batch, vocab)
         self._shared = isinstance(rng, np.random.Generator)  # one Generator for all rows
         self._buffer: np.ndarray | None = None  # allocated on first use: greedy never draws
@@ -133,6 +133,12 @@ class LogExponentials:
             for rows, gen in zip(buffer, self._rng, strict=True):
                 fill_log_exponentials(gen, rows)
         self._next = 0
+
+
+def steps_ahead(rows: int, vocab: int) -> int:
+    """Steps of noise to draw at once for ``rows`` rows: as many as fit in about 4 M values,
+    at most 64."""
+    return max(1, min(64, 4_000_000 // (rows * vocab)))
 
 
 def fill_log_exponentials(gen: np.random.Generator, out: np.ndarray) -> None:

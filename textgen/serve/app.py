@@ -449,15 +449,12 @@ async def _pieces(
     least, per_stream, most = STREAM_FLUSH_SECONDS
     loop = asyncio.get_running_loop()
     ready, ended = asyncio.Event(), asyncio.Event()
-    left = len(jobs)
 
     def wake() -> None:
         loop.call_soon_threadsafe(ready.set)
 
     def job_done() -> None:
-        nonlocal left
-        left -= 1  # called in the engine thread, one job at a time
-        if left == 0:
+        if all(job.done for job in jobs):  # called in the engine thread as each job ends
             loop.call_soon_threadsafe(ended.set)
 
     for job in jobs:

@@ -28,7 +28,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from textgen.cells import get_cell
-from textgen.draw import LogExponentials, fill_log_exponentials, log_softmax, sample_ids
+from textgen.draw import (
+    LogExponentials,
+    fill_log_exponentials,
+    log_softmax,
+    sample_ids,
+    steps_ahead,
+)
 from textgen.errors import TextgenError
 from textgen.options import SamplingOptions
 from textgen.sampler import Sampler, StopMatcher
@@ -149,11 +155,9 @@ class Job:
         self._pieces.append(piece)
         if piece.finish_reason is not None:
             self._open -= 1
-            if self._open == 0:
-                self._arrived.set()
-                if self.on_done is not None:
-                    with contextlib.suppress(RuntimeError):  # the caller's loop has closed
-                        self.on_done()
+            if self._open == 0 and self.on_done is not None:
+                with contextlib.suppress(RuntimeError):  # the caller's loop has closed
+                    self.on_done()
         if not self._told:
             self._told = True
             self._arrived.set()
@@ -182,7 +186,7 @@ class _Noise:
     """
 
     def __init__(self, slots: int, vocab: int) -> None:
-        block = max(1, min(64, 4_000_000 // (slots * vocab)))
+        block = steps_ahead(slots, vocab)
         self._shape = (slots, block, vocab)
         self._values: np.ndarray | None = None  # allocated on first use: greedy never draws
         self._next = np.full(slots, block)
@@ -221,17 +225,13 @@ class _Row:
     index: int
     slot: int  # its noise slot
     matcher: StopMatcher | None
+    plain: bool  # each character goes straight out: no stop strings, log-probabilities or score
     prompt: np.ndarray | None = None  # prompt ids still to feed inside the batch
     fed: int = 0
     produced: int = 0
     total: float = 0.0  # the chosen characters' log-probabilities, summed (scored jobs)
     held: list = field(default_factory=list)  # log-probability entries of held-back text
     done: bool = False
-
-    @property
-    def plain(self) -> bool:
-        """Whether each character goes straight out: no stop strings, log-probabilities or score."""
-        return self.matcher is None and self.job.logprobs is None and not self.job.score
 
 
 class Scheduler:
@@ -474,10 +474,11 @@ class Scheduler:
                 job._deliver(Piece(i, "", "length"))
             return rows, logits
         new = []
+        plain = not job.stop and job.logprobs is None and not job.score
         for i in range(job.n):
             gen = np.random.default_rng([job.seed, i])
             matcher = StopMatcher(job.stop) if job.stop else None
-            row = _Row(job, i, self._noise.open(gen), matcher)
+            row = _Row(job, i, self._noise.open(gen), matcher, plain)
             if state is None:
                 row.prompt = job.prompt_ids
             new.append(row)
