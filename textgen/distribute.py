@@ -138,26 +138,37 @@ class Cluster:
             return tf.function(fn, input_signature=signature)
         return tf.function(fn, reduce_retracing=True)
 
-    def broadcast_arrays(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """The chief's ``arrays`` on every worker; the others pass arrays of the same shapes."""
+    def sum(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The element-wise sums of ``arrays`` over the workers.
+
+        Every worker passes arrays of the same shapes and dtypes, in the same order; one
+        collective per dtype.
+        """
         import numpy as np
 
+        arrays = [np.asarray(a) for a in arrays]
         if self.workers == 1:
-            return [np.asarray(a) for a in arrays]
+            return arrays
         from textgen.backend import tf
 
-        arrays = [np.asarray(a) for a in arrays]
         out: list = [None] * len(arrays)
-        # A sum in which only the chief's terms are non-zero is exact; one collective per dtype.
         for dtype in sorted({a.dtype.str for a in arrays}):  # the same order on every worker
             where = [i for i, a in enumerate(arrays) if a.dtype.str == dtype]
-            values = [
-                tf.constant(arrays[i] if self.is_chief else np.zeros_like(arrays[i])) for i in where
-            ]
+            mine = [tf.constant(arrays[i]) for i in where]
+            # Only the first local replica contributes, so several devices per worker count once.
+            nothing = [tf.zeros_like(v) for v in mine]
+            values = self.per_replica([mine] + [nothing] * (len(self.local_replicas) - 1))
             summed = self.strategy.experimental_local_results(self._sum_fn()(values))[0]
             for i, value in zip(where, summed, strict=True):
                 out[i] = np.asarray(value.numpy())
         return out
+
+    def broadcast_arrays(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The chief's ``arrays`` on every worker; the others pass arrays of the same shapes."""
+        import numpy as np
+
+        # A sum in which only the chief's terms are non-zero is exact.
+        return self.sum([a if self.is_chief else np.zeros_like(a) for a in map(np.asarray, arrays)])
 
     def broadcast_text(self, text: str | None) -> str:
         """The chief's ``text`` on every worker (the others pass None)."""

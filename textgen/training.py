@@ -599,7 +599,7 @@ class Trainer:
         with averaged:
             return evaluate_ids(
                 self.eval_step, self.valid_ids, cfg.seq_length, cfg.batch_size,
-                cfg.validation_context,
+                cfg.validation_context, self.cluster,
             )  # fmt: skip
 
     # -- the loop ---------------------------------------------------------------------------
