@@ -63,6 +63,26 @@ def test_rows_split_into_contiguous_blocks_that_cover_the_batch():
         assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:], strict=False))
 
 
+@pytest.mark.parametrize(("shape", "axis"), [((9, 6, 8), 1), ((6, 7, 5), 0), ((3, 5, 1), 1)])
+def test_a_replicas_dropout_mask_is_its_rows_of_the_whole_batchs(shape, axis):
+    from textgen.backend import tf
+    from textgen.forward import stateless_dropout
+
+    seed = tf.constant([3, 9], tf.int32)
+    ones = np.ones(shape, np.float32)
+    whole = stateless_dropout(tf.constant(ones), 0.5, seed, batch_axis=axis).numpy()
+    assert 0 < (whole == 0).mean() < 1
+    rows = shape[axis]
+    for lo, hi in [*split_rows(rows, 2), (1, 4), (2, 2)]:
+        index = tuple(slice(lo, hi) if a == axis else slice(None) for a in range(3))
+        part = stateless_dropout(
+            tf.constant(ones[index]), 0.5, seed, rows=(lo, rows), batch_axis=axis
+        )
+        np.testing.assert_array_equal(part.numpy(), whole[index])
+    other = stateless_dropout(tf.constant(ones), 0.5, seed + 1, batch_axis=axis).numpy()
+    assert not np.array_equal(other, whole)
+
+
 _MIRRORED = r"""
 import json, sys
 import numpy as np

@@ -23,19 +23,39 @@ def stateless_dropout(x, rate: float, seed, rows=None, batch_axis: int = 0):
 
     ``rows`` = ``(offset, total)`` says that ``x`` holds rows ``offset...`` of a batch of
     ``total`` rows (along ``batch_axis``): the mask is then that slice of the whole batch's mask,
-    so replicas that each compute part of a batch drop exactly what one process would.
+    so replicas that each compute part of a batch drop exactly what one process would, while
+    drawing only their own rows' numbers (``_uniform_rows``).
     """
-    shape = tf.shape(x)
-    if rows is None:
-        uniform = tf.random.stateless_uniform(shape, seed=seed, dtype=x.dtype)
-    else:
-        offset, total = rows
-        whole = tf.tensor_scatter_nd_update(shape, [[batch_axis]], [total])
-        uniform = tf.random.stateless_uniform(whole, seed=seed, dtype=x.dtype)
-        begin = tf.tensor_scatter_nd_update(tf.zeros_like(shape), [[batch_axis]], [offset])
-        uniform = tf.slice(uniform, begin, shape)
+    offset = 0 if rows is None else rows[0]
+    if batch_axis == 0:
+        uniform = _uniform_rows(tf.shape(x), seed, offset)
+    else:  # drawn batch-major, so that each row's numbers are one contiguous run
+        order = [batch_axis, *(a for a in range(x.shape.rank) if a != batch_axis)]
+        uniform = _uniform_rows(tf.gather(tf.shape(x), order), seed, offset)
+        uniform = tf.transpose(uniform, tf.argsort(order))
     keep = uniform >= rate
     return tf.where(keep, x / (1.0 - rate), tf.zeros_like(x))
+
+
+def _uniform_rows(shape, seed, offset):
+    """Uniform float32 draws of ``shape`` (rows first) for rows ``offset...`` of a larger batch.
+
+    The numbers are those rows of ``tf.random.stateless_uniform`` over the whole batch: Philox
+    yields four float32 draws per counter value, in order, so the rows' draws start
+    ``offset * row_size / 4`` counter values on, less the draws before them in that block.
+    """
+    key, counter = tf.raw_ops.StatelessRandomGetKeyCounter(seed=seed)
+    start = tf.cast(offset, tf.int64) * tf.cast(tf.reduce_prod(shape[1:]), tf.int64)
+    skip = tf.stack([tf.cast(start // 4, tf.uint64), tf.constant(0, tf.uint64)])
+    lead = tf.cast(start % 4, tf.int32)
+    flat = tf.raw_ops.StatelessRandomUniformV2(
+        shape=[lead + tf.reduce_prod(shape)],
+        key=key,
+        counter=counter + skip,
+        alg=tf.random.Algorithm.PHILOX.value,
+        dtype=tf.float32,
+    )
+    return tf.reshape(flat[lead:], shape)
 
 
 def lstm_chains() -> int:
