@@ -245,6 +245,28 @@ def test_dropout_is_reproducible_per_seed() -> None:
     assert not np.allclose(first, inference)
 
 
+def test_weight_drop_runs_the_lstm_with_a_dropconnected_recurrent_kernel() -> None:
+    keras.utils.set_random_seed(8)
+    model = build_model(11, embedding_dim=D, units=H)
+    ids = _ids(11)
+    rate, seed = 0.4, tf.constant([5, 6], tf.int32)
+    forward = make_forward(model, 0.0, weight_drop=rate)
+    kernel = model.get_layer("rnn_0").cell.recurrent_kernel
+    with tf.GradientTape() as tape:
+        logits = forward(ids, training=True, seed=seed)
+        total = tf.reduce_sum(tf.sin(logits))
+    # Dropped entries of U get exactly no gradient: that is the mask, read back.
+    kept = tape.gradient(total, kernel).numpy() != 0
+    assert abs((1 - kept.mean()) - rate) < 0.05
+    np.testing.assert_array_equal(forward(ids, training=True, seed=seed).numpy(), logits.numpy())
+    assert not np.allclose(forward(ids, training=True, seed=seed + 1).numpy(), logits.numpy())
+    plain = forward(ids, training=False, seed=seed).numpy()
+    np.testing.assert_allclose(plain, model(ids).numpy(), rtol=1e-5, atol=1e-5)
+    # The stock Keras model with U masked and scaled computes the same logits.
+    kernel.assign(kernel.numpy() * kept / (1 - rate))
+    np.testing.assert_allclose(logits.numpy(), model(ids).numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_forward_logits_in_tf_function_with_dynamic_shapes() -> None:
     keras.utils.set_random_seed(7)
     model = build_model(11, embedding_dim=D, units=H, num_layers=2)

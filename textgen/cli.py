@@ -140,6 +140,11 @@ def _default(name: str) -> str:
     help="Dropout rate." + _default("dropout"),
 )
 @click.option(
+    "--weight-drop",
+    type=click.FloatRange(0, 1, max_open=True),
+    help="DropConnect rate on the LSTM recurrent kernels." + _default("weight_drop"),
+)
+@click.option(
     "--learning-rate",
     type=click.FloatRange(0, min_open=True),
     callback=_finite,

@@ -53,6 +53,7 @@ class TrainConfig:
     num_layers: int = 1
     cell: str = "lstm"  # "lstm", "gru" or "simple"
     dropout: float = 0.3  # on the last recurrent layer's output
+    weight_drop: float = 0.0  # DropConnect on the LSTM recurrent kernels, a new mask each step
     learning_rate: float = 4e-3  # Adam's peak rate
     lr_schedule: str = "cosine"  # "cosine" (decay to 10% of the peak) or "constant"
     clip_norm: float | None = 5.0  # global gradient-norm clip; None disables it
@@ -79,6 +80,7 @@ class TrainConfig:
             (self.validation_context >= 0, "validation context must be at least 0"),
             (self.learning_rate > 0 and math.isfinite(self.learning_rate), "bad learning rate"),
             (self.lr_schedule in ("cosine", "constant"), "lr schedule: cosine or constant"),
+            (0.0 <= self.weight_drop < 1.0, "weight drop must be in [0, 1)"),
             (self.clip_norm is None or self.clip_norm > 0, "clip norm must be positive"),
             (0.0 <= self.weight_average < 1.0, "weight average decay must be in [0, 1)"),
             (self.max_time is None or self.max_time > 0, "max time must be positive"),

@@ -71,14 +71,18 @@ def lstm_chains() -> int:
     return 1 if usable_cores() == 1 else 2
 
 
-def make_forward(model, dropout: float, matmul_dtype=None, stock: bool = False) -> Callable:
+def make_forward(
+    model, dropout: float, matmul_dtype=None, stock: bool = False, weight_drop: float = 0.0
+) -> Callable:
     """Return ``forward(ids, training, seed, rows=None) -> logits`` (batch, time, vocab).
 
     ``seed`` (int32 [2]) fixes the dropout mask, applied only when ``training``; ``rows`` is as
     in ``stateless_dropout``. ``matmul_dtype`` (e.g. ``tf.bfloat16``) is the operand type of the
     LSTM layers' large matrix products (see ``textgen.fast_lstm``); None keeps float32. Other
     cells ignore it. ``stock`` runs LSTM layers as Keras layers too (on a GPU, Keras's cuDNN
-    kernel) instead of ``textgen.fast_lstm``.
+    kernel) instead of ``textgen.fast_lstm``. ``weight_drop`` is DropConnect on the fast path's
+    recurrent kernels while training: each step drops that share of U's entries (the mask a pure
+    function of the step's seed, as dropout's) and scales the rest up to keep U's expectation.
     """
     layers = recurrent_layers(model)
     embedding = model.get_layer("embedding")
@@ -86,7 +90,7 @@ def make_forward(model, dropout: float, matmul_dtype=None, stock: bool = False) 
     fast = cell_of_layer(layers[0]).name == "lstm" and not stock
     chains = lstm_chains()
 
-    def lstm_stack(ids):
+    def lstm_stack(ids, training: bool, seed):
         from textgen.fast_lstm import lstm_sequence, lstm_sequence_from_ids
 
         # Everything between the embedding and the logits stays time-major, so only the small
@@ -97,6 +101,9 @@ def make_forward(model, dropout: float, matmul_dtype=None, stock: bool = False) 
             weights = [
                 tf.convert_to_tensor(v) for v in (cell.kernel, cell.recurrent_kernel, cell.bias)
             ]
+            if training and weight_drop > 0:
+                layer_seed = tf.random.experimental.stateless_fold_in(seed, 1 + k)
+                weights[1] = stateless_dropout(weights[1], weight_drop, layer_seed)
             if k == 0:
                 table = tf.convert_to_tensor(embedding.embeddings)
                 x, _ = lstm_sequence_from_ids(
@@ -115,7 +122,8 @@ def make_forward(model, dropout: float, matmul_dtype=None, stock: bool = False) 
         return x
 
     def forward(ids, training: bool, seed, rows=None):
-        x = lstm_stack(ids) if fast else keras_stack(ids)  # (T, B, H) if fast else (B, T, H)
+        # (T, B, H) if fast else (B, T, H)
+        x = lstm_stack(ids, training, seed) if fast else keras_stack(ids)
         if training and dropout > 0:
             x = stateless_dropout(x, dropout, seed, rows, batch_axis=1 if fast else 0)
         shape = tf.shape(x)

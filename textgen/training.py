@@ -347,7 +347,13 @@ def _watchers(config: TrainConfig, tokenizer, run_dir: Path, echo) -> list[Callb
 
 
 def build_train_step(
-    model, optimizer, dropout: float, grad_norm=None, matmul_dtype=None, stock: bool = False
+    model,
+    optimizer,
+    dropout: float,
+    grad_norm=None,
+    matmul_dtype=None,
+    stock: bool = False,
+    weight_drop: float = 0.0,
 ):
     """The compiled training step ``(x, y, seed, lr) -> mean loss`` that ``train`` runs.
 
@@ -355,12 +361,13 @@ def build_train_step(
     step is a pure function of the model, optimizer state and its arguments. When given, the
     float variable ``grad_norm`` receives the gradient's global norm (before clipping).
     ``matmul_dtype`` is the operand type of the large products (``textgen.forward``).
-    ``stock`` trains LSTM layers through ``keras.layers.LSTM`` (see ``make_forward``).
+    ``stock`` trains LSTM layers through ``keras.layers.LSTM`` and ``weight_drop`` is DropConnect
+    on the recurrent kernels (see ``make_forward``).
     """
     from textgen.backend import tf
     from textgen.forward import make_forward
 
-    forward = make_forward(model, dropout, matmul_dtype, stock=stock)
+    forward = make_forward(model, dropout, matmul_dtype, stock=stock, weight_drop=weight_drop)
     variables = model.trainable_variables
     ids = tf.TensorSpec([None, None], tf.int32)
     signature = [ids, ids, tf.TensorSpec([2], tf.int32), tf.TensorSpec([], tf.float32)]
@@ -391,6 +398,7 @@ def build_replica_train_step(
     grad_norm,
     stock: bool = False,
     matmul_dtype=None,
+    weight_drop: float = 0.0,
 ):
     """The training step of a cluster: ``(x, y, offset, rows, seed, lr, votes) -> (loss, votes)``.
 
@@ -405,7 +413,7 @@ def build_replica_train_step(
     from textgen.backend import tf
     from textgen.forward import make_forward
 
-    forward = make_forward(model, dropout, matmul_dtype, stock=stock)
+    forward = make_forward(model, dropout, matmul_dtype, stock=stock, weight_drop=weight_drop)
     variables = model.trainable_variables
     strategy = cluster.strategy
 
@@ -519,7 +527,13 @@ class Trainer:
         stock = path == "stock"
         if cluster is None:
             self.train_step = build_train_step(
-                model, self.optimizer, config.dropout, self.grad_norm, matmul_dtype, stock=stock
+                model,
+                self.optimizer,
+                config.dropout,
+                self.grad_norm,
+                matmul_dtype,
+                stock=stock,
+                weight_drop=config.weight_drop,
             )
         else:
             self.train_step = build_replica_train_step(
@@ -531,6 +545,7 @@ class Trainer:
                 self.grad_norm,
                 stock,
                 matmul_dtype,
+                config.weight_drop,
             )
         self.eval_step = build_eval_step(model, cluster, stock)
         self._interrupt = {"stop": False}
