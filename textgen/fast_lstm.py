@@ -226,7 +226,7 @@ def _lstm_chain(x, w, u, b, state, ids=None, matmul_dtype=None):
             dz, dh0, dc0 = _backward(
                 d_outputs, d_h_last, d_c_last, p_ta, q_ta, f_ta, tf.cast(u * quad, mm), need_state
             )
-            h0_rows = tf.transpose(h0) if need_state else None
+            h0_rows = h0c0[0] if need_state else None  # the caller's (B, H) layout
             dh0 = tf.transpose(dh0) if need_state else None
             dc0 = tf.transpose(dc0)
             dz2d = tf.reshape(dz, [-1, 4 * units])
