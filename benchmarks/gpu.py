@@ -81,7 +81,7 @@ def textgen_rate(args, data, device: str, stock: bool) -> float:
         model = build_model(config.model(args.vocab))
         optimizer = make_optimizer(config)
         optimizer.build(model.trainable_variables)
-        step = build_train_step(model, optimizer, 0.0, stock=stock)
+        step = build_train_step(model, optimizer, stock=stock)
         seed, lr = tf.constant([0, 0], tf.int32), tf.constant(1e-3)
         tensors = [(tf.constant(x), tf.constant(y)) for x, y in data]
         last = {}

@@ -199,6 +199,7 @@ def build_fast(
     """textgen's own training step (``textgen.training.build_train_step``), default optimizer."""
     import tensorflow as tf
 
+    from textgen.config import Noise
     from textgen.model import build_model
     from textgen.training import TrainConfig, build_train_step, make_optimizer
 
@@ -211,7 +212,7 @@ def build_fast(
     )
     optimizer = make_optimizer(TrainConfig())
     optimizer.build(model.trainable_variables)
-    step_fn = build_train_step(model, optimizer, args.dropout, matmul_dtype=matmul_dtype)
+    step_fn = build_train_step(model, optimizer, Noise(args.dropout), matmul_dtype=matmul_dtype)
     data = [(tf.constant(b[0]), tf.constant(b[1])) for b in batches]
     lr = tf.constant(TrainConfig().learning_rate, tf.float32)
 

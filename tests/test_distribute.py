@@ -97,8 +97,18 @@ from textgen.model import build_model, get_weights
 from textgen.training import build_replica_train_step, build_train_step, make_optimizer
 
 cluster = make_cluster("mirrored")
-# A small clip norm, so that clipping acts; dropout, so that the masks must line up.
-cfg = TrainConfig(units=8, embedding_dim=4, num_layers=2, dropout=0.3, clip_norm=0.05)
+# A small clip norm, so that clipping acts; dropout (on outputs, U and characters), so that
+# the masks must line up; weight decay, which the replicas' step applies itself.
+cfg = TrainConfig(
+    units=8,
+    embedding_dim=4,
+    num_layers=2,
+    dropout=0.3,
+    weight_drop=0.3,
+    embedding_dropout=0.3,
+    weight_decay=0.5,
+    clip_norm=0.05,
+)
 vocab, rows, steps = 11, 7, 5  # 7 rows: the replicas get 3 and 4
 rng = np.random.default_rng(0)
 x = rng.integers(0, vocab, (rows, steps)).astype(np.int32)
@@ -116,7 +126,9 @@ model = build_model(cfg.model(vocab))
 optimizer = make_optimizer(cfg)
 optimizer.build(model.trainable_variables)
 norm = tf.Variable(0.0)
-loss = float(build_train_step(model, optimizer, cfg.dropout, norm)(x, y, seed, lr))
+loss = float(build_train_step(model, optimizer, cfg.noise(), norm, weight_decay=cfg.weight_decay)(
+    x, y, seed, lr
+))
 single = dict(loss=loss, norm=float(norm.numpy()), state=state(model, optimizer))
 
 keras.utils.set_random_seed(0)
@@ -125,7 +137,9 @@ with cluster.strategy.scope():
     optimizer = make_optimizer(cfg, clip=False)
     optimizer.build(model.trainable_variables)
     norm = tf.Variable(0.0)
-step = build_replica_train_step(cluster, model, optimizer, cfg.dropout, cfg.clip_norm, norm)
+step = build_replica_train_step(
+    cluster, model, optimizer, cfg.noise(), cfg.clip_norm, norm, weight_decay=cfg.weight_decay
+)
 blocks = cluster.local_rows(rows)
 px = cluster.per_replica([tf.constant(x[a:b]) for a, b in blocks])
 py = cluster.per_replica([tf.constant(y[a:b]) for a, b in blocks])
@@ -176,7 +190,7 @@ def test_the_stock_keras_path_computes_the_same_step_as_the_fast_one():
         model = build_model(cfg.model(9))
         optimizer = make_optimizer(cfg)
         optimizer.build(model.trainable_variables)
-        step = build_train_step(model, optimizer, 0.0, stock=stock)
+        step = build_train_step(model, optimizer, stock=stock)
         losses = [float(step(x, y, tf.constant([0, i]), tf.constant(0.01))) for i in range(3)]
         scored = build_eval_step(model, stock=stock)(x, y, np.zeros(4, np.int32), 6)
         moments = [np.asarray(v.numpy()) for v in optimizer.variables]

@@ -8,6 +8,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
+from textgen.config import Noise  # noqa: E402
 from textgen.fast_lstm import lstm_sequence, lstm_sequence_from_ids  # noqa: E402
 from textgen.forward import make_forward  # noqa: E402
 from textgen.model import build_model  # noqa: E402
@@ -188,7 +189,7 @@ def test_works_in_tf_function_with_dynamic_shapes() -> None:
 
 def forward_logits(model, ids, *, training: bool, dropout_rate: float = 0.0, seed=None):
     """The training forward pass of ``textgen.forward`` for a model."""
-    return make_forward(model, dropout_rate)(ids, training=training, seed=seed)
+    return make_forward(model, Noise(dropout_rate))(ids, training=training, seed=seed)
 
 
 def _ids(vocab: int, seed: int = 3) -> tf.Tensor:
@@ -250,7 +251,7 @@ def test_weight_drop_runs_the_lstm_with_a_dropconnected_recurrent_kernel() -> No
     model = build_model(11, embedding_dim=D, units=H)
     ids = _ids(11)
     rate, seed = 0.4, tf.constant([5, 6], tf.int32)
-    forward = make_forward(model, 0.0, weight_drop=rate)
+    forward = make_forward(model, Noise(weight_drop=rate))
     kernel = model.get_layer("rnn_0").cell.recurrent_kernel
     with tf.GradientTape() as tape:
         logits = forward(ids, training=True, seed=seed)
@@ -264,6 +265,29 @@ def test_weight_drop_runs_the_lstm_with_a_dropconnected_recurrent_kernel() -> No
     np.testing.assert_allclose(plain, model(ids).numpy(), rtol=1e-5, atol=1e-5)
     # The stock Keras model with U masked and scaled computes the same logits.
     kernel.assign(kernel.numpy() * kept / (1 - rate))
+    np.testing.assert_allclose(logits.numpy(), model(ids).numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])  # the fast path, and the Keras layers'
+def test_embedding_dropout_drops_whole_characters(cell: str) -> None:
+    keras.utils.set_random_seed(9)
+    vocab = 40
+    model = build_model(vocab, embedding_dim=D, units=H, cell=cell)
+    ids = tf.constant(np.tile(np.arange(vocab, dtype=np.int32), (B, 1)))  # every character
+    rate, seed = 0.3, tf.constant([7, 8], tf.int32)
+    forward = make_forward(model, Noise(embedding_dropout=rate))
+    table = model.get_layer("embedding").embeddings
+    with tf.GradientTape() as tape:
+        logits = forward(ids, training=True, seed=seed)
+        total = tf.reduce_sum(tf.sin(logits))
+    # A dropped character's row gets exactly no gradient, and a kept one's gets some.
+    gradient = tf.convert_to_tensor(tape.gradient(total, table)).numpy()
+    kept = np.any(gradient != 0, axis=1)
+    assert 0.1 < 1 - kept.mean() < 0.5
+    np.testing.assert_array_equal(forward(ids, training=True, seed=seed).numpy(), logits.numpy())
+    assert not np.allclose(forward(ids, training=True, seed=seed + 1).numpy(), logits.numpy())
+    # The stock Keras model with those rows zeroed and the rest scaled computes the same logits.
+    table.assign(table.numpy() * kept[:, None] / (1 - rate))
     np.testing.assert_allclose(logits.numpy(), model(ids).numpy(), rtol=1e-5, atol=1e-5)
 
 

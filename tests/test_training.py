@@ -256,3 +256,28 @@ def test_weight_average_is_validated_kept_as_best_and_resumed_exactly(tmp_path, 
     straight_rows = list(csv.DictReader((tmp_path / "straight" / "history.csv").open()))
     split_rows = list(csv.DictReader((tmp_path / "split" / "history.csv").open()))
     assert [r["val_loss"] for r in straight_rows][-1] == [r["val_loss"] for r in split_rows][-1]
+
+
+def test_weight_decay_shrinks_the_matrices_and_not_the_biases():
+    from textgen.backend import keras, tf
+    from textgen.config import TrainConfig
+    from textgen.training import build_train_step, make_optimizer
+
+    config = TrainConfig(units=8, embedding_dim=4, num_layers=2)
+    rng = np.random.default_rng(0)
+    x, y = (tf.constant(rng.integers(0, 9, (3, 6)), tf.int32) for _ in range(2))
+    seed, lr, rate = tf.constant([1, 2], tf.int32), 0.01, 0.5
+    after = {}
+    for decay in (0.0, rate):
+        keras.utils.set_random_seed(0)
+        model = build_model(config.model(9))
+        before = [v.numpy() for v in model.trainable_variables]
+        step = build_train_step(model, make_optimizer(config), weight_decay=decay)
+        step(x, y, seed, tf.constant(lr))
+        after[decay] = [v.numpy() for v in model.trainable_variables]
+    # Adam's step is the same either way (the gradient is taken before the decay), so the
+    # difference is the decay alone: lr * rate of each matrix's value before the step.
+    for start, plain, decayed in zip(before, after[0.0], after[rate], strict=True):
+        shrink = lr * rate * start if start.ndim >= 2 else np.zeros_like(start)
+        np.testing.assert_allclose(plain - decayed, shrink, atol=1e-6)
+    assert any(start.ndim >= 2 and np.abs(start).max() > 0.1 for start in before)

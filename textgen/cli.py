@@ -145,6 +145,18 @@ def _default(name: str) -> str:
     help="DropConnect rate on the LSTM recurrent kernels." + _default("weight_drop"),
 )
 @click.option(
+    "--embedding-dropout",
+    type=click.FloatRange(0, 1, max_open=True),
+    help="Share of characters dropped from the embedding each step."
+    + _default("embedding_dropout"),
+)
+@click.option(
+    "--weight-decay",
+    type=click.FloatRange(0),
+    callback=_finite,
+    help="Decoupled weight decay of the weight matrices." + _default("weight_decay"),
+)
+@click.option(
     "--learning-rate",
     type=click.FloatRange(0, min_open=True),
     callback=_finite,

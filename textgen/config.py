@@ -41,6 +41,29 @@ class ModelConfig:
             raise TextgenError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
+@dataclass(frozen=True)
+class Noise:
+    """The training-time noise of a forward pass, each a rate in [0, 1); all off by default.
+
+    - ``dropout``: on the last recurrent layer's outputs.
+    - ``weight_drop``: DropConnect on the LSTM recurrent kernels (the CPU path's). Each step drops
+      that share of U's entries and scales the rest up to keep U's expectation.
+    - ``embedding_dropout``: drops whole characters. Each step zeroes that share of the
+      embedding table's rows (every occurrence of those characters in the batch) and scales
+      the rest up. A mask over the table rather than over the timesteps keeps the first
+      layer's projection of the table instead of every embedded timestep.
+
+    Every mask is a pure function of the step's seed, so a resumed run replays them.
+    """
+
+    dropout: float = 0.0
+    weight_drop: float = 0.0
+    embedding_dropout: float = 0.0
+
+
+NO_NOISE = Noise()  # the forward pass of evaluation and of steps that train without noise
+
+
 @dataclass
 class TrainConfig:
     """Every setting of a training run; saved in ``config.json``."""
@@ -54,6 +77,8 @@ class TrainConfig:
     cell: str = "lstm"  # "lstm", "gru" or "simple"
     dropout: float = 0.3  # on the last recurrent layer's output
     weight_drop: float = 0.0  # DropConnect on the LSTM recurrent kernels, a new mask each step
+    embedding_dropout: float = 0.0  # share of characters dropped from the embedding each step
+    weight_decay: float = 0.0  # decoupled (AdamW-style) decay of the weight matrices
     learning_rate: float = 4e-3  # Adam's peak rate
     lr_schedule: str = "cosine"  # "cosine" (decay to 10% of the peak) or "constant"
     clip_norm: float | None = 5.0  # global gradient-norm clip; None disables it
@@ -81,6 +106,8 @@ class TrainConfig:
             (self.learning_rate > 0 and math.isfinite(self.learning_rate), "bad learning rate"),
             (self.lr_schedule in ("cosine", "constant"), "lr schedule: cosine or constant"),
             (0.0 <= self.weight_drop < 1.0, "weight drop must be in [0, 1)"),
+            (0.0 <= self.embedding_dropout < 1.0, "embedding dropout must be in [0, 1)"),
+            (self.weight_decay >= 0 and math.isfinite(self.weight_decay), "bad weight decay"),
             (self.clip_norm is None or self.clip_norm > 0, "clip norm must be positive"),
             (0.0 <= self.weight_average < 1.0, "weight average decay must be in [0, 1)"),
             (self.max_time is None or self.max_time > 0, "max time must be positive"),
@@ -106,6 +133,10 @@ class TrainConfig:
             cell=self.cell,
             dropout=self.dropout,
         )
+
+    def noise(self) -> Noise:
+        """The training-time noise these settings ask of the forward pass."""
+        return Noise(self.dropout, self.weight_drop, self.embedding_dropout)
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> TrainConfig:

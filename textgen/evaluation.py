@@ -25,7 +25,7 @@ def build_eval_step(model, cluster=None, stock: bool = False) -> Callable:
     from textgen.backend import tf
     from textgen.forward import make_forward
 
-    forward = make_forward(model, 0.0, stock=stock)
+    forward = make_forward(model, stock=stock)
     ids = tf.TensorSpec([None, None], tf.int32)
     spec = [ids, ids, tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32)]
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from textgen.backend import tf
 from textgen.cells import cell_of_layer
+from textgen.config import NO_NOISE, Noise
 from textgen.model import recurrent_layers
 
 
@@ -58,6 +59,11 @@ def _uniform_rows(shape, seed, offset):
     return tf.reshape(flat[lead:], shape)
 
 
+def _fold(seed, k: int):
+    """A seed of its own for mask ``k`` of a step (0: characters, 1 + i: layer i's U)."""
+    return tf.random.experimental.stateless_fold_in(seed, k)
+
+
 def lstm_chains() -> int:
     """How many chains ``textgen.fast_lstm`` splits the batch into on this process's cores.
 
@@ -72,17 +78,15 @@ def lstm_chains() -> int:
 
 
 def make_forward(
-    model, dropout: float, matmul_dtype=None, stock: bool = False, weight_drop: float = 0.0
+    model, noise: Noise = NO_NOISE, matmul_dtype=None, stock: bool = False
 ) -> Callable:
     """Return ``forward(ids, training, seed, rows=None) -> logits`` (batch, time, vocab).
 
-    ``seed`` (int32 [2]) fixes the dropout mask, applied only when ``training``; ``rows`` is as
-    in ``stateless_dropout``. ``matmul_dtype`` (e.g. ``tf.bfloat16``) is the operand type of the
-    LSTM layers' large matrix products (see ``textgen.fast_lstm``); None keeps float32. Other
-    cells ignore it. ``stock`` runs LSTM layers as Keras layers too (on a GPU, Keras's cuDNN
-    kernel) instead of ``textgen.fast_lstm``. ``weight_drop`` is DropConnect on the fast path's
-    recurrent kernels while training: each step drops that share of U's entries (the mask a pure
-    function of the step's seed, as dropout's) and scales the rest up to keep U's expectation.
+    ``seed`` (int32 [2]) fixes the masks of ``noise``, applied only when ``training``; ``rows``
+    is as in ``stateless_dropout``. ``matmul_dtype`` (e.g. ``tf.bfloat16``) is the operand type
+    of the LSTM layers' large matrix products (see ``textgen.fast_lstm``); None keeps float32.
+    Other cells ignore it. ``stock`` runs LSTM layers as Keras layers too (on a GPU, Keras's
+    cuDNN kernel) instead of ``textgen.fast_lstm``; weight drop is then ignored.
     """
     layers = recurrent_layers(model)
     embedding = model.get_layer("embedding")
@@ -101,11 +105,13 @@ def make_forward(
             weights = [
                 tf.convert_to_tensor(v) for v in (cell.kernel, cell.recurrent_kernel, cell.bias)
             ]
-            if training and weight_drop > 0:
-                layer_seed = tf.random.experimental.stateless_fold_in(seed, 1 + k)
-                weights[1] = stateless_dropout(weights[1], weight_drop, layer_seed)
+            if training and noise.weight_drop > 0:
+                layer_seed = _fold(seed, 1 + k)
+                weights[1] = stateless_dropout(weights[1], noise.weight_drop, layer_seed)
             if k == 0:
                 table = tf.convert_to_tensor(embedding.embeddings)
+                if training and noise.embedding_dropout > 0:
+                    table = table * character_mask(seed)
                 x, _ = lstm_sequence_from_ids(
                     x, table, *weights, time_major=True, chains=chains, matmul_dtype=matmul_dtype
                 )  # (T, B, H)
@@ -115,17 +121,24 @@ def make_forward(
                 )
         return x
 
-    def keras_stack(ids):
+    def character_mask(seed):
+        """(vocab, 1): 0 for the characters this step drops, the scale-up for the rest."""
+        ones = tf.ones([embedding.embeddings.shape[0], 1])
+        return stateless_dropout(ones, noise.embedding_dropout, _fold(seed, 0))
+
+    def keras_stack(ids, training: bool, seed):
         x = embedding(ids)  # (B, T, E)
+        if training and noise.embedding_dropout > 0:
+            x = x * tf.gather(character_mask(seed), ids)
         for layer in layers:
             x = layer(x)  # (B, T, H)
         return x
 
     def forward(ids, training: bool, seed, rows=None):
         # (T, B, H) if fast else (B, T, H)
-        x = lstm_stack(ids, training, seed) if fast else keras_stack(ids)
-        if training and dropout > 0:
-            x = stateless_dropout(x, dropout, seed, rows, batch_axis=1 if fast else 0)
+        x = (lstm_stack if fast else keras_stack)(ids, training, seed)
+        if training and noise.dropout > 0:
+            x = stateless_dropout(x, noise.dropout, seed, rows, batch_axis=1 if fast else 0)
         shape = tf.shape(x)
         flat = tf.reshape(x, [shape[0] * shape[1], x.shape[-1]])  # not -1: a replica may get 0 rows
         logits = tf.nn.bias_add(

@@ -30,7 +30,7 @@ from textgen import run as rundir
 from textgen.averaging import WeightAverage
 from textgen.callbacks import Callback, EpochEnd
 from textgen.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from textgen.config import LOCKED_ON_RESUME, RunConfig, TrainConfig, TrainState
+from textgen.config import LOCKED_ON_RESUME, NO_NOISE, Noise, RunConfig, TrainConfig, TrainState
 from textgen.corpus import DEFAULT_CORPUS, check_exists, load_corpus
 from textgen.distribute import Cluster, choose_path, lost_worker_errors, make_cluster
 from textgen.errors import CheckpointError, TextgenError, VocabularyError
@@ -349,25 +349,25 @@ def _watchers(config: TrainConfig, tokenizer, run_dir: Path, echo) -> list[Callb
 def build_train_step(
     model,
     optimizer,
-    dropout: float,
+    noise: Noise = NO_NOISE,
     grad_norm=None,
     matmul_dtype=None,
     stock: bool = False,
-    weight_drop: float = 0.0,
+    weight_decay: float = 0.0,
 ):
     """The compiled training step ``(x, y, seed, lr) -> mean loss`` that ``train`` runs.
 
-    ``seed`` (int32 [2]) fixes the dropout mask and ``lr`` is assigned before the update, so a
-    step is a pure function of the model, optimizer state and its arguments. When given, the
-    float variable ``grad_norm`` receives the gradient's global norm (before clipping).
-    ``matmul_dtype`` is the operand type of the large products (``textgen.forward``).
-    ``stock`` trains LSTM layers through ``keras.layers.LSTM`` and ``weight_drop`` is DropConnect
-    on the recurrent kernels (see ``make_forward``).
+    ``seed`` (int32 [2]) fixes the masks of ``noise`` and ``lr`` is assigned before the update,
+    so a step is a pure function of the model, optimizer state and its arguments. When given,
+    the float variable ``grad_norm`` receives the gradient's global norm (before clipping).
+    ``matmul_dtype`` is the operand type of the large products and ``stock`` trains LSTM layers
+    through ``keras.layers.LSTM`` (see ``textgen.forward.make_forward``). ``weight_decay`` is
+    as in ``decay_matrices``.
     """
     from textgen.backend import tf
     from textgen.forward import make_forward
 
-    forward = make_forward(model, dropout, matmul_dtype, stock=stock, weight_drop=weight_drop)
+    forward = make_forward(model, noise, matmul_dtype, stock=stock)
     variables = model.trainable_variables
     ids = tf.TensorSpec([None, None], tf.int32)
     signature = [ids, ids, tf.TensorSpec([2], tf.int32), tf.TensorSpec([], tf.float32)]
@@ -383,6 +383,7 @@ def build_train_step(
         if grad_norm is not None:
             grad_norm.assign(tf.linalg.global_norm(grads))
         optimizer.learning_rate.assign(lr)
+        decay_matrices(variables, lr * weight_decay)
         optimizer.apply_gradients(zip(grads, variables))
         return loss
 
@@ -393,12 +394,12 @@ def build_replica_train_step(
     cluster: Cluster,
     model,
     optimizer,
-    dropout: float,
+    noise: Noise,
     clip_norm,
     grad_norm,
     stock: bool = False,
     matmul_dtype=None,
-    weight_drop: float = 0.0,
+    weight_decay: float = 0.0,
 ):
     """The training step of a cluster: ``(x, y, offset, rows, seed, lr, votes) -> (loss, votes)``.
 
@@ -413,7 +414,7 @@ def build_replica_train_step(
     from textgen.backend import tf
     from textgen.forward import make_forward
 
-    forward = make_forward(model, dropout, matmul_dtype, stock=stock, weight_drop=weight_drop)
+    forward = make_forward(model, noise, matmul_dtype, stock=stock)
     variables = model.trainable_variables
     strategy = cluster.strategy
 
@@ -439,6 +440,7 @@ def build_replica_train_step(
             # What ``apply_gradients`` does outside a strategy, one update per variable;
             # called here, outside the replicas, it would need the merge_call of a replica.
             rate = optimizer.learning_rate
+            decay_matrices(variables, lr * weight_decay)
             for grad, var in zip(grads, variables, strict=True):
                 strategy.extended.update(
                     var.value, lambda v, g: optimizer.update_step(g, v, rate), args=(grad,)
@@ -450,6 +452,18 @@ def build_replica_train_step(
     signature = [ids, ids, scalar, scalar, tf.TensorSpec([2], tf.int32)]
     signature += [tf.TensorSpec([], tf.float32), tf.TensorSpec([len(_VOTES)], tf.float32)]
     return cluster.compile(train_step, signature)
+
+
+def decay_matrices(variables, factor) -> None:
+    """Decoupled weight decay (as AdamW's): shrink every matrix by ``factor``, before the update.
+
+    ``factor`` is the learning rate times the decay rate; biases are left alone. The steps call
+    this themselves because the cluster's step applies Adam's ``update_step`` directly, which
+    would skip the decay of Keras's ``weight_decay``.
+    """
+    for var in variables:
+        if len(var.shape) >= 2:
+            var.assign_sub(var * factor)
 
 
 def _all_reduce_packed(tensors: list) -> list:
@@ -529,23 +543,23 @@ class Trainer:
             self.train_step = build_train_step(
                 model,
                 self.optimizer,
-                config.dropout,
+                config.noise(),
                 self.grad_norm,
                 matmul_dtype,
                 stock=stock,
-                weight_drop=config.weight_drop,
+                weight_decay=config.weight_decay,
             )
         else:
             self.train_step = build_replica_train_step(
                 cluster,
                 model,
                 self.optimizer,
-                config.dropout,
+                config.noise(),
                 config.clip_norm,
                 self.grad_norm,
                 stock,
                 matmul_dtype,
-                config.weight_drop,
+                config.weight_decay,
             )
         self.eval_step = build_eval_step(model, cluster, stock)
         self._interrupt = {"stop": False}
