@@ -268,6 +268,24 @@ def test_weight_drop_runs_the_lstm_with_a_dropconnected_recurrent_kernel() -> No
     np.testing.assert_allclose(logits.numpy(), model(ids).numpy(), rtol=1e-5, atol=1e-5)
 
 
+def test_dropout_acts_between_layers_alike_on_both_paths() -> None:
+    from textgen.forward import _fold, stateless_dropout
+
+    keras.utils.set_random_seed(12)
+    model = build_model(11, embedding_dim=D, units=H, num_layers=2)
+    ids, rate, seed = _ids(11), 0.4, tf.constant([3, 9], tf.int32)
+    noise = Noise(dropout=rate)
+    fast = make_forward(model, noise)(ids, training=True, seed=seed).numpy()
+    stock = make_forward(model, noise, stock=True)(ids, training=True, seed=seed).numpy()
+    np.testing.assert_allclose(fast, stock, rtol=1e-5, atol=1e-5)
+    # The same as Keras's layers with the masks put in by hand: after layer 0 from its own
+    # seed, after layer 1 (the last) from the step's seed.
+    x = model.get_layer("rnn_0")(model.get_layer("embedding")(ids))
+    x = model.get_layer("rnn_1")(stateless_dropout(x, rate, _fold(seed, 3)))
+    expected = model.get_layer("dense")(stateless_dropout(x, rate, seed)).numpy()
+    np.testing.assert_allclose(fast, expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])  # the fast path, and the Keras layers'
 def test_embedding_dropout_drops_whole_characters(cell: str) -> None:
     keras.utils.set_random_seed(9)

@@ -29,7 +29,7 @@ class ModelConfig:
     units: int = 512  # per recurrent layer
     num_layers: int = 1
     cell: str = "lstm"  # a key of textgen.cells.CELLS
-    dropout: float = 0.0  # on the last recurrent layer's output, while training
+    dropout: float = 0.0  # on every recurrent layer's output, while training
 
     def __post_init__(self) -> None:
         get_cell(self.cell)
@@ -45,7 +45,8 @@ class ModelConfig:
 class Noise:
     """The training-time noise of a forward pass, each a rate in [0, 1); all off by default.
 
-    - ``dropout``: on the last recurrent layer's outputs.
+    - ``dropout``: on every recurrent layer's outputs (the next layer's or the dense layer's
+      input).
     - ``weight_drop``: DropConnect on the LSTM recurrent kernels (the CPU path's). Each step drops
       that share of U's entries and scales the rest up to keep U's expectation.
     - ``embedding_dropout``: drops whole characters. Each step zeroes that share of the
@@ -75,7 +76,7 @@ class TrainConfig:
     units: int = 512  # recurrent units per layer
     num_layers: int = 1
     cell: str = "lstm"  # "lstm", "gru" or "simple"
-    dropout: float = 0.3  # on the last recurrent layer's output
+    dropout: float = 0.3  # on every recurrent layer's output
     weight_drop: float = 0.0  # DropConnect on the LSTM recurrent kernels, a new mask each step
     embedding_dropout: float = 0.0  # share of characters dropped from the embedding each step
     weight_decay: float = 0.0  # decoupled (AdamW-style) decay of the weight matrices

@@ -60,7 +60,11 @@ def _uniform_rows(shape, seed, offset):
 
 
 def _fold(seed, k: int):
-    """A seed of its own for mask ``k`` of a step (0: characters, 1 + i: layer i's U)."""
+    """A seed of its own for mask ``k`` of a step.
+
+    0: the characters; 1 + i: layer i's U; 1 + n + i: the outputs of layer i of n when it is
+    not the last. The last layer's outputs use the step's seed itself.
+    """
     return tf.random.experimental.stateless_fold_in(seed, k)
 
 
@@ -94,7 +98,14 @@ def make_forward(
     fast = cell_of_layer(layers[0]).name == "lstm" and not stock
     chains = lstm_chains()
 
-    def lstm_stack(ids, training: bool, seed):
+    def between_layers(x, k: int, training: bool, seed, rows, batch_axis: int):
+        """Dropout on the outputs of layer ``k`` (not the last) as the next layer's input."""
+        if not training or noise.dropout == 0 or k == len(layers) - 1:
+            return x
+        layer_seed = _fold(seed, 1 + len(layers) + k)
+        return stateless_dropout(x, noise.dropout, layer_seed, rows, batch_axis=batch_axis)
+
+    def lstm_stack(ids, training: bool, seed, rows):
         from textgen.fast_lstm import lstm_sequence, lstm_sequence_from_ids
 
         # Everything between the embedding and the logits stays time-major, so only the small
@@ -119,6 +130,7 @@ def make_forward(
                 x, _ = lstm_sequence(
                     x, *weights, time_major=True, chains=chains, matmul_dtype=matmul_dtype
                 )
+            x = between_layers(x, k, training, seed, rows, batch_axis=1)
         return x
 
     def character_mask(seed):
@@ -126,17 +138,17 @@ def make_forward(
         ones = tf.ones([embedding.embeddings.shape[0], 1])
         return stateless_dropout(ones, noise.embedding_dropout, _fold(seed, 0))
 
-    def keras_stack(ids, training: bool, seed):
+    def keras_stack(ids, training: bool, seed, rows):
         x = embedding(ids)  # (B, T, E)
         if training and noise.embedding_dropout > 0:
             x = x * tf.gather(character_mask(seed), ids)
-        for layer in layers:
-            x = layer(x)  # (B, T, H)
+        for k, layer in enumerate(layers):
+            x = between_layers(layer(x), k, training, seed, rows, batch_axis=0)  # (B, T, H)
         return x
 
     def forward(ids, training: bool, seed, rows=None):
         # (T, B, H) if fast else (B, T, H)
-        x = (lstm_stack if fast else keras_stack)(ids, training, seed)
+        x = (lstm_stack if fast else keras_stack)(ids, training, seed, rows)
         if training and noise.dropout > 0:
             x = stateless_dropout(x, noise.dropout, seed, rows, batch_axis=1 if fast else 0)
         shape = tf.shape(x)
