@@ -383,7 +383,7 @@ def build_train_step(
         if grad_norm is not None:
             grad_norm.assign(tf.linalg.global_norm(grads))
         optimizer.learning_rate.assign(lr)
-        decay_matrices(variables, lr * weight_decay)
+        decay_matrices(variables, lr, weight_decay)
         optimizer.apply_gradients(zip(grads, variables))
         return loss
 
@@ -440,7 +440,7 @@ def build_replica_train_step(
             # What ``apply_gradients`` does outside a strategy, one update per variable;
             # called here, outside the replicas, it would need the merge_call of a replica.
             rate = optimizer.learning_rate
-            decay_matrices(variables, lr * weight_decay)
+            decay_matrices(variables, lr, weight_decay)
             for grad, var in zip(grads, variables, strict=True):
                 strategy.extended.update(
                     var.value, lambda v, g: optimizer.update_step(g, v, rate), args=(grad,)
@@ -454,16 +454,17 @@ def build_replica_train_step(
     return cluster.compile(train_step, signature)
 
 
-def decay_matrices(variables, factor) -> None:
-    """Decoupled weight decay (as AdamW's): shrink every matrix by ``factor``, before the update.
+def decay_matrices(variables, lr, rate: float) -> None:
+    """Decoupled weight decay (as AdamW's): shrink every matrix by ``lr * rate``, before the update.
 
-    ``factor`` is the learning rate times the decay rate; biases are left alone. The steps call
-    this themselves because the cluster's step applies Adam's ``update_step`` directly, which
-    would skip the decay of Keras's ``weight_decay``.
+    Biases are left alone. The steps call this themselves because the cluster's step applies
+    Adam's ``update_step`` directly, which would skip the decay of Keras's ``weight_decay``.
     """
+    if rate == 0:
+        return
     for var in variables:
         if len(var.shape) >= 2:
-            var.assign_sub(var * factor)
+            var.assign_sub(var * (lr * rate))
 
 
 def _all_reduce_packed(tensors: list) -> list:
