@@ -281,3 +281,12 @@ def test_weight_decay_shrinks_the_matrices_and_not_the_biases():
         shrink = lr * rate * start if start.ndim >= 2 else np.zeros_like(start)
         np.testing.assert_allclose(plain - decayed, shrink, atol=1e-6)
     assert any(start.ndim >= 2 and np.abs(start).max() > 0.1 for start in before)
+
+
+def test_runs_saved_before_weight_decay_resume_without_it():
+    from textgen.config import RunConfig, TrainConfig
+
+    config = RunConfig(TrainConfig().model(30), TrainConfig()).to_json()
+    assert config["training"]["weight_decay"] == TrainConfig().weight_decay > 0
+    del config["training"]["weight_decay"]
+    assert RunConfig.from_json(config).training.weight_decay == 0.0

@@ -79,7 +79,7 @@ class TrainConfig:
     dropout: float = 0.3  # on every recurrent layer's output
     weight_drop: float = 0.0  # DropConnect on the LSTM recurrent kernels, a new mask each step
     embedding_dropout: float = 0.0  # share of characters dropped from the embedding each step
-    weight_decay: float = 0.0  # decoupled (AdamW-style) decay of the weight matrices
+    weight_decay: float = 0.2  # decoupled (AdamW-style) decay of the weight matrices, x lr
     learning_rate: float = 4e-3  # Adam's peak rate
     lr_schedule: str = "cosine"  # "cosine" (decay to 10% of the peak) or "constant"
     clip_norm: float | None = 5.0  # global gradient-norm clip; None disables it
@@ -211,6 +211,8 @@ class RunConfig:
             saved.setdefault("validation_context", 0)
             # Runs saved before the precision setting trained in float32 only.
             saved.setdefault("precision", "float32")
+            # And without weight decay.
+            saved.setdefault("weight_decay", 0.0)
             names = {f.name for f in fields(TrainConfig)}
             training = TrainConfig(**{k: v for k, v in saved.items() if k in names})
             return cls(ModelConfig(**data["model"]), training, dict(data.get("corpus", {})))
