@@ -196,7 +196,8 @@ def build_torch(args: argparse.Namespace, batches: np.ndarray, vocab: int) -> Ca
 def build_fast(
     args: argparse.Namespace, batches: np.ndarray, vocab: int, matmul_dtype=None
 ) -> Callable:
-    """textgen's own training step (``textgen.training.build_train_step``), default optimizer."""
+    """textgen's own training step (``textgen.training.build_train_step``), default optimizer
+    and weight decay."""
     import tensorflow as tf
 
     from textgen.config import Noise
@@ -212,7 +213,13 @@ def build_fast(
     )
     optimizer = make_optimizer(TrainConfig())
     optimizer.build(model.trainable_variables)
-    step_fn = build_train_step(model, optimizer, Noise(args.dropout), matmul_dtype=matmul_dtype)
+    step_fn = build_train_step(
+        model,
+        optimizer,
+        Noise(args.dropout),
+        matmul_dtype=matmul_dtype,
+        weight_decay=TrainConfig().weight_decay,
+    )
     data = [(tf.constant(b[0]), tf.constant(b[1])) for b in batches]
     lr = tf.constant(TrainConfig().learning_rate, tf.float32)
 

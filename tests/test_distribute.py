@@ -126,9 +126,8 @@ model = build_model(cfg.model(vocab))
 optimizer = make_optimizer(cfg)
 optimizer.build(model.trainable_variables)
 norm = tf.Variable(0.0)
-loss = float(build_train_step(model, optimizer, cfg.noise(), norm, weight_decay=cfg.weight_decay)(
-    x, y, seed, lr
-))
+step = build_train_step(model, optimizer, cfg.noise(), norm, weight_decay=cfg.weight_decay)
+loss = float(step(x, y, seed, lr))
 single = dict(loss=loss, norm=float(norm.numpy()), state=state(model, optimizer))
 
 keras.utils.set_random_seed(0)
