@@ -128,22 +128,41 @@ def _forward(step_input, steps, recurrent_kernel_t, h0, c0, batch_dim, dtype):
     return (*tas, c)
 
 
+def _gate_blocks_product(recurrent_kernel):
+    """Return ``product(dz)``: ``U dz`` for U (H, 4H) and dz (4H, B), summed over gate blocks.
+
+    The one product of depth 4H ran at half the speed of the forward loop's products of depth H
+    with oneDNN's bfloat16 kernel at 16 rows (a 1x512 LSTM on one core: 204 against 97 us); as
+    four (H, H) @ (H, B) blocks of one batched product, summed in the states' type, it took
+    102 us, and a training step at batch 32 ran about 1.2x faster (1.07x in float32).
+    ``recurrent_kernel`` is already in the operands' type.
+    """
+    units = recurrent_kernel.shape[0]
+    blocks = tf.transpose(tf.reshape(recurrent_kernel, [units, 4, units]), [1, 0, 2])  # (4, H, H)
+
+    def product(dz):
+        parts = tf.matmul(blocks, tf.reshape(tf.cast(dz, blocks.dtype), [4, units, -1]))
+        return tf.reduce_sum(tf.cast(parts, dz.dtype), axis=0)  # (H, B)
+
+    return product
+
+
 def _backward(d_outputs, d_h_last, d_c_last, p_ta, q_ta, f_ta, recurrent_kernel, need_state):
     """Back-propagate through the recurrence, in the transposed layout of ``_forward``.
 
     With dc_t the gradient reaching c_t, the pre-activation gradient is
     ``dZ_t = [dc, dc, dc, dh] * p_t`` and ``dc_{t-1} = dc_t * f_t`` where
     ``dc_t = dc_t' + dh_t * q_t``, so the loop is a handful of element-wise ops and one product,
-    ``U dZ_t``, again with the large matrix first. The candidate rows of dZ come out a quarter of
-    their true value; ``recurrent_kernel`` (U, H x 4H) must have those columns scaled by 4 to
-    compensate. Its dtype is that of the products' operands. ``d_outputs`` is (T, B, H) and
-    ``d_h_last``, ``d_c_last`` are (H, B).
+    ``U dZ_t``, again with the large matrix first (see ``_gate_blocks_product``). The candidate
+    rows of dZ come out a quarter of their true value; ``recurrent_kernel`` (U, H x 4H) must have
+    those columns scaled by 4 to compensate. Its dtype is that of the products' operands.
+    ``d_outputs`` is (T, B, H) and ``d_h_last``, ``d_c_last`` are (H, B).
 
     Returns the stacked dZ (T, B, 4H) and the gradients of h0 (None unless ``need_state``) and
     c0, both (H, B).
     """
     steps = tf.shape(d_outputs)[0]
-    mm = recurrent_kernel.dtype
+    recurrent_product = _gate_blocks_product(recurrent_kernel)
     batch_dim = d_outputs.shape[1]
     dz_ta = tf.TensorArray(
         d_outputs.dtype, size=steps, element_shape=[batch_dim, p_ta.element_shape[0]]
@@ -157,7 +176,7 @@ def _backward(d_outputs, d_h_last, d_c_last, p_ta, q_ta, f_ta, recurrent_kernel,
 
     def body(t, dh_rec, dc_rec, dz_ta):
         dz, dc_rec = grads_at(t, dh_rec, dc_rec)
-        dh_rec = _product(recurrent_kernel, dz, mm)
+        dh_rec = recurrent_product(dz)
         return t - 1, dh_rec, dc_rec, dz_ta.write(t, tf.transpose(dz))
 
     _, dh_rec, dc_rec, dz_ta = tf.while_loop(
@@ -169,7 +188,7 @@ def _backward(d_outputs, d_h_last, d_c_last, p_ta, q_ta, f_ta, recurrent_kernel,
     # Step 0 is peeled off so its recurrent product is only paid for when asked for.
     dz0, dc0 = grads_at(0, dh_rec, dc_rec)
     dz_ta = dz_ta.write(0, tf.transpose(dz0))
-    dh0 = _product(recurrent_kernel, dz0, mm) if need_state else None
+    dh0 = recurrent_product(dz0) if need_state else None
     return dz_ta.stack(), dh0, dc0
 
 
