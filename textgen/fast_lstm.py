@@ -141,8 +141,8 @@ def _gate_blocks_product(recurrent_kernel):
     blocks = tf.transpose(tf.reshape(recurrent_kernel, [units, 4, units]), [1, 0, 2])  # (4, H, H)
 
     def product(dz):
-        parts = tf.matmul(blocks, tf.reshape(tf.cast(dz, blocks.dtype), [4, units, -1]))
-        return tf.reduce_sum(tf.cast(parts, dz.dtype), axis=0)  # (H, B)
+        parts = _product(blocks, tf.reshape(dz, [4, units, -1]), blocks.dtype)  # (4, H, B)
+        return tf.reduce_sum(parts, axis=0)  # (H, B)
 
     return product
 
