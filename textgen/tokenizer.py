@@ -31,21 +31,28 @@ class Tokenizer:
     """Maps each character to an id; ids follow the characters' code point order.
 
     Sorting by code point (not by first appearance or frequency) makes the vocabulary a pure
-    function of the set of characters, so the same corpus always gives the same ids.
+    function of the set of characters, so the same corpus always gives the same ids. A
+    vocabulary extended for fine-tuning (``extended``) keeps its source's ids and appends the
+    new characters after them, so its order is kept as given (``ordered=True``), and saved so.
 
     With ``unknown=True`` one extra id (the last) stands for every character outside the
     vocabulary; it is used when a corpus has more distinct characters than ``max_vocab``.
     """
 
-    def __init__(self, chars: Sequence[str], *, unknown: bool = False) -> None:
+    def __init__(
+        self, chars: Sequence[str], *, unknown: bool = False, ordered: bool = False
+    ) -> None:
         chars = list(chars)
         if any(len(c) != 1 for c in chars):
             raise TextgenError("a vocabulary entry must be exactly one character")
         if len(set(chars)) != len(chars):
             raise TextgenError("the vocabulary has a repeated character")
-        self.chars: list[str] = sorted(chars)
+        self.chars: list[str] = chars if ordered else sorted(chars)
         self.unknown = unknown
-        self._points = np.array([ord(c) for c in self.chars], dtype=np.uint32)
+        points = np.array([ord(c) for c in self.chars], dtype=np.uint32)
+        # encode() searches the sorted code points, then maps each position to its id.
+        self._order = np.argsort(points, kind="stable")
+        self._points = points[self._order]
         self._index = {c: i for i, c in enumerate(self.chars)}
 
     @classmethod
@@ -67,6 +74,24 @@ class Tokenizer:
             order = np.lexsort((present, -counts[present]))[:max_vocab]
             return cls([chr(p) for p in present[order]], unknown=True)
         return cls([chr(p) for p in present])
+
+    def extended(self, counts: np.ndarray, *, max_vocab: int | None = None) -> Tokenizer:
+        """This vocabulary with the characters of ``counts`` (by code point) it lacks appended.
+
+        Every character keeps its id; new ones follow in code point order. With ``max_vocab``
+        (which counts the known characters, old and new) only the most frequent new characters
+        that fit are appended and the rest share the unknown id, which then exists and, as in
+        every vocabulary, is the last id.
+        """
+        present = np.flatnonzero(counts)
+        new = [p for p in present if chr(p) not in self._index]
+        unknown = self.unknown
+        room = None if max_vocab is None else max(0, max_vocab - len(self.chars))
+        if room is not None and len(new) > room:
+            ranked = np.lexsort((np.array(new), -counts[new]))[:room]
+            new = sorted(np.array(new)[ranked].tolist())
+            unknown = True
+        return Tokenizer(self.chars + [chr(p) for p in new], unknown=unknown, ordered=True)
 
     @property
     def vocab_size(self) -> int:
@@ -92,7 +117,7 @@ class Tokenizer:
             positions = np.searchsorted(self._points, points)
             clipped = np.minimum(positions, len(self._points) - 1)
             known = self._points[clipped] == points
-            positions = clipped
+            positions = self._order[clipped]
         ids = positions.astype(np.int32)
         if known.all():
             return ids
@@ -123,7 +148,8 @@ class Tokenizer:
     @classmethod
     def from_json(cls, data: dict) -> Tokenizer:
         """The tokenizer of a dict written by ``to_json``."""
-        return cls(list(data["chars"]), unknown=bool(data.get("unknown", False)))
+        # Saved vocabularies are in id order: sorted, or extended by fine-tuning.
+        return cls(list(data["chars"]), unknown=bool(data.get("unknown", False)), ordered=True)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:

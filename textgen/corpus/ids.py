@@ -366,6 +366,7 @@ def prepare_corpus(
     errors: str = "strict",
     max_vocab: int | None = None,
     tokenizer: Tokenizer | None = None,
+    base: Tokenizer | None = None,
 ) -> PreparedCorpus:
     """Read a file, folder or glob into ids, using ``cache_dir`` when given.
 
@@ -375,6 +376,8 @@ def prepare_corpus(
         encoding, errors: how the bytes are decoded ("strict" errors name the byte offset).
         max_vocab: keep only this many most frequent characters (others get the unknown id).
         tokenizer: encode with this vocabulary (a resumed run) instead of building one.
+        base: extend this vocabulary with the corpus's new characters (``Tokenizer.extended``;
+            fine-tuning) instead of building one.
     """
     _check_encoding(encoding, errors)
     files = corpus_files(spec)
@@ -385,6 +388,8 @@ def prepare_corpus(
         "max_vocab": max_vocab,
         "vocabulary": tokenizer.to_json() if tokenizer else None,
     }
+    if base is not None:
+        key["base"] = base.to_json()
     digest = _hash_files(files, key)
     if cache_dir is not None:
         cached = _load_cached(Path(cache_dir), digest)
@@ -392,7 +397,9 @@ def prepare_corpus(
             return PreparedCorpus(cached[0], cached[1], digest, files)
     counts = _count(files, encoding, errors)
     _check_not_empty(counts, spec)
-    if tokenizer is None:
+    if base is not None:
+        tokenizer = base.extended(counts, max_vocab=max_vocab)
+    elif tokenizer is None:
         tokenizer = Tokenizer.from_counts(counts, max_vocab=max_vocab)
     else:
         _check_vocabulary(counts, tokenizer)
@@ -417,7 +424,7 @@ def _load_cached(cache_dir: Path, digest: str) -> tuple[Tokenizer, np.ndarray] |
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         saved = meta["tokenizer"]
-        tokenizer = Tokenizer(list(saved["chars"]), unknown=bool(saved["unknown"]))
+        tokenizer = Tokenizer.from_json(saved)
         dtype = compact_ids(np.zeros(0, np.int64), tokenizer.vocab_size).dtype
         if ids_path.stat().st_size != meta["length"] * dtype.itemsize:
             return None
