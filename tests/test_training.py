@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import TINY, make_text
 
-from textgen import CheckpointError, Sampler, build_model, training
+from textgen import CheckpointError, Sampler, TrainConfig, build_model, training
 from textgen.checkpoint import load_checkpoint
 from textgen.model import set_weights
 from textgen.run import open_run
@@ -290,3 +290,35 @@ def test_runs_saved_before_weight_decay_resume_without_it():
     assert config["training"]["weight_decay"] == TrainConfig().weight_decay > 0
     del config["training"]["weight_decay"]
     assert RunConfig.from_json(config).training.weight_decay == 0.0
+
+
+def test_a_budget_without_epochs_is_the_plan(tmp_path, corpus, monkeypatch):
+    monkeypatch.setattr("textgen.config.DEFAULT_EPOCHS", 1)  # what a budget must lift
+    corpus.write_text(make_text(15))
+    settings = {k: v for k, v in TINY.items() if k != "epochs"}
+    result = train(corpus, run_dir=tmp_path / "run", **_quiet(**settings, max_time=10.0))
+    assert result.stopped == "max_time" and result.epochs_done > 1
+    state = load_checkpoint(tmp_path / "run" / "latest.npz").state
+    assert 10.0 <= state.seconds < 25.0
+    rows = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
+    rates = [float(r["learning_rate"]) for r in rows]
+    assert rates[-1] < 0.2 * TrainConfig().learning_rate  # the schedule spans the budget
+    # Both given: whichever ends first (here the epochs).
+    both = train(corpus, run_dir=tmp_path / "both", **_quiet(**TINY, max_time=600.0))
+    assert both.stopped == "completed" and both.epochs_done == TINY["epochs"]
+
+
+def test_a_budget_run_resumes_to_the_end_of_its_budget(tmp_path, corpus):
+    corpus.write_text(make_text(15))
+    settings = {k: v for k, v in TINY.items() if k != "epochs"}
+    with pytest.raises(TrainingInterrupted):
+        train(corpus, run_dir=tmp_path / "run", callbacks=[_CtrlCAt(3)],
+              **_quiet(**settings, max_time=10.0))  # fmt: skip
+    assert load_checkpoint(tmp_path / "run" / "latest.npz").state.seconds < 10.0
+    result = train(corpus, run_dir=tmp_path / "run", resume=True, **_quiet())
+    assert result.stopped == "max_time"
+    seconds = load_checkpoint(tmp_path / "run" / "latest.npz").state.seconds
+    assert 10.0 <= seconds < 20.0
+    # A new budget on resume is that much more time.
+    train(corpus, run_dir=tmp_path / "run", resume=True, **_quiet(max_time=3.0))
+    assert load_checkpoint(tmp_path / "run" / "latest.npz").state.seconds >= seconds + 3.0

@@ -50,7 +50,8 @@ def load_checkpoint(path: Path) -> Checkpoint:
             weights, optimizer, average = {}, [], {}
             for key in sorted(archive.files):
                 if key.startswith("w/"):
-                    weights[key[2:]] = archive[key]
+                    # A shipped model keeps its weights as float16; everything computes in 32.
+                    weights[key[2:]] = archive[key].astype(np.float32, copy=False)
                 elif key.startswith("opt/"):
                     optimizer.append(archive[key])
                 elif key.startswith("avg/"):

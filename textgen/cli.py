@@ -105,7 +105,9 @@ def _default(name: str) -> str:
 @main.command()
 @click.argument("corpus", required=False)
 @click.option(
-    "--epochs", type=click.IntRange(min=1), help="Epochs to train in total." + _default("epochs")
+    "--epochs",
+    type=click.IntRange(min=1),
+    help="Epochs to train in total. [default: 20, or with --max-time as many as it allows]",
 )
 @click.option(
     "--batch-size", type=click.IntRange(min=1), help="Windows per batch." + _default("batch_size")
@@ -193,7 +195,12 @@ def _default(name: str) -> str:
 @click.option(
     "--seed", type=int, help="Random seed (weights, data order, dropout)." + _default("seed")
 )
-@click.option("--max-time", type=Duration(), help="Wall-clock budget for this run, e.g. 10m.")
+@click.option(
+    "--max-time",
+    type=Duration(),
+    help="Wall-clock budget, e.g. 10m. Without --epochs it is the plan: the schedule spans it "
+    "and training goes on until it is spent; with --epochs, whichever ends first.",
+)
 @click.option(
     "--patience",
     type=click.IntRange(min=1),
@@ -247,10 +254,16 @@ def _default(name: str) -> str:
     help="gpu trains LSTMs through Keras's cuDNN layer, cpu through textgen's CPU-tuned step; "
     "auto takes the GPU when TensorFlow sees one.",
 )
+@click.option(
+    "--init-from",
+    metavar="SOURCE",
+    help="Start from a trained run directory or a shipped model (base), with its shape and a "
+    "vocabulary merged from both; fine-tuning defaults apply.",
+)
 @click.option("--resume", is_flag=True, help="Continue the run in the run directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_numpy_command
-def train(corpus, checkpoint_dir, resume, quiet, distribute, device, **options) -> None:
+def train(corpus, checkpoint_dir, resume, quiet, distribute, device, init_from, **options) -> None:
     """Train a model on CORPUS: a text file, folder, glob or corpus name (default: pydocs)."""
     from textgen.training import default_run_dir, train
 
@@ -266,6 +279,7 @@ def train(corpus, checkpoint_dir, resume, quiet, distribute, device, **options) 
         echo=click.echo,
         distribute=distribute,
         device=device,
+        init_from=init_from,
         **settings,
     )
     best = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.4f} nats"
@@ -371,6 +385,19 @@ def _stop_strings(ctx, param, value):
     help="Draw N samples and print the --num-samples of them with the highest mean "
     "log-probability per character, best first.",
 )
+@click.option(
+    "--max-copy",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Draw again any sample that copies more than N characters of the training corpus "
+    "verbatim (up to 20 draws each).",
+)
+@click.option(
+    "--show-copy",
+    is_flag=True,
+    help="After each sample, say on stderr how long the longest span it copies from the "
+    "training corpus is (JSON lines always carry it as longest_copy).",
+)
 @_numpy_command
 def sample(
     checkpoint,
@@ -388,19 +415,36 @@ def sample(
     which,
     beam_width,
     best_of,
+    max_copy,
+    show_copy,
 ) -> None:
     """Generate text from a trained run, printed as it is produced."""
-    _check_search_options(click.get_current_context(), beam_width, best_of)
+    ctx = click.get_current_context()
+    _check_search_options(ctx, beam_width, best_of)
+    if max_copy is not None and (beam_width is not None or best_of is not None or length == 0):
+        raise click.UsageError("--max-copy needs a finite --length and no --beam-width or "
+                               "--best-of", ctx)  # fmt: skip
     from textgen.options import SamplingOptions
     from textgen.output import write_samples
     from textgen.sampler import Sampler
 
+    run_dir = _pick_run(checkpoint)
+    checker = None
+    if fmt == "jsonl" or show_copy or max_copy is not None:
+        from textgen.copies import copy_checker, copy_checker_or_warn
+
+        checker = copy_checker(run_dir) if max_copy is not None else copy_checker_or_warn(run_dir)
+    annotate = None
+    if fmt == "jsonl":
+        annotate = lambda text: {"longest_copy": checker and checker.longest_copy(text)}  # noqa: E731
     if beam_width is not None:
-        sampler = Sampler.from_checkpoint(_pick_run(checkpoint), which=which)
+        sampler = Sampler.from_checkpoint(run_dir, which=which)
         found = sampler.beam_search(
             prime, length, beam_width, stop=stop, drop_unknown=drop_unknown
         ).text
-        write_samples(lambda first, count: [[found]], 1, prime=prime, fmt=fmt, output=output)
+        streams = lambda first, count: [[found]]  # noqa: E731
+        write_samples(streams, 1, prime=prime, fmt=fmt, output=output, annotate=annotate)
+        _show_copies(checker if show_copy else None, [found])
         return
     options = SamplingOptions(
         temperature=temperature,
@@ -412,18 +456,48 @@ def sample(
         drop_unknown=drop_unknown,
         stop=stop,
     )
-    sampler = Sampler.from_checkpoint(_pick_run(checkpoint), which=which)
+    sampler = Sampler.from_checkpoint(run_dir, which=which)
+    texts = None
     if best_of is not None:
-        best = sampler.generate_batch(num_samples, length, options=options, best_of=best_of)
+        texts = sampler.generate_batch(num_samples, length, options=options, best_of=best_of)
+    elif max_copy is not None:
+        from textgen.copies import sample_within
 
-        def stream(first: int, count: int):
-            return [best[first : first + count]]
-    else:
+        texts = sample_within(sampler, checker, num_samples, length, options, max_copy)
+    shown: list[str] = []
 
-        def stream(first: int, count: int):
-            return sampler.stream_batch(count, length or None, options=options, first_sample=first)
+    def stream(first: int, count: int):
+        if texts is not None:
+            pieces = [texts[first : first + count]]
+        else:
+            pieces = sampler.stream_batch(
+                count, length or None, options=options, first_sample=first
+            )
+        return _kept(pieces, count, shown) if show_copy else pieces
 
-    write_samples(stream, num_samples, prime=prime, fmt=fmt, output=output)
+    write_samples(stream, num_samples, prime=prime, fmt=fmt, output=output, annotate=annotate)
+    _show_copies(checker if show_copy else None, shown)
+
+
+def _kept(pieces, count: int, shown: list[str]):
+    """Pass ``pieces`` on, keeping each stream's text in ``shown`` for ``--show-copy``."""
+    parts: list[list[str]] = [[] for _ in range(count)]
+    try:
+        for step in pieces:
+            for part, piece in zip(parts, step):
+                part.append(piece)
+            yield step
+    finally:
+        shown.extend("".join(part) for part in parts)
+
+
+def _show_copies(checker, texts: list[str]) -> None:
+    """``--show-copy``: each sample's longest copy from the corpus, on stderr."""
+    if checker is None:
+        return
+    for i, text in enumerate(texts):
+        copied = checker.longest_copy(text)
+        click.echo(f"sample {i + 1}: longest copy of the corpus {copied} characters", err=True)
 
 
 def _check_search_options(ctx: click.Context, beam_width: int | None, best_of: int | None):

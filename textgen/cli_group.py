@@ -6,7 +6,7 @@ import importlib
 
 import click
 
-from textgen.errors import TextgenError
+from textgen.errors import OptionsError, TextgenError
 
 INTERRUPTED_EXIT = 130  # the shell's code for a process stopped by Ctrl-C
 
@@ -14,7 +14,8 @@ INTERRUPTED_EXIT = 130  # the shell's code for a process stopped by Ctrl-C
 class TextgenGroup(click.Group):
     """A click group that turns library errors into one line and a non-zero exit.
 
-    A ``TextgenError`` becomes click's ``Error: ...`` with exit code 1, never a traceback; an
+    A ``TextgenError`` becomes click's ``Error: ...`` with exit code 1, never a traceback (an
+    ``OptionsError`` is a usage error, exit code 2); an
     interrupted training run (``TrainingInterrupted``) says where its checkpoint is and exits
     with 130; a reader that closed the pipe ends the command with 1 and no message.
     ``lazy_commands`` maps a subcommand's name to the module that defines it under that name;
@@ -37,6 +38,8 @@ class TextgenGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except OptionsError as err:
+            raise click.UsageError(str(err), ctx) from None
         except TextgenError as err:
             if getattr(err, "interrupted", False):
                 click.echo(f"textgen: {err}", err=True)

@@ -15,6 +15,9 @@ from textgen.cells import get_cell
 from textgen.errors import CheckpointError, TextgenError
 from textgen.precision import PRECISIONS
 
+DEFAULT_EPOCHS = 20
+"""Epochs a run trains when neither ``--epochs`` nor a time budget is given."""
+
 DEFAULT_CONTEXT = 100
 """Characters read before each scored validation window unless a run says otherwise: enough
 that a 512-unit LSTM's loss no longer depends on where the window starts."""
@@ -69,7 +72,9 @@ NO_NOISE = Noise()  # the forward pass of evaluation and of steps that train wit
 class TrainConfig:
     """Every setting of a training run; saved in ``config.json``."""
 
-    epochs: int = 20  # epochs to reach in total (a resumed run continues up to this)
+    # Epochs to reach in total (a resumed run continues up to this). None: DEFAULT_EPOCHS, or,
+    # with max_time, as many as the budget allows, the budget then being the run's plan.
+    epochs: int | None = None
     batch_size: int = 32  # more, smaller steps learn faster per minute than 64 on a CPU
     seq_length: int = 100  # characters per training window
     embedding_dim: int = 64
@@ -87,7 +92,9 @@ class TrainConfig:
     validation_split: float = 0.1  # fraction held out from the END of the text
     validation_context: int = DEFAULT_CONTEXT  # characters read before each scored window
     seed: int = 0
-    max_time: float | None = None  # wall-clock budget in seconds for this invocation
+    # Wall-clock budget in seconds: of this invocation when epochs is given; without epochs, of
+    # the whole run (its schedule spans it, and a resumed run goes on to its end).
+    max_time: float | None = None
     patience: int | None = None  # stop after this many epochs without a better val loss
     checkpoint_every: float = 60.0  # seconds between mid-epoch checkpoints
     max_vocab: int | None = None  # keep only the most frequent characters
@@ -100,7 +107,7 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise TextgenError for settings that cannot work."""
         checks = [
-            (self.epochs >= 1, "epochs must be at least 1"),
+            (self.epochs is None or self.epochs >= 1, "epochs must be at least 1"),
             (self.batch_size >= 1, "batch size must be at least 1"),
             (self.seq_length >= 1, "sequence length must be at least 1"),
             (self.validation_context >= 0, "validation context must be at least 0"),
@@ -123,6 +130,18 @@ class TrainConfig:
             if not ok:
                 raise TextgenError(message)
         get_cell(self.cell)
+
+    @property
+    def budget_is_plan(self) -> bool:
+        """True when a time budget and no epoch count decide how long the run trains."""
+        return self.epochs is None and self.max_time is not None
+
+    @property
+    def epoch_limit(self) -> int | None:
+        """The epochs the run stops at, or None when only its budget ends it."""
+        if self.epochs is not None:
+            return self.epochs
+        return None if self.max_time is not None else DEFAULT_EPOCHS
 
     def model(self, vocab_size: int) -> ModelConfig:
         """The shape of the network these settings train on a vocabulary of ``vocab_size``."""
@@ -193,14 +212,19 @@ class RunConfig:
     model: ModelConfig
     training: TrainConfig
     corpus: dict[str, Any] = field(default_factory=dict)  # source, characters, sha256
+    # The trained model this run started from (``textgen.finetune.Source.record``), if any.
+    init_from: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The config as a JSON-ready dict (the layout of ``config.json``)."""
-        return {
+        data = {
             "model": asdict(self.model),
             "training": asdict(self.training),
             "corpus": self.corpus,
         }
+        if self.init_from is not None:
+            data["init_from"] = self.init_from
+        return data
 
     @classmethod
     def from_json(cls, data: Any, where: str = "config.json") -> RunConfig:
@@ -215,6 +239,8 @@ class RunConfig:
             saved.setdefault("weight_decay", 0.0)
             names = {f.name for f in fields(TrainConfig)}
             training = TrainConfig(**{k: v for k, v in saved.items() if k in names})
-            return cls(ModelConfig(**data["model"]), training, dict(data.get("corpus", {})))
+            init_from = data.get("init_from")
+            corpus = dict(data.get("corpus", {}))
+            return cls(ModelConfig(**data["model"]), training, corpus, init_from)
         except (KeyError, TypeError, ValueError, TextgenError) as err:
             raise CheckpointError(f"{where} is not a textgen run config ({err})") from None

@@ -19,3 +19,7 @@ class CheckpointError(TextgenError):
 
 class StorageError(TextgenError):
     """A file could not be written: no space, no permission or an I/O error."""
+
+
+class OptionsError(TextgenError):
+    """Options that contradict each other or the run they apply to (a usage error, exit 2)."""

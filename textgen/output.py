@@ -28,14 +28,20 @@ CHUNK_STREAMS = 1024
 
 # stream(first, count) -> ``Sampler.stream_batch`` output for samples first .. first + count - 1
 Streams = Callable[[int, int], Iterable[list[str]]]
+# A sample's text -> fields added to its JSON line (``{"longest_copy": 12}``)
+Annotate = Callable[[str], dict]
 
 
-def _render(texts: list[str], first: int, total: int, prime: str, fmt: str) -> str:
+def _render(
+    texts: list[str], first: int, total: int, prime: str, fmt: str, annotate: Annotate | None
+) -> str:
     if fmt == "jsonl":
-        return "".join(
-            json.dumps({"sample": first + i, "prime": prime, "text": t}, ensure_ascii=False) + "\n"
-            for i, t in enumerate(texts)
-        )
+        lines = []
+        for i, text in enumerate(texts):
+            record = {"sample": first + i, "prime": prime, "text": text}
+            record.update(annotate(text) if annotate else {})
+            lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+        return "".join(lines)
     if total == 1:
         return prime + texts[0] + "\n"
     return "".join(
@@ -85,6 +91,7 @@ def write_samples(
     fmt: str = "text",
     output: str | None = None,
     chunk: int = CHUNK_STREAMS,
+    annotate: Annotate | None = None,
 ) -> None:
     """Generate ``num_samples`` samples, ``chunk`` streams at a time, and write them in order.
 
@@ -95,6 +102,7 @@ def write_samples(
 
     Args:
         output: a path for ``textgen.sinks.write_path``; None or ``-`` is stdout.
+        annotate: fields to add to each sample's JSON line, from its text.
 
     Raises:
         StorageError: the output could not be written.
@@ -115,7 +123,8 @@ def write_samples(
             if first:
                 pieces = stream(first, count)
             texts, interrupted = _collect(pieces, count)
-            out.write(_render(texts, first, num_samples, prime, fmt).encode("utf-8"))
+            rendered = _render(texts, first, num_samples, prime, fmt, annotate)
+            out.write(rendered.encode("utf-8"))
             out.flush()
             if interrupted:
                 return

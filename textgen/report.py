@@ -17,7 +17,14 @@ def describe_run(run_dir: Path) -> str:
     """Config, vocabulary size, epochs done, best validation loss and the Keras summary."""
     run = open_run(run_dir, "latest")
     state = run.state
-    lines = [f"run directory: {run_dir}", "config:"]
+    lines = [f"run directory: {run.run_dir}"]
+    source = run.config.init_from
+    if source:
+        sha = str(source.get("corpus_sha256") or "unknown")[:12]
+        lines.append(
+            f"started from: {source.get('source')} ({source.get('path')}; its corpus sha256 {sha})"
+        )
+    lines.append("config:")
     config = json.dumps(run.config.to_json(), indent=2, sort_keys=True)
     lines += ["  " + line for line in config.splitlines()]
     shown = "".join(run.tokenizer.chars)
@@ -29,9 +36,9 @@ def describe_run(run_dir: Path) -> str:
         + ("n/a" if best is None else f"{best:.4f} nats ({best / LN2:.4f} bpc)")
     )
     lines.append(f"training time: {state.seconds:.0f} s")
-    rows = read_history(run_dir)
+    rows = read_history(run.run_dir)
     if rows:
-        lines.append(f"history: {len(rows)} rows in {Path(run_dir) / HISTORY}")
+        lines.append(f"history: {len(rows)} rows in {run.run_dir / HISTORY}")
     buffer = io.StringIO()
     with redirect_stdout(buffer):
         run.build_model().summary(line_length=90)

@@ -11,6 +11,10 @@ Layout of a run directory::
     .lock            held (``flock``) by the process that trains the run
 
 Every file is written atomically (``textgen.files``), so a crash never leaves half a file.
+
+Models shipped inside the package (``textgen/models/<name>``, such as ``base``) are run
+directories too, without ``latest.npz`` or a lock: wherever a run directory is asked for, a name
+that is not an existing path is looked up there (``resolve_run``).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from textgen.checkpoint import Checkpoint, load_checkpoint
+from textgen.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from textgen.config import RunConfig, TrainState
 from textgen.errors import CheckpointError, StorageError, TextgenError
 from textgen.files import write_text
@@ -43,7 +47,31 @@ HISTORY = "history.csv"
 LOCK = ".lock"
 TENSORBOARD = "tensorboard"
 DEFAULT_ROOT = Path("checkpoints")
+# Beside the runs of one folder: the id arrays (and copy indexes) of the corpora they train on.
+CACHE_DIR = ".cache"
 WHICH = ("best", "latest")
+SHIPPED = Path(__file__).resolve().parent / "models"  # models that come with textgen
+
+
+def shipped_models() -> list[str]:
+    """The names of the models shipped inside the package."""
+    if not SHIPPED.is_dir():
+        return []
+    return sorted(p.name for p in SHIPPED.iterdir() if (p / CONFIG).is_file())
+
+
+def resolve_run(spec: str | os.PathLike) -> Path:
+    """A run directory as given, or, for a bare name that is no path here, a shipped model."""
+    path = Path(spec)
+    if path.exists() or len(path.parts) != 1:
+        return path
+    shipped = SHIPPED / path.name
+    return shipped if (shipped / CONFIG).is_file() else path
+
+
+def is_shipped(run_dir: Path) -> bool:
+    """True for a model that lives inside the package (never trained or written there)."""
+    return Path(run_dir).resolve().parent == SHIPPED
 
 
 @dataclass
@@ -75,7 +103,7 @@ class Run:
 
 def read_config(run_dir: Path) -> RunConfig:
     """Load ``config.json`` of a run directory, with errors a user can act on."""
-    run_dir = Path(run_dir)
+    run_dir = resolve_run(run_dir)
     if not run_dir.exists():
         raise CheckpointError(f"no such run directory: {run_dir}")
     if not run_dir.is_dir():
@@ -108,8 +136,11 @@ def weights_file(run_dir: Path, which: str = "best") -> Path:
 
 
 def open_run(run_dir: str | os.PathLike, which: str = "best") -> Run:
-    """Load a run directory's config, vocabulary and ``which`` checkpoint, checked together."""
-    run_dir = Path(run_dir)
+    """Load a run directory's config, vocabulary and ``which`` checkpoint, checked together.
+
+    ``run_dir`` may also name a shipped model (``resolve_run``).
+    """
+    run_dir = resolve_run(run_dir)
     config = read_config(run_dir)
     tokenizer = Tokenizer.load(run_dir / TOKENIZER)
     checkpoint = load_checkpoint(weights_file(run_dir, which))
@@ -204,3 +235,19 @@ def writer_lock(run_dir: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def pack_run(run_dir: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Write a run's config, vocabulary and best weights, as float16, into ``dest``.
+
+    This is how a shipped model is made: half the size of float32 weights, loaded back as
+    float32 (``textgen.checkpoint``), with the training state kept for ``textgen info``.
+    """
+    run = open_run(run_dir, "best")
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    half = {name: value.astype(np.float16) for name, value in run.weights.items()}
+    save_checkpoint(dest / BEST, Checkpoint(half, [], run.state))
+    run.tokenizer.save(dest / TOKENIZER)
+    write_config(dest, run.config)
+    return dest

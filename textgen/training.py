@@ -33,7 +33,7 @@ from textgen.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from textgen.config import LOCKED_ON_RESUME, NO_NOISE, Noise, RunConfig, TrainConfig, TrainState
 from textgen.corpus import DEFAULT_CORPUS, check_exists, load_corpus
 from textgen.distribute import Cluster, choose_path, lost_worker_errors, make_cluster
-from textgen.errors import CheckpointError, TextgenError, VocabularyError
+from textgen.errors import CheckpointError, OptionsError, TextgenError, VocabularyError
 from textgen.evaluation import build_eval_step, evaluate_ids
 from textgen.files import remove_stale_temporaries
 from textgen.model import build_model, get_weights, named_variables, set_weights
@@ -48,7 +48,6 @@ from textgen.windows import (
 )
 
 LN2 = math.log(2.0)
-CACHE_DIR = ".cache"  # id arrays of prepared corpora, shared by the runs in one folder
 HISTORY_FIELDS = [
     "epoch",
     "step",
@@ -147,6 +146,7 @@ def train(
     callbacks: Sequence[Callback] = (),
     distribute: str = "none",
     device: str = "auto",
+    init_from: str | Path | None = None,
     **settings,
 ) -> TrainResult:
     """Train a model on ``corpus`` and keep it in ``run_dir`` (default ``checkpoints/<name>``).
@@ -163,6 +163,9 @@ def train(
             on a cluster, every worker calls ``train`` with the same arguments and only worker
             0 writes ``run_dir``.
         device: ``auto``, ``cpu`` or ``gpu``: which recurrent path trains (``choose_path``).
+        init_from: start a new run from this trained run directory or shipped model (such as
+            ``base``), with its shape and a vocabulary merged from both (``textgen.finetune``);
+            the fine-tuning defaults (``FINETUNE_DEFAULTS``) fill the settings not given.
         **settings: fields of ``TrainConfig``; on resume, the saved values fill the rest.
 
     Returns:
@@ -173,13 +176,21 @@ def train(
     if run_dir is None:
         run_dir = default_run_dir(corpus or DEFAULT_CORPUS)
     run_dir = Path(run_dir)
+    source = None
+    if init_from is not None:
+        from textgen.finetune import FINETUNE_DEFAULTS, open_source, shape_settings
+
+        if resume:
+            raise OptionsError("--init-from starts a new run; it cannot be used with --resume")
+        source = open_source(init_from)
+        settings = {**FINETUNE_DEFAULTS, **settings, **shape_settings(source, settings)}
     config = None if resume else TrainConfig.from_settings(settings)
     if config is not None:
         config.validate()  # bad settings fail before any file is made
     if corpus is not None or not resume:
         check_exists(corpus or DEFAULT_CORPUS)  # so does a missing corpus
     cluster = make_cluster(distribute)  # before any other TensorFlow op
-    args = (corpus, run_dir, config, progress, echo, callbacks, settings, cluster, device)
+    args = (corpus, run_dir, config, progress, echo, callbacks, settings, cluster, device, source)
     if cluster is not None and not cluster.is_chief:
         with _lost_workers(cluster, run_dir):
             return _train_locked(*args)
@@ -217,9 +228,10 @@ def _lost_workers(cluster: Cluster | None, run_dir: Path) -> Iterator[None]:
 
 
 def _train_locked(
-    corpus, run_dir: Path, config, progress, echo, callbacks, settings, cluster, device
+    corpus, run_dir: Path, config, progress, echo, callbacks, settings, cluster, device, source
 ):
-    """``train`` once the run directory's lock is held; ``config`` is None when resuming."""
+    """``train`` once the run directory's lock is held; ``config`` is None when resuming;
+    ``source`` is the ``textgen.finetune.Source`` a new run starts from, if any."""
     if cluster is not None and not cluster.is_chief:
         return _train_follower(corpus, run_dir, progress, echo, callbacks, cluster, device)
     resume = config is None
@@ -242,11 +254,12 @@ def _train_locked(
     try:
         prepared = load_corpus(
             corpus,
-            cache_dir=run_dir.parent / CACHE_DIR,
+            cache_dir=run_dir.parent / rundir.CACHE_DIR,
             encoding=config.encoding,
             errors=config.errors,
             max_vocab=config.max_vocab,
             tokenizer=saved_tokenizer,
+            base=source.run.tokenizer if source is not None else None,
         )
         split = split_ids(prepared.ids, config.validation_split, config.seq_length)
     except VocabularyError as err:
@@ -262,10 +275,12 @@ def _train_locked(
     if saved is not None:
         run_config = replace(saved, training=config)
     else:
-        run_config = RunConfig(config.model(tokenizer.vocab_size), config, corpus_record)
+        init_record = source.record() if source is not None else None
+        model = config.model(tokenizer.vocab_size)
+        run_config = RunConfig(model, config, corpus_record, init_record)
     if cluster is not None:
         shared = {"run": run_config.to_json(), "tokenizer": tokenizer.to_json()}
-        shared.update(sha256=prepared.sha256, resume=saved is not None)
+        shared.update(sha256=prepared.sha256, resume=saved is not None, init=source is not None)
         cluster.broadcast_text(json.dumps(shared))
 
     watchers = _watchers(config, tokenizer, run_dir, echo)
@@ -274,10 +289,19 @@ def _train_locked(
     if saved is not None:
         remove_stale_temporaries(run_dir)
         trainer.restore(load_checkpoint(run_dir / rundir.LATEST))
+        if config.budget_is_plan and "max_time" in settings:
+            # A new budget for a run planned by its budget: this much more training time.
+            config.max_time = trainer.state.seconds + settings["max_time"]
         if cluster is not None:
             trainer.share_checkpoint()
         rundir.write_config(run_dir, run_config)
     else:
+        if source is not None:
+            from textgen.finetune import transfer_weights
+
+            trainer.start_from(transfer_weights(source, tokenizer, split.train))
+            if cluster is not None:
+                trainer.share_checkpoint()
         tokenizer.save(run_dir / rundir.TOKENIZER)
         # A step-0 checkpoint before the config: a run directory with a config always has a
         # checkpoint to resume from, even if the process is killed before the first save.
@@ -326,7 +350,7 @@ def _train_follower(corpus, run_dir: Path, progress, echo, callbacks, cluster: C
     split = split_ids(prepared.ids, config.validation_split, config.seq_length)
     trainer = _make_trainer(config, tokenizer, split, run_dir, echo, progress, cluster, device)
     trainer.callbacks = list(callbacks)
-    if shared["resume"]:
+    if shared["resume"] or shared.get("init"):
         trainer.share_checkpoint()
     return trainer.run()
 
@@ -586,6 +610,12 @@ class Trainer:
             # A run that did not average before starts its average from the current weights.
             self.average.load(saved.average or saved.weights)
 
+    def start_from(self, weights: dict[str, np.ndarray]) -> None:
+        """Begin a new run from these weights (fine-tuning) instead of random ones."""
+        set_weights(self.model, weights)
+        if self.average is not None:
+            self.average.load(weights)
+
     def share_checkpoint(self) -> None:
         """Give every worker of the cluster the chief's weights, optimizer state and position."""
         cluster = self.cluster
@@ -685,18 +715,28 @@ class Trainer:
         A cluster's workers must stop at the same batch, so there the budget, Ctrl-C and the
         callbacks are voted on with each step (``_VOTES``) and act after it.
         """
+        limit = self.config.epoch_limit
+        completed = limit is not None and self.state.epoch >= limit
         if self.cluster is not None:
             if self._agreed_stop is not None:
                 return self._agreed_stop
-            return "completed" if self.state.epoch >= self.config.epochs else None
+            return "completed" if completed else None
         if interrupted:
             return "interrupted"
-        if self.state.epoch >= self.config.epochs:
+        if completed:
             return "completed"
-        budget = self.config.max_time
-        if budget is not None and clock.elapsed() >= budget:
+        if self._budget_spent(clock):
             return "max_time"
         return None
+
+    def _budget_spent(self, clock: _Clock) -> bool:
+        """Whether the time budget is used: the run's when it is the plan, else this call's."""
+        cfg = self.config
+        if cfg.max_time is None:
+            return False
+        if cfg.budget_is_plan:
+            return clock.seconds_before + clock.elapsed() >= cfg.max_time
+        return clock.elapsed() >= cfg.max_time
 
     def _epoch_batches(self, bar) -> Iterator:
         cfg, state = self.config, self.state
@@ -704,7 +744,8 @@ class Trainer:
         starts = starts[state.batch * cfg.batch_size :]
         bar.reset(total=self.steps)
         bar.update(state.batch)
-        bar.set_description(f"epoch {state.epoch + 1}/{cfg.epochs}")
+        limit = cfg.epoch_limit
+        bar.set_description(f"epoch {state.epoch + 1}" + (f"/{limit}" if limit else ""))
         if self.cluster is not None:
             rows_of = self.cluster.local_rows
             return replica_windows(self.train_ids, starts, cfg.seq_length, cfg.batch_size, rows_of)
@@ -712,7 +753,9 @@ class Trainer:
 
     def _progress(self, clock: _Clock) -> float:
         cfg = self.config
-        by_steps = self.state.step / (cfg.epochs * self.steps)
+        if cfg.budget_is_plan:
+            return (clock.seconds_before + clock.elapsed()) / cfg.max_time
+        by_steps = self.state.step / (cfg.epoch_limit * self.steps)
         if cfg.max_time is None:
             return by_steps
         return max(by_steps, clock.elapsed() / cfg.max_time)
@@ -748,13 +791,13 @@ class Trainer:
 
     def _train_replicas(self, batch, seed, lr: float, clock: _Clock) -> float:
         """One step of a cluster, with this worker's votes on stopping after it."""
-        tf, cfg, cluster = self.tf, self.config, self.cluster
+        tf, cluster = self.tf, self.cluster
         parts, rows = batch
         blocks = cluster.local_rows(rows)
         x = cluster.per_replica([tf.constant(px) for px, _ in parts])
         y = cluster.per_replica([tf.constant(py) for _, py in parts])
         offset = cluster.per_replica([tf.constant(lo, tf.int32) for lo, _ in blocks])
-        budget = cfg.max_time is not None and clock.elapsed() >= cfg.max_time
+        budget = self._budget_spent(clock)
         mine = [budget, self._interrupt["stop"], self._pending_reason is not None]
         votes = tf.constant(mine, tf.float32)
         lr_t = tf.constant(lr, tf.float32)
