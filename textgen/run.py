@@ -127,7 +127,7 @@ def weights_file(run_dir: Path, which: str = "best") -> Path:
     """The checkpoint file for ``which``: ``best`` (falling back to latest) or ``latest``."""
     if which not in WHICH:
         raise TextgenError(f"which must be best or latest, got {which!r}")
-    run_dir = Path(run_dir)
+    run_dir = resolve_run(run_dir)
     order = [BEST, LATEST] if which == "best" else [LATEST, BEST]
     for name in order:
         if (run_dir / name).is_file():

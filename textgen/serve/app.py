@@ -186,7 +186,7 @@ class Models:
     def __init__(
         self, run_dirs: list[Path], which: str, limits: Limits, adapt_blas_threads: bool = False
     ) -> None:
-        self.run_dirs = {Path(d).resolve().name: Path(d) for d in run_dirs}
+        self.run_dirs = {Path(d).resolve().name: runs.resolve_run(d) for d in run_dirs}
         self.which, self.limits = which, limits
         self.adapt_blas_threads = adapt_blas_threads
         self.blas = None  # a textgen.cores.AdaptiveBlasThreads once loaded, when adapting
