@@ -32,6 +32,7 @@ from textgen.files import atomic_write
 
 MAX_COPY_TRIES = 20  # draws of one sample before ``--max-copy`` gives up on it
 _SUFFIX = ".sa"
+_WINDOWS = (8, 32)  # ids compared per position in the vectorised searches
 
 
 class CorpusUnavailable(TextgenError):
@@ -113,14 +114,64 @@ class CopyIndex:
         best = 0
         for piece in np.split(ids, np.flatnonzero(ids < 0)):
             piece = piece[piece >= 0]
+            if len(piece) <= best:
+                continue
+            # Every position's match, capped at a window, in one vectorised search: first with a
+            # short window, then a longer one for the positions that reached it; only the
+            # positions that reach the last window can match further, and they are few.
+            capped = np.zeros(len(piece), np.int64)
+            starts = np.arange(len(piece))
+            for window in _WINDOWS:
+                capped[starts] = self._matches(piece, starts, window)
+                starts = starts[capped[starts] == window]
+            best = max(best, int(capped.max()))
             text = piece.astype(self._big).tobytes()
             w = self._width
-            for start in range(len(piece)):
+            for start in starts.tolist():
                 if len(piece) - start <= best:
                     break
                 if self._occurs(text[start * w : (start + best + 1) * w]):
                     best = max(best, self._longest_at(text[start * w :]))
         return best
+
+    def _matches(self, piece: np.ndarray, starts: np.ndarray, window: int) -> np.ndarray:
+        """For each of the ``starts`` of ``piece``, its longest match in the corpus, at most
+        ``window``.
+
+        A binary search for all positions at once over the suffixes' first ``window`` ids
+        (-1 past the end of the corpus or of ``piece``, which sorts an ended text first, as
+        the suffix array does); the longest match is with a neighbour of the insertion point.
+        """
+        n, size = len(starts), len(self.suffixes)
+        offsets = np.arange(window)
+        at = starts[:, None] + offsets
+        pattern = np.where(at < len(piece), piece[np.minimum(at, len(piece) - 1)], -1)
+        lo, hi = np.zeros(n, np.int64), np.full(n, size, np.int64)
+        while (active := lo < hi).any():
+            mid = (lo + hi) // 2
+            keys = self._windows(np.where(active, mid, 0), offsets)
+            differ = keys != pattern
+            first = differ.argmax(axis=1)
+            rows = np.arange(n)
+            below = differ.any(axis=1) & (keys[rows, first] < pattern[rows, first])
+            lo = np.where(active & below, mid + 1, lo)
+            hi = np.where(active & ~below, mid, hi)
+        longest = np.zeros(n, np.int64)
+        real = np.minimum(window, len(piece) - starts)  # ids of piece in each window
+        for neighbour in (lo - 1, lo):
+            valid = (neighbour >= 0) & (neighbour < size)
+            keys = self._windows(np.clip(neighbour, 0, size - 1), offsets)
+            same = (keys == pattern) & (offsets < real[:, None])
+            common = np.where(same.all(axis=1), window, (~same).argmax(axis=1))
+            longest = np.maximum(longest, np.where(valid, np.minimum(common, real), 0))
+        return longest
+
+    def _windows(self, ranks: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """The first ``len(offsets)`` ids of the suffixes of these ranks, -1 past the end."""
+        at = np.asarray(self.suffixes[ranks], dtype=np.int64)[:, None] + offsets
+        inside = at < len(self.ids)
+        found = self.ids[np.where(inside, at, 0)].astype(np.int64)
+        return np.where(inside, found, -1)
 
 
 def _common_prefix(a: bytes, b: bytes) -> int:
