@@ -603,7 +603,13 @@ async def _stream(jobs, scheduler, prompts, body, head) -> AsyncIterator[str]:
 
 
 class _BodyLimit:
-    """Answer 413 to a request body larger than ``max_body`` bytes, declared or sent."""
+    """Answer 413 to a request body larger than ``max_body`` bytes, declared or sent.
+
+    The body is read and dropped (up to ``DRAIN_LIMIT`` bytes) before the answer goes out:
+    a client that sends its whole body before reading (Python's ``urllib``, many scripts) would
+    otherwise find the connection reset, its unread bytes still in flight, instead of the 413.
+    A client that asked ``Expect: 100-continue`` has sent nothing yet and is answered at once.
+    """
 
     def __init__(self, app, max_body: int) -> None:
         self.app, self.max_body = app, max_body
@@ -612,30 +618,59 @@ class _BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
         too_big = ApiError(
             413, f"the request body is larger than {self.max_body} bytes", code="request_too_large"
         )
         try:
-            if declared is not None and int(declared) > self.max_body:
-                return await too_big.response()(scope, receive, send)
+            declared = headers.get(b"content-length")
+            declared = None if declared is None else int(declared)
         except ValueError:
             return await ApiError(400, "bad Content-Length").response()(scope, receive, send)
+        if declared is not None and declared > self.max_body:
+            if declared <= DRAIN_LIMIT and headers.get(b"expect", b"").lower() != b"100-continue":
+                await _drain(receive, declared)
+            return await too_big.response()(scope, receive, send)
         seen = 0
+        over = False  # the body passed max_body: the app's own answer is dropped for the 413
 
         async def limited():
-            nonlocal seen
+            nonlocal seen, over
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_body:
+                    over = True
+                    if message.get("more_body", False):
+                        await _drain(receive, DRAIN_LIMIT - seen)
                     raise _TooBig
             return message
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooBig:
+        async def unless_over(message):
+            # FastAPI turns a failed body read into its own 400; the client gets the 413.
+            if not over:
+                await send(message)
+
+        with contextlib.suppress(_TooBig):
+            await self.app(scope, limited, unless_over)
+        if over:
             await too_big.response()(scope, receive, send)
+
+
+# The most an oversized body is read for its 413 to reach the client (see _BodyLimit); past it
+# the connection is closed with the answer unread, as a flood deserves.
+DRAIN_LIMIT = 64 * 1024 * 1024
+
+
+async def _drain(receive, limit: int) -> None:
+    """Read and drop a request's body until it ends, the client leaves or ``limit`` bytes."""
+    read = 0
+    while read <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        read += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 class _TooBig(Exception):
