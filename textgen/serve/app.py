@@ -25,22 +25,25 @@ import contextlib
 import dataclasses
 import json
 import math
+import re
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from textgen import run as runs
+from textgen.chat import ChatMessage, ChatTemplate
 from textgen.errors import TextgenError
 from textgen.serve.batching import Busy, Job, Piece, Scheduler
 
@@ -83,26 +86,78 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class CompletionRequest(BaseModel):
-    """``POST /v1/completions``; fields as in OpenAI's API, plus ``top_k``."""
+class SamplingRequest(BaseModel):
+    """The fields completions and chat completions share, checked the same way."""
 
     model_config = ConfigDict(extra="ignore")  # OpenAI fields with no meaning here are ignored
 
     model: str
-    prompt: str | list[str] = ""
     max_tokens: int | None = Field(16, ge=0, description="characters per choice")
     temperature: float | None = Field(1.0, ge=0, le=2, allow_inf_nan=False)
     top_p: float | None = Field(1.0, gt=0, le=1, allow_inf_nan=False)
     top_k: int | None = Field(None, ge=1)
     n: int | None = Field(1, ge=1, le=128)
-    best_of: int | None = Field(None, ge=1, le=128, description="choices generated; n returned")
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=0, lt=2**63)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
+    user: str | None = None
+
+
+class CompletionRequest(SamplingRequest):
+    """``POST /v1/completions``; fields as in OpenAI's API, plus ``top_k``."""
+
+    prompt: str | list[str] = ""
+    best_of: int | None = Field(None, ge=1, le=128, description="choices generated; n returned")
     echo: bool | None = False
     logprobs: int | None = Field(None, ge=0, le=5)
-    user: str | None = None
+
+
+class TextPart(BaseModel):
+    """A part of a message's content; text is the only kind a character model reads."""
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessageIn(BaseModel):
+    """A message of a conversation (``tool_calls`` and the like are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: str
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def message(self) -> ChatMessage:
+        content = self.content or ""
+        if isinstance(content, list):
+            content = "".join(part.text for part in content)
+        return ChatMessage(self.role, content, self.name)
+
+
+class ChatRequest(SamplingRequest):
+    """``POST /v1/chat/completions``; the messages become a prompt through the chat template,
+    and the rest is a completion's (``max_completion_tokens``, when given, is ``max_tokens``)."""
+
+    messages: list[ChatMessageIn]
+    max_completion_tokens: int | None = Field(None, ge=0, description="as max_tokens")
+    logprobs: bool | None = False
+    top_logprobs: int | None = Field(None, ge=0, le=5)
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> ChatRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+    def completion(self, prompt: str) -> CompletionRequest:
+        """The equivalent completion request (of fields already checked)."""
+        shared = {name: getattr(self, name) for name in SamplingRequest.model_fields}
+        if self.max_completion_tokens is not None:
+            shared["max_tokens"] = self.max_completion_tokens
+        logprobs = (self.top_logprobs or 0) if self.logprobs else None
+        return CompletionRequest.model_construct(**shared, prompt=prompt, logprobs=logprobs)
 
 
 class Logprobs(BaseModel):
@@ -131,6 +186,60 @@ class Completion(BaseModel):
     created: int
     model: str
     choices: list[Choice]
+    usage: Usage | None = None
+
+
+class ChatMessageOut(BaseModel):
+    role: str = "assistant"
+    content: str
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprob]
+
+    @classmethod
+    def of(cls, logprobs: Logprobs) -> ChatLogprobs:
+        """Completion log-probabilities in the chat shape."""
+
+        def top(token: str, logprob: float) -> TopLogprob:
+            return TopLogprob(token=token, logprob=logprob, bytes=list(token.encode()))
+
+        return cls(
+            content=[
+                TokenLogprob(
+                    **top(token, logprob).model_dump(),
+                    top_logprobs=[top(t, lp) for t, lp in alternatives.items()],
+                )
+                for token, logprob, alternatives in zip(
+                    logprobs.tokens, logprobs.token_logprobs, logprobs.top_logprobs
+                )
+            ]
+        )
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatMessageOut
+    logprobs: ChatLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: str = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
     usage: Usage | None = None
 
 
@@ -267,14 +376,21 @@ def create_app(
     drop_unknown: bool = False,
     which: str = "best",
     adapt_blas_threads: bool = False,
+    chat_template: ChatTemplate | None = None,
+    allow_origins: Sequence[str] = (),
 ) -> FastAPI:
     """The FastAPI app serving ``run_dirs``; a model's id is its run directory's name.
+
+    ``chat_template`` turns a chat request's messages into its prompt (None: the default).
+    ``allow_origins``: the web origins (``https://host[:port]``, or ``*`` for any) whose pages
+    may call the API from a browser; none by default, when the server sends no CORS headers.
 
     With ``adapt_blas_threads``, numpy's BLAS threads follow the idle cores, measured every two
     seconds by a thread of their own (``textgen.cores.AdaptiveBlasThreads``); ``/health`` shows
     the count.
     """
     models = Models(run_dirs, which, limits, adapt_blas_threads)
+    chat_template = chat_template or ChatTemplate()
 
     async def lifespan(app: FastAPI):
         threading.Thread(target=models.load, name="textgen-load", daemon=True).start()
@@ -288,6 +404,17 @@ def create_app(
     )
     app.state.models = models
     app.add_middleware(_BodyLimit, max_body=limits.max_body)
+    if allow_origins:
+        # Outside the body limit, so that its 413 (and every error) reaches the page too. A
+        # preflight is answered here, before the API key is asked for: it carries no key.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=[check_origin(origin) for origin in allow_origins],
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["Retry-After"],
+            max_age=600,
+        )
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, err: ApiError):
@@ -352,19 +479,11 @@ def create_app(
             raise ApiError(404, f"unknown model {model!r}", param="model", code="model_not_found")
         return run_details(model, models.run_dirs[model])
 
-    @app.post(
-        "/v1/completions",
-        response_model=Completion,
-        dependencies=guarded,
-        responses={
-            200: {"content": {"text/event-stream": {}}},
-            **_errors(400, 401, 404, 413, 429, 503),
-        },
-    )
-    async def completions(body: CompletionRequest, request: Request):
-        """OpenAI's completions: plain, or streamed as Server-Sent Events with ``stream``."""
+    async def answer(body: CompletionRequest, request: Request, shape: _Shape, stop=()):
+        """The one way a request is served, completion or chat; ``stop`` ends every choice
+        besides the request's own stop strings (the chat template's)."""
         scheduler = models.get(body.model)
-        jobs, prompts = _jobs(body, scheduler, limits, drop_unknown)
+        jobs, prompts = _jobs(body, scheduler, limits, drop_unknown, stop)
         try:
             for job in jobs:
                 scheduler.submit(job)
@@ -375,15 +494,100 @@ def create_app(
                 429, str(err), type="rate_limit_error", code="server_full",
                 headers={"Retry-After": "1"},
             ) from None  # fmt: skip
-        head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
+        head = {"id": f"{shape.id_prefix}-{uuid.uuid4().hex}", "created": int(time.time())}
+        head["model"] = body.model
         if body.stream:
-            events = _stream(jobs, scheduler, prompts, body, head)
+            events = _stream(jobs, scheduler, prompts, body, head, shape)
             return StreamingResponse(
                 events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
             )
-        return await _complete(jobs, scheduler, prompts, body, head, request)
+        done = await _complete(jobs, scheduler, prompts, body, head, request)
+        return done if isinstance(done, JSONResponse) else shape.answer(done)
+
+    answers = {200: {"content": {"text/event-stream": {}}}, **_errors(400, 401, 404, 413, 429, 503)}
+
+    @app.post("/v1/completions", response_model=Completion, dependencies=guarded, responses=answers)
+    async def completions(body: CompletionRequest, request: Request):
+        """OpenAI's completions: plain, or streamed as Server-Sent Events with ``stream``."""
+        return await answer(body, request, TEXT)
+
+    @app.post(
+        "/v1/chat/completions",
+        response_model=ChatCompletion,
+        dependencies=guarded,
+        responses=answers,
+    )
+    async def chat_completions(body: ChatRequest, request: Request):
+        """OpenAI's chat completions: the messages become a prompt through the server's chat
+        template (``--chat-template``), and the reply is that prompt's completion."""
+        try:
+            rendered = chat_template.render([m.message() for m in body.messages])
+        except TextgenError as err:
+            raise ApiError(400, str(err), param="messages") from None
+        completion = body.completion(rendered.prompt)
+        stop = () if rendered.stop is None else (rendered.stop,)
+        return await answer(completion, request, CHAT, stop)
 
     return app
+
+
+def check_origin(origin: str) -> str:
+    """``origin`` when it is a web origin (``scheme://host[:port]``) or ``*``.
+
+    Raises:
+        TextgenError: anything else; a browser sends its origin without a path or a trailing
+            slash, so such a value would never match.
+    """
+    if origin == "*" or re.fullmatch(r"[a-z][a-z0-9+.-]*://[^/\s?#]+", origin):
+        return origin
+    raise TextgenError(
+        f"--allow-origin takes an origin such as https://example.com:8080 (scheme, host and "
+        f"port, no path), or *; got {origin!r}"
+    )
+
+
+class _Shape:
+    """How an answer is laid out: OpenAI's text completion (this class) or its chat shape."""
+
+    id_prefix, chunk_object = "cmpl", "text_completion"
+
+    def answer(self, completion: Completion) -> BaseModel:
+        return completion
+
+    def opening(self, index: int) -> dict | None:
+        """A streamed choice's first chunk, before any text."""
+        return None
+
+    def chunk(self, index: int, text: str, finish: str | None, logprobs: Logprobs | None):
+        lp = None if logprobs is None else logprobs.model_dump()
+        return {"index": index, "text": text, "logprobs": lp, "finish_reason": finish}
+
+
+class _ChatShape(_Shape):
+    id_prefix, chunk_object = "chatcmpl", "chat.completion.chunk"
+
+    def answer(self, completion: Completion) -> ChatCompletion:
+        choices = [
+            ChatChoice(
+                index=c.index, message=ChatMessageOut(content=c.text),
+                logprobs=None if c.logprobs is None else ChatLogprobs.of(c.logprobs),
+                finish_reason=c.finish_reason,
+            )
+            for c in completion.choices
+        ]  # fmt: skip
+        fields = completion.model_dump(include={"id", "created", "model"})
+        return ChatCompletion(**fields, choices=choices, usage=completion.usage)
+
+    def opening(self, index: int) -> dict:
+        delta = {"role": "assistant", "content": ""}
+        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": None}
+
+    def chunk(self, index: int, text: str, finish: str | None, logprobs: Logprobs | None):
+        lp = None if logprobs is None else ChatLogprobs.of(logprobs).model_dump()
+        return {"index": index, "delta": {"content": text}, "logprobs": lp, "finish_reason": finish}
+
+
+TEXT, CHAT = _Shape(), _ChatShape()
 
 
 def _card(name: str, run_dir: Path) -> ModelCard:
@@ -394,8 +598,12 @@ def _card(name: str, run_dir: Path) -> ModelCard:
     return ModelCard(id=name, created=created)
 
 
-def _jobs(body: CompletionRequest, scheduler: Scheduler, limits: Limits, drop_unknown: bool):
-    """Check a request against the limits and turn each prompt into a Job."""
+def _jobs(
+    body: CompletionRequest, scheduler: Scheduler, limits: Limits, drop_unknown: bool,
+    extra_stop: tuple[str, ...] = (),
+):  # fmt: skip
+    """Check a request against the limits and turn each prompt into a Job; ``extra_stop``
+    (the server's own) joins the request's at most 4 stop strings."""
     prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
     if not prompts:
         raise ApiError(400, "prompt must not be an empty list", param="prompt")
@@ -423,6 +631,7 @@ def _jobs(body: CompletionRequest, scheduler: Scheduler, limits: Limits, drop_un
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if len(stop) > 4:
         raise ApiError(400, "at most 4 stop strings", param="stop")
+    stop += extra_stop
     temperature = 1.0 if body.temperature is None else body.temperature
     top_p = None if body.top_p is None or body.top_p >= 1 else body.top_p
     jobs = []
@@ -562,21 +771,23 @@ def _best(choices: list[_Choice], rows: int, n: int) -> list[_Choice]:
     return best
 
 
-async def _stream(jobs, scheduler, prompts, body, head) -> AsyncIterator[str]:
+async def _stream(jobs, scheduler, prompts, body, head, shape: _Shape) -> AsyncIterator[str]:
     """Server-Sent Events: one chunk per choice with new text, then ``[DONE]``."""
     n = body.n or 1
     want = body.logprobs is not None
     choices = [_Choice(p * n + i, "", want) for p in range(len(jobs)) for i in range(n)]
 
-    def chunk(index: int, text: str, finish: str | None, logprobs) -> str:
-        choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
-        payload = {**head, "object": "text_completion", "choices": [choice]}
+    def event(*chunk_choices: dict, **extra) -> str:
+        payload = {**head, "object": shape.chunk_object, "choices": list(chunk_choices), **extra}
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
     try:
+        for c in choices:
+            if (opening := shape.opening(c.index)) is not None:
+                yield event(opening)
         if body.echo:
             for c in choices:
-                yield chunk(c.index, prompts[c.index // n], None, None)
+                yield event(shape.chunk(c.index, prompts[c.index // n], None, None))
         async for batch in _pieces(jobs, scheduler):
             merged: dict[int, tuple] = {}
             for p, piece in batch:
@@ -590,11 +801,9 @@ async def _stream(jobs, scheduler, prompts, body, head) -> AsyncIterator[str]:
                     lp = lp or new
                 merged[c.index] = (text + piece.text, lp, piece.finish_reason)
             for index, (text, lp, finish) in merged.items():
-                yield chunk(index, text, finish, lp.model_dump() if lp is not None else None)
+                yield event(shape.chunk(index, text, finish, lp))
         if body.stream_options is not None and body.stream_options.include_usage:
-            usage = _usage(prompts, choices).model_dump()
-            payload = {**head, "object": "text_completion", "choices": [], "usage": usage}
-            yield f"data: {json.dumps(payload)}\n\n"
+            yield event(usage=_usage(prompts, choices).model_dump())
         yield "data: [DONE]\n\n"
     finally:
         # The client went away or the stream ended: the rows leave the batch before the next step.
@@ -687,10 +896,12 @@ def serve(
     drop_unknown: bool = False,
     which: str = "best",
     adapt_blas_threads: bool = False,
+    chat_template: ChatTemplate | None = None,
+    allow_origins: Sequence[str] = (),
 ) -> None:
     """Run the server until SIGTERM or Ctrl-C; in-flight streams end first, then it returns.
 
-    ``adapt_blas_threads``: see :func:`create_app`.
+    ``adapt_blas_threads``, ``chat_template``, ``allow_origins``: see :func:`create_app`.
     """
     import uvicorn
 
@@ -702,7 +913,8 @@ def serve(
         raise TextgenError(f"two runs share a directory name (the model id): {', '.join(names)}")
     app = create_app(
         run_dirs, limits=limits, api_key=api_key, drop_unknown=drop_unknown, which=which,
-        adapt_blas_threads=adapt_blas_threads,
+        adapt_blas_threads=adapt_blas_threads, chat_template=chat_template,
+        allow_origins=allow_origins,
     )  # fmt: skip
 
     class Server(uvicorn.Server):
