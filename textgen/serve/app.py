@@ -39,11 +39,11 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from textgen import run as runs
-from textgen.chat import ChatMessage, ChatTemplate
+from textgen.chat import ROLES, ChatMessage, ChatTemplate
 from textgen.errors import TextgenError
 from textgen.serve.batching import Busy, Job, Piece, Scheduler
 
@@ -125,7 +125,7 @@ class ChatMessageIn(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    role: str
+    role: Literal[ROLES]  # type: ignore[valid-type]  # the library's roles, in the schema
     content: str | list[TextPart] | None = None
     name: str | None = None
 
@@ -140,16 +140,10 @@ class ChatRequest(SamplingRequest):
     """``POST /v1/chat/completions``; the messages become a prompt through the chat template,
     and the rest is a completion's (``max_completion_tokens``, when given, is ``max_tokens``)."""
 
-    messages: list[ChatMessageIn]
+    messages: list[ChatMessageIn] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=0, description="as max_tokens")
     logprobs: bool | None = False
-    top_logprobs: int | None = Field(None, ge=0, le=5)
-
-    @model_validator(mode="after")
-    def _top_needs_logprobs(self) -> ChatRequest:
-        if self.top_logprobs is not None and not self.logprobs:
-            raise ValueError("top_logprobs needs logprobs: true")
-        return self
+    top_logprobs: int | None = Field(None, ge=0, le=5, description="only with logprobs")
 
     def completion(self, prompt: str) -> CompletionRequest:
         """The equivalent completion request (of fields already checked)."""
@@ -526,7 +520,12 @@ def create_app(
             raise ApiError(400, str(err), param="messages") from None
         completion = body.completion(rendered.prompt)
         stop = () if rendered.stop is None else (rendered.stop,)
-        return await answer(completion, request, CHAT, stop)
+        try:
+            return await answer(completion, request, CHAT, stop)
+        except ApiError as err:
+            if err.param == "prompt":  # the prompt is the conversation, laid out
+                err.param = "messages"
+            raise
 
     return app
 
