@@ -152,6 +152,7 @@ def test_best_of_returns_the_n_best_of_its_seeded_choices(client, model, trained
         dict(best_of=1, n=2),
         dict(best_of=3, stream=True),
         dict(best_of=30, prompt=["a", "b"]),
+        dict(stop=""),
     ],
 )
 def test_bad_values_are_400(client, model, options):

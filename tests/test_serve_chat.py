@@ -178,6 +178,7 @@ def test_logprobs_in_the_chat_shape(client, model):
         (dict(n=0), "n"),
         (dict(seed=-3), "seed"),
         (dict(stop=["a", "b", "c", "d", "e"]), "stop"),
+        (dict(stop=["", "b"]), "stop"),
         (dict(logprobs=True, top_logprobs=9), "top_logprobs"),
         (dict(extra_body={"top_k": 0}), "top_k"),
     ],

@@ -1,4 +1,5 @@
-"""The HTTP layer: OpenAI's completions API over :mod:`textgen.serve.batching`, and the page.
+"""The HTTP layer: OpenAI's completions and chat completions over
+:mod:`textgen.serve.batching`, and the page.
 
 Every route is a few lines over a :class:`~textgen.serve.batching.Scheduler` (one per served run).
 FastAPI and uvicorn come with the ``serve`` extra and are imported only here. The server keeps no
@@ -16,6 +17,12 @@ Decisions (see also the README's "Serving" section):
   mean log-probability per character (``Sampler.scored_batch``), best first; ``usage`` counts
   every generated character. Like OpenAI, it cannot be streamed when larger than ``n``.
 - A request that runs past the time limit ends with ``finish_reason: "length"``.
+- A chat request is a completion: its messages become the prompt through the server's
+  :class:`~textgen.chat.ChatTemplate`, whose stop joins the request's; it then takes the
+  completions route's path (``docs/serving-chat.md``).
+- An oversized body is read and dropped (up to ``DRAIN_LIMIT``) before its 413, so that clients
+  which send all of it before reading get the answer.
+- CORS headers only for the origins given (``--allow-origin``); none by default.
 """
 
 from __future__ import annotations
@@ -130,6 +137,7 @@ class ChatMessageIn(BaseModel):
     name: str | None = None
 
     def message(self) -> ChatMessage:
+        """The library's message: text parts joined, no content as empty."""
         content = self.content or ""
         if isinstance(content, list):
             content = "".join(part.text for part in content)
@@ -551,6 +559,7 @@ class _Shape:
     id_prefix, chunk_object = "cmpl", "text_completion"
 
     def answer(self, completion: Completion) -> BaseModel:
+        """The whole answer, from the completion of the request's prompt."""
         return completion
 
     def opening(self, index: int) -> dict | None:
@@ -558,6 +567,7 @@ class _Shape:
         return None
 
     def chunk(self, index: int, text: str, finish: str | None, logprobs: Logprobs | None):
+        """One choice of a streamed chunk: new text, its log-probabilities, why it ended."""
         lp = None if logprobs is None else logprobs.model_dump()
         return {"index": index, "text": text, "logprobs": lp, "finish_reason": finish}
 
@@ -630,6 +640,8 @@ def _jobs(
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if len(stop) > 4:
         raise ApiError(400, "at most 4 stop strings", param="stop")
+    if "" in stop:
+        raise ApiError(400, "a stop string must not be empty", param="stop")
     stop += extra_stop
     temperature = 1.0 if body.temperature is None else body.temperature
     top_p = None if body.top_p is None or body.top_p >= 1 else body.top_p
