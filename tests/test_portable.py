@@ -53,6 +53,25 @@ def test_the_shim_really_hides_fcntl():
     assert done.returncode == 1 and "ModuleNotFoundError: import of fcntl halted" in done.stderr
 
 
+def test_every_module_imports_without_posix_only_modules():
+    # The modules Windows lacks; the serve, export and TensorFlow paths included.
+    posix_only = ("fcntl", "termios", "pwd", "grp", "resource", "tty", "pty", "syslog")
+    code = (
+        f"import sys\nfor name in {posix_only!r}: sys.modules[name] = None\n"
+        "import importlib, pkgutil, textgen\n"
+        "names = [m.name for m in pkgutil.walk_packages(textgen.__path__, 'textgen.')\n"
+        "         if not m.name.endswith('__main__')]\n"
+        "for name in names: importlib.import_module(name)\n"
+        "print(' '.join(names))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stderr
+    imported = done.stdout.split()
+    assert {"textgen.run", "textgen.serve.app", "textgen.export", "textgen.cli"} <= set(imported)
+
+
 def test_train_sample_info_export_without_fcntl(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(make_text(), encoding="utf-8")
