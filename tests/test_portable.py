@@ -8,11 +8,13 @@ with the holder's pid and free itself when its holder is killed.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import make_text
 
 from textgen import run as rundir
@@ -72,11 +74,19 @@ def test_every_module_imports_without_posix_only_modules():
     assert {"textgen.run", "textgen.serve.app", "textgen.export", "textgen.cli"} <= set(imported)
 
 
-def test_train_sample_info_export_without_fcntl(tmp_path):
-    corpus = tmp_path / "corpus.txt"
+@pytest.fixture(scope="module")
+def run_without_fcntl(tmp_path_factory) -> Path:
+    """A tiny run trained by `textgen train` without fcntl (read-only for the tests)."""
+    root = tmp_path_factory.mktemp("no_fcntl")
+    corpus = root / "corpus.txt"
     corpus.write_text(make_text(), encoding="utf-8")
-    run = tmp_path / "run"
+    run = root / "run"
     _ok(_textgen("train", str(corpus), "--checkpoint-dir", str(run), "--epochs", "1", *CLI_TINY))
+    return run
+
+
+def test_train_sample_info_export_without_fcntl(run_without_fcntl, tmp_path):
+    run = run_without_fcntl
     assert (run / rundir.LATEST).is_file()
     assert not (run / rundir.LOCK_HOLDER).exists()  # the holder's pid leaves with the holder
     text = _ok(_textgen("sample", "--checkpoint", str(run), "--length", "40", "--seed", "3"))
@@ -87,11 +97,9 @@ def test_train_sample_info_export_without_fcntl(tmp_path):
     assert out.stat().st_size > 1000
 
 
-def test_the_lock_without_fcntl_names_its_holder_and_dies_with_it(tmp_path):
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(make_text(), encoding="utf-8")
+def test_the_lock_without_fcntl_names_its_holder_and_dies_with_it(run_without_fcntl, tmp_path):
     run = tmp_path / "run"
-    _ok(_textgen("train", str(corpus), "--checkpoint-dir", str(run), "--epochs", "1", *CLI_TINY))
+    shutil.copytree(run_without_fcntl, run)
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(run)], env=ENV, stdout=subprocess.PIPE, text=True
     )
