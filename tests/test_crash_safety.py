@@ -37,6 +37,7 @@ FINAL_NAMES = {
     ckpt.BEST,
     ckpt.HISTORY,
     ckpt.LOCK,
+    ckpt.LOCK_HOLDER,
     ckpt.TENSORBOARD,
 }
 # atomic_write's temporary names: ".<final name>.<random>.tmp"

@@ -9,7 +9,6 @@ import contextlib
 import errno
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -91,7 +90,7 @@ def test_a_second_trainer_fails_at_once_and_a_killed_ones_lock_does_not_block(tm
             "a later checkpoint",
         )
     finally:
-        first.send_signal(signal.SIGKILL)
+        first.kill()  # SIGKILL; TerminateProcess on Windows
         first.wait(timeout=30)
     # The kernel dropped the dead process's lock: --resume runs (briefly) and succeeds.
     resumed = _cli("train", "--checkpoint-dir", str(run), "--resume", "--max-time", "2s", "--quiet")

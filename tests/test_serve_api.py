@@ -7,6 +7,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import httpx
 import openai
@@ -150,6 +152,7 @@ def test_best_of_returns_the_n_best_of_its_seeded_choices(client, model, trained
         dict(best_of=1, n=2),
         dict(best_of=3, stream=True),
         dict(best_of=30, prompt=["a", "b"]),
+        dict(stop=""),
     ],
 )
 def test_bad_values_are_400(client, model, options):
@@ -180,6 +183,27 @@ def test_oversized_body_is_413(live_server, model):
     headers = {"Authorization": f"Bearer {API_KEY}"}
     answer = httpx.post(f"{base}/v1/completions", json=body, headers=headers, timeout=TIMEOUT)
     assert answer.status_code == 413 and "error" in answer.json()
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_oversized_body_is_a_413_that_urllib_reads(live_server, model, chunked):
+    # urllib sends the whole body before it reads the answer: a 413 sent without reading the
+    # body reached it as "connection reset by peer".
+    base, _ = live_server
+    body = json.dumps({"model": model, "prompt": "a" * 5_000_000}).encode()
+    data = iter([body[i : i + 65536] for i in range(0, len(body), 65536)]) if chunked else body
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    sent = {**headers, "Transfer-Encoding": "chunked"} if chunked else headers
+    request = urllib.request.Request(f"{base}/v1/completions", data=data, headers=sent)
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=TIMEOUT)
+    assert caught.value.code == 413
+    error = json.loads(caught.value.read())["error"]
+    assert error["code"] == "request_too_large" and "20000 bytes" in error["message"]
+    small = json.dumps({"model": model, "prompt": "a", "max_tokens": 3}).encode()
+    request = urllib.request.Request(f"{base}/v1/completions", data=small, headers=headers)
+    with urllib.request.urlopen(request, timeout=TIMEOUT) as answer:
+        assert len(json.loads(answer.read())["choices"][0]["text"]) == 3
 
 
 @pytest.mark.parametrize("body", ['{"model": ', "[1, 2]", '{"model": "m", "prompt": [1, 2]}'])

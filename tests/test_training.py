@@ -147,7 +147,10 @@ def test_unwritable_run_directory_is_a_clear_error(tmp_path, corpus):
         train(corpus, run_dir=blocker / "run", **_quiet(**TINY))
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() == 0,
+    reason="root ignores directory permissions; Windows has no POSIX permission bits",
+)
 def test_read_only_run_directory(tmp_path, corpus):
     ro = tmp_path / "ro"
     ro.mkdir()

@@ -539,16 +539,33 @@ def _check_search_options(ctx: click.Context, beam_width: int | None, best_of: i
               help="Bytes per request body; more get 413.")  # fmt: skip
 @click.option("--request-timeout", type=Duration(), default=300.0, show_default=True,
               help="Time limit per request.")  # fmt: skip
+@click.option("--chat-template", metavar="TEXT",
+              help="Each chat message's layout, with {content} and optionally {role} and "
+              "{name}; \\n is a newline. The reply stops at what follows {content}. "
+              "[default: '{content}\\n\\n']")  # fmt: skip
+@click.option("--chat-reply-prefix", metavar="TEXT",
+              help="Text that opens a chat reply. [default: the template up to {content}, "
+              "for the assistant]")  # fmt: skip
+@click.option("--allow-origin", "allow_origins", metavar="ORIGIN", multiple=True,
+              help="Let pages from this origin (https://host:port, or *) call the API "
+              "(repeatable). [default: none, no CORS headers]")  # fmt: skip
 @_numpy_command
-def serve(run_dirs, host, port, api_key, drop_unknown, which, **limits) -> None:
-    """Serve runs with OpenAI's completions API and a writing page at /."""
+def serve(
+    run_dirs, host, port, api_key, drop_unknown, which, chat_template, chat_reply_prefix,
+    allow_origins, **limits,
+) -> None:  # fmt: skip
+    """Serve runs with OpenAI's completions and chat APIs and a writing page at /."""
     try:
         from textgen.serve.app import Limits, serve
     except ImportError as err:
         raise TextgenError(f"textgen serve needs the serve extra ({err.name} is missing): "
                            "pip install 'textgen[serve]'") from None  # fmt: skip
+    from textgen.chat import ChatTemplate
+
     runs = [Path(d) for d in run_dirs] or [_pick_run(None)]
     options = dict(host=host, port=port, api_key=api_key, drop_unknown=drop_unknown)
+    options["chat_template"] = ChatTemplate.from_options(chat_template, chat_reply_prefix)
+    options["allow_origins"] = allow_origins
     # The BLAS threads follow the idle cores while serving, unless the user chose a count.
     options["adapt_blas_threads"] = not BLAS_THREADS_CHOSEN
     serve(runs, limits=Limits(**limits), which=which, **options)

@@ -38,7 +38,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     except OSError as err:
         raise StorageError(f"cannot write {path}: {err.strerror or err}") from None
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from other users
+        if hasattr(os, "fchmod"):  # Windows (before Python 3.13) has none, nor 0600 to undo
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from others
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()

@@ -8,7 +8,8 @@ Layout of a run directory::
     best.npz         weights of the checkpoint with the lowest validation loss
     history.csv      one row per finished epoch
     tensorboard/     TensorBoard event files (``textgen.watch``)
-    .lock            held (``flock``) by the process that trains the run
+    .lock            held (through ``filelock``) by the process that trains the run
+    .lock.pid        that process's pid, for the message another trainer gets
 
 Every file is written atomically (``textgen.files``), so a crash never leaves half a file.
 
@@ -21,16 +22,23 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import fcntl
 import io
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+with warnings.catch_warnings():
+    # Where the platform has neither fcntl nor msvcrt, filelock warns that it falls back to a
+    # marker file; that lock also frees itself once its holder's pid is gone, which is all the
+    # run needs, so the warning would only alarm.
+    warnings.simplefilter("ignore")
+    from filelock import FileLock, Timeout
 
 from textgen.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from textgen.config import RunConfig, TrainState
@@ -45,6 +53,7 @@ LATEST = "latest.npz"
 BEST = "best.npz"
 HISTORY = "history.csv"
 LOCK = ".lock"
+LOCK_HOLDER = ".lock.pid"
 TENSORBOARD = "tensorboard"
 DEFAULT_ROOT = Path("checkpoints")
 # Beside the runs of one folder: the id arrays (and copy indexes) of the corpora they train on.
@@ -208,33 +217,54 @@ def ensure_writable(run_dir: Path) -> None:
 def writer_lock(run_dir: Path) -> Iterator[None]:
     """Hold the run directory's lock: one process at a time may write a run.
 
-    The lock is an ``flock`` on ``.lock``, which the kernel releases when the holder exits, so
-    a killed trainer never blocks the next ``--resume``. The holder's pid is written inside for
-    the message another trainer gets.
+    The lock is ``filelock``'s native lock on ``.lock`` (``flock`` on Linux and macOS, a
+    ``msvcrt`` byte lock on Windows), which the operating system releases when the holder exits,
+    so a killed trainer never blocks the next ``--resume``. The holder's pid goes into
+    ``.lock.pid`` beside it (not into the lock file, whose contents belong to ``filelock``; a
+    Windows lock also keeps other processes from reading it) for the message another trainer
+    gets.
 
     Raises:
         CheckpointError: another process holds the lock.
+        StorageError: the lock file cannot be made.
     """
-    path = Path(run_dir) / LOCK
+    run_dir = Path(run_dir)
+    lock = FileLock(str(run_dir / LOCK), timeout=0)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        lock.acquire()
+    except Timeout:
+        raise CheckpointError(
+            f"{run_dir} is being trained by another process (pid {lock_holder(run_dir)}); wait "
+            "for it to finish or choose another --checkpoint-dir"
+        ) from None
     except OSError as err:
-        raise StorageError(f"cannot write to {run_dir}: {err.strerror}") from None
+        raise StorageError(f"cannot write to {run_dir}: {err.strerror or err}") from None
+    holder = run_dir / LOCK_HOLDER
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            raise CheckpointError(
-                f"{run_dir} is being trained by another process (pid {holder}); wait for it "
-                "to finish or choose another --checkpoint-dir"
-            ) from None
-        with contextlib.suppress(OSError):  # the pid is for messages only
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        with contextlib.suppress(TextgenError):  # the pid is for messages only
+            write_text(holder, f"{os.getpid()}\n")
         yield
     finally:
-        os.close(fd)  # releases the lock
+        # Removed while still holding the lock, so that it never deletes the next holder's pid.
+        with contextlib.suppress(OSError):
+            holder.unlink(missing_ok=True)
+        lock.release()
+
+
+def lock_holder(run_dir: Path) -> str:
+    """The pid recorded by the process that holds ``run_dir``'s lock, or ``"unknown"``."""
+    try:
+        text = (Path(run_dir) / LOCK_HOLDER).read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return "unknown"
+    return text.strip()[:32] or "unknown"
+
+
+def remove_lock_files(run_dir: Path) -> None:
+    """Delete the lock's files of a run that is not held (to leave no empty run behind)."""
+    for name in (LOCK_HOLDER, LOCK):
+        with contextlib.suppress(OSError):
+            (Path(run_dir) / name).unlink(missing_ok=True)
 
 
 def pack_run(run_dir: str | os.PathLike, dest: str | os.PathLike) -> Path:

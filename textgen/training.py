@@ -202,8 +202,8 @@ def train(
     finally:
         if created and not (run_dir / rundir.CONFIG).exists():
             # leave no empty run behind for a corpus or setting that failed
+            rundir.remove_lock_files(run_dir)
             with contextlib.suppress(OSError):
-                (run_dir / rundir.LOCK).unlink()
                 run_dir.rmdir()
 
 

@@ -1,4 +1,5 @@
-"""The HTTP layer: OpenAI's completions API over :mod:`textgen.serve.batching`, and the page.
+"""The HTTP layer: OpenAI's completions and chat completions over
+:mod:`textgen.serve.batching`, and the page.
 
 Every route is a few lines over a :class:`~textgen.serve.batching.Scheduler` (one per served run).
 FastAPI and uvicorn come with the ``serve`` extra and are imported only here. The server keeps no
@@ -16,6 +17,12 @@ Decisions (see also the README's "Serving" section):
   mean log-probability per character (``Sampler.scored_batch``), best first; ``usage`` counts
   every generated character. Like OpenAI, it cannot be streamed when larger than ``n``.
 - A request that runs past the time limit ends with ``finish_reason: "length"``.
+- A chat request is a completion: its messages become the prompt through the server's
+  :class:`~textgen.chat.ChatTemplate`, whose stop joins the request's; it then takes the
+  completions route's path (``docs/serving-chat.md``).
+- An oversized body is read and dropped (up to ``DRAIN_LIMIT``) before its 413, so that clients
+  which send all of it before reading get the answer.
+- CORS headers only for the origins given (``--allow-origin``); none by default.
 """
 
 from __future__ import annotations
@@ -25,22 +32,25 @@ import contextlib
 import dataclasses
 import json
 import math
+import re
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from textgen import run as runs
+from textgen.chat import ROLES, ChatMessage, ChatTemplate
 from textgen.errors import TextgenError
 from textgen.serve.batching import Busy, Job, Piece, Scheduler
 
@@ -83,26 +93,73 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class CompletionRequest(BaseModel):
-    """``POST /v1/completions``; fields as in OpenAI's API, plus ``top_k``."""
+class SamplingRequest(BaseModel):
+    """The fields completions and chat completions share, checked the same way."""
 
     model_config = ConfigDict(extra="ignore")  # OpenAI fields with no meaning here are ignored
 
     model: str
-    prompt: str | list[str] = ""
     max_tokens: int | None = Field(16, ge=0, description="characters per choice")
     temperature: float | None = Field(1.0, ge=0, le=2, allow_inf_nan=False)
     top_p: float | None = Field(1.0, gt=0, le=1, allow_inf_nan=False)
     top_k: int | None = Field(None, ge=1)
     n: int | None = Field(1, ge=1, le=128)
-    best_of: int | None = Field(None, ge=1, le=128, description="choices generated; n returned")
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=0, lt=2**63)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
+    user: str | None = None
+
+
+class CompletionRequest(SamplingRequest):
+    """``POST /v1/completions``; fields as in OpenAI's API, plus ``top_k``."""
+
+    prompt: str | list[str] = ""
+    best_of: int | None = Field(None, ge=1, le=128, description="choices generated; n returned")
     echo: bool | None = False
     logprobs: int | None = Field(None, ge=0, le=5)
-    user: str | None = None
+
+
+class TextPart(BaseModel):
+    """A part of a message's content; text is the only kind a character model reads."""
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessageIn(BaseModel):
+    """A message of a conversation (``tool_calls`` and the like are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal[ROLES]  # type: ignore[valid-type]  # the library's roles, in the schema
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def message(self) -> ChatMessage:
+        """The library's message: text parts joined, no content as empty."""
+        content = self.content or ""
+        if isinstance(content, list):
+            content = "".join(part.text for part in content)
+        return ChatMessage(self.role, content, self.name)
+
+
+class ChatRequest(SamplingRequest):
+    """``POST /v1/chat/completions``; the messages become a prompt through the chat template,
+    and the rest is a completion's (``max_completion_tokens``, when given, is ``max_tokens``)."""
+
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=0, description="as max_tokens")
+    logprobs: bool | None = False
+    top_logprobs: int | None = Field(None, ge=0, le=5, description="only with logprobs")
+
+    def completion(self, prompt: str) -> CompletionRequest:
+        """The equivalent completion request (of fields already checked)."""
+        shared = {name: getattr(self, name) for name in SamplingRequest.model_fields}
+        if self.max_completion_tokens is not None:
+            shared["max_tokens"] = self.max_completion_tokens
+        logprobs = (self.top_logprobs or 0) if self.logprobs else None
+        return CompletionRequest.model_construct(**shared, prompt=prompt, logprobs=logprobs)
 
 
 class Logprobs(BaseModel):
@@ -131,6 +188,60 @@ class Completion(BaseModel):
     created: int
     model: str
     choices: list[Choice]
+    usage: Usage | None = None
+
+
+class ChatMessageOut(BaseModel):
+    role: str = "assistant"
+    content: str
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprob]
+
+    @classmethod
+    def of(cls, logprobs: Logprobs) -> ChatLogprobs:
+        """Completion log-probabilities in the chat shape."""
+
+        def top(token: str, logprob: float) -> TopLogprob:
+            return TopLogprob(token=token, logprob=logprob, bytes=list(token.encode()))
+
+        return cls(
+            content=[
+                TokenLogprob(
+                    **top(token, logprob).model_dump(),
+                    top_logprobs=[top(t, lp) for t, lp in alternatives.items()],
+                )
+                for token, logprob, alternatives in zip(
+                    logprobs.tokens, logprobs.token_logprobs, logprobs.top_logprobs
+                )
+            ]
+        )
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatMessageOut
+    logprobs: ChatLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: str = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
     usage: Usage | None = None
 
 
@@ -267,14 +378,21 @@ def create_app(
     drop_unknown: bool = False,
     which: str = "best",
     adapt_blas_threads: bool = False,
+    chat_template: ChatTemplate | None = None,
+    allow_origins: Sequence[str] = (),
 ) -> FastAPI:
     """The FastAPI app serving ``run_dirs``; a model's id is its run directory's name.
+
+    ``chat_template`` turns a chat request's messages into its prompt (None: the default).
+    ``allow_origins``: the web origins (``https://host[:port]``, or ``*`` for any) whose pages
+    may call the API from a browser; none by default, when the server sends no CORS headers.
 
     With ``adapt_blas_threads``, numpy's BLAS threads follow the idle cores, measured every two
     seconds by a thread of their own (``textgen.cores.AdaptiveBlasThreads``); ``/health`` shows
     the count.
     """
     models = Models(run_dirs, which, limits, adapt_blas_threads)
+    chat_template = chat_template or ChatTemplate()
 
     async def lifespan(app: FastAPI):
         threading.Thread(target=models.load, name="textgen-load", daemon=True).start()
@@ -288,6 +406,17 @@ def create_app(
     )
     app.state.models = models
     app.add_middleware(_BodyLimit, max_body=limits.max_body)
+    if allow_origins:
+        # Outside the body limit, so that its 413 (and every error) reaches the page too. A
+        # preflight is answered here, before the API key is asked for: it carries no key.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=[check_origin(origin) for origin in allow_origins],
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["Retry-After"],
+            max_age=600,
+        )
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, err: ApiError):
@@ -352,19 +481,11 @@ def create_app(
             raise ApiError(404, f"unknown model {model!r}", param="model", code="model_not_found")
         return run_details(model, models.run_dirs[model])
 
-    @app.post(
-        "/v1/completions",
-        response_model=Completion,
-        dependencies=guarded,
-        responses={
-            200: {"content": {"text/event-stream": {}}},
-            **_errors(400, 401, 404, 413, 429, 503),
-        },
-    )
-    async def completions(body: CompletionRequest, request: Request):
-        """OpenAI's completions: plain, or streamed as Server-Sent Events with ``stream``."""
+    async def answer(body: CompletionRequest, request: Request, shape: _Shape, stop=()):
+        """The one way a request is served, completion or chat; ``stop`` ends every choice
+        besides the request's own stop strings (the chat template's)."""
         scheduler = models.get(body.model)
-        jobs, prompts = _jobs(body, scheduler, limits, drop_unknown)
+        jobs, prompts = _jobs(body, scheduler, limits, drop_unknown, stop)
         try:
             for job in jobs:
                 scheduler.submit(job)
@@ -375,15 +496,107 @@ def create_app(
                 429, str(err), type="rate_limit_error", code="server_full",
                 headers={"Retry-After": "1"},
             ) from None  # fmt: skip
-        head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
+        head = {"id": f"{shape.id_prefix}-{uuid.uuid4().hex}", "created": int(time.time())}
+        head["model"] = body.model
         if body.stream:
-            events = _stream(jobs, scheduler, prompts, body, head)
+            events = _stream(jobs, scheduler, prompts, body, head, shape)
             return StreamingResponse(
                 events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
             )
-        return await _complete(jobs, scheduler, prompts, body, head, request)
+        done = await _complete(jobs, scheduler, prompts, body, head, request)
+        return done if isinstance(done, JSONResponse) else shape.answer(done)
+
+    answers = {200: {"content": {"text/event-stream": {}}}, **_errors(400, 401, 404, 413, 429, 503)}
+
+    @app.post("/v1/completions", response_model=Completion, dependencies=guarded, responses=answers)
+    async def completions(body: CompletionRequest, request: Request):
+        """OpenAI's completions: plain, or streamed as Server-Sent Events with ``stream``."""
+        return await answer(body, request, TEXT)
+
+    @app.post(
+        "/v1/chat/completions",
+        response_model=ChatCompletion,
+        dependencies=guarded,
+        responses=answers,
+    )
+    async def chat_completions(body: ChatRequest, request: Request):
+        """OpenAI's chat completions: the messages become a prompt through the server's chat
+        template (``--chat-template``), and the reply is that prompt's completion."""
+        try:
+            rendered = chat_template.render([m.message() for m in body.messages])
+        except TextgenError as err:
+            raise ApiError(400, str(err), param="messages") from None
+        completion = body.completion(rendered.prompt)
+        stop = () if rendered.stop is None else (rendered.stop,)
+        try:
+            return await answer(completion, request, CHAT, stop)
+        except ApiError as err:
+            if err.param == "prompt":  # the prompt is the conversation, laid out
+                err.param = "messages"
+            raise
 
     return app
+
+
+def check_origin(origin: str) -> str:
+    """``origin`` when it is a web origin (``scheme://host[:port]``) or ``*``.
+
+    Raises:
+        TextgenError: anything else; a browser sends its origin without a path or a trailing
+            slash, so such a value would never match.
+    """
+    if origin == "*" or re.fullmatch(r"[a-z][a-z0-9+.-]*://[^/\s?#]+", origin):
+        return origin
+    raise TextgenError(
+        f"--allow-origin takes an origin such as https://example.com:8080 (scheme, host and "
+        f"port, no path), or *; got {origin!r}"
+    )
+
+
+class _Shape:
+    """How an answer is laid out: OpenAI's text completion (this class) or its chat shape."""
+
+    id_prefix, chunk_object = "cmpl", "text_completion"
+
+    def answer(self, completion: Completion) -> BaseModel:
+        """The whole answer, from the completion of the request's prompt."""
+        return completion
+
+    def opening(self, index: int) -> dict | None:
+        """A streamed choice's first chunk, before any text."""
+        return None
+
+    def chunk(self, index: int, text: str, finish: str | None, logprobs: Logprobs | None):
+        """One choice of a streamed chunk: new text, its log-probabilities, why it ended."""
+        lp = None if logprobs is None else logprobs.model_dump()
+        return {"index": index, "text": text, "logprobs": lp, "finish_reason": finish}
+
+
+class _ChatShape(_Shape):
+    id_prefix, chunk_object = "chatcmpl", "chat.completion.chunk"
+
+    def answer(self, completion: Completion) -> ChatCompletion:
+        choices = [
+            ChatChoice(
+                index=c.index, message=ChatMessageOut(content=c.text),
+                logprobs=None if c.logprobs is None else ChatLogprobs.of(c.logprobs),
+                finish_reason=c.finish_reason,
+            )
+            for c in completion.choices
+        ]  # fmt: skip
+        fields = completion.model_dump(include={"id", "created", "model"})
+        return ChatCompletion(**fields, choices=choices, usage=completion.usage)
+
+    def opening(self, index: int) -> dict:
+        delta = {"role": "assistant", "content": ""}
+        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": None}
+
+    def chunk(self, index: int, text: str, finish: str | None, logprobs: Logprobs | None):
+        lp = None if logprobs is None else ChatLogprobs.of(logprobs).model_dump()
+        return {"index": index, "delta": {"content": text}, "logprobs": lp, "finish_reason": finish}
+
+
+TEXT, CHAT = _Shape(), _ChatShape()
 
 
 def _card(name: str, run_dir: Path) -> ModelCard:
@@ -394,8 +607,12 @@ def _card(name: str, run_dir: Path) -> ModelCard:
     return ModelCard(id=name, created=created)
 
 
-def _jobs(body: CompletionRequest, scheduler: Scheduler, limits: Limits, drop_unknown: bool):
-    """Check a request against the limits and turn each prompt into a Job."""
+def _jobs(
+    body: CompletionRequest, scheduler: Scheduler, limits: Limits, drop_unknown: bool,
+    extra_stop: tuple[str, ...] = (),
+):  # fmt: skip
+    """Check a request against the limits and turn each prompt into a Job; ``extra_stop``
+    (the server's own) joins the request's at most 4 stop strings."""
     prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
     if not prompts:
         raise ApiError(400, "prompt must not be an empty list", param="prompt")
@@ -423,6 +640,9 @@ def _jobs(body: CompletionRequest, scheduler: Scheduler, limits: Limits, drop_un
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if len(stop) > 4:
         raise ApiError(400, "at most 4 stop strings", param="stop")
+    if "" in stop:
+        raise ApiError(400, "a stop string must not be empty", param="stop")
+    stop += extra_stop
     temperature = 1.0 if body.temperature is None else body.temperature
     top_p = None if body.top_p is None or body.top_p >= 1 else body.top_p
     jobs = []
@@ -562,21 +782,23 @@ def _best(choices: list[_Choice], rows: int, n: int) -> list[_Choice]:
     return best
 
 
-async def _stream(jobs, scheduler, prompts, body, head) -> AsyncIterator[str]:
+async def _stream(jobs, scheduler, prompts, body, head, shape: _Shape) -> AsyncIterator[str]:
     """Server-Sent Events: one chunk per choice with new text, then ``[DONE]``."""
     n = body.n or 1
     want = body.logprobs is not None
     choices = [_Choice(p * n + i, "", want) for p in range(len(jobs)) for i in range(n)]
 
-    def chunk(index: int, text: str, finish: str | None, logprobs) -> str:
-        choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
-        payload = {**head, "object": "text_completion", "choices": [choice]}
+    def event(*chunk_choices: dict, **extra) -> str:
+        payload = {**head, "object": shape.chunk_object, "choices": list(chunk_choices), **extra}
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
     try:
+        for c in choices:
+            if (opening := shape.opening(c.index)) is not None:
+                yield event(opening)
         if body.echo:
             for c in choices:
-                yield chunk(c.index, prompts[c.index // n], None, None)
+                yield event(shape.chunk(c.index, prompts[c.index // n], None, None))
         async for batch in _pieces(jobs, scheduler):
             merged: dict[int, tuple] = {}
             for p, piece in batch:
@@ -590,11 +812,9 @@ async def _stream(jobs, scheduler, prompts, body, head) -> AsyncIterator[str]:
                     lp = lp or new
                 merged[c.index] = (text + piece.text, lp, piece.finish_reason)
             for index, (text, lp, finish) in merged.items():
-                yield chunk(index, text, finish, lp.model_dump() if lp is not None else None)
+                yield event(shape.chunk(index, text, finish, lp))
         if body.stream_options is not None and body.stream_options.include_usage:
-            usage = _usage(prompts, choices).model_dump()
-            payload = {**head, "object": "text_completion", "choices": [], "usage": usage}
-            yield f"data: {json.dumps(payload)}\n\n"
+            yield event(usage=_usage(prompts, choices).model_dump())
         yield "data: [DONE]\n\n"
     finally:
         # The client went away or the stream ended: the rows leave the batch before the next step.
@@ -603,7 +823,13 @@ async def _stream(jobs, scheduler, prompts, body, head) -> AsyncIterator[str]:
 
 
 class _BodyLimit:
-    """Answer 413 to a request body larger than ``max_body`` bytes, declared or sent."""
+    """Answer 413 to a request body larger than ``max_body`` bytes, declared or sent.
+
+    The body is read and dropped (up to ``DRAIN_LIMIT`` bytes) before the answer goes out:
+    a client that sends its whole body before reading (Python's ``urllib``, many scripts) would
+    otherwise find the connection reset, its unread bytes still in flight, instead of the 413.
+    A client that asked ``Expect: 100-continue`` has sent nothing yet and is answered at once.
+    """
 
     def __init__(self, app, max_body: int) -> None:
         self.app, self.max_body = app, max_body
@@ -612,30 +838,59 @@ class _BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
         too_big = ApiError(
             413, f"the request body is larger than {self.max_body} bytes", code="request_too_large"
         )
         try:
-            if declared is not None and int(declared) > self.max_body:
-                return await too_big.response()(scope, receive, send)
+            declared = headers.get(b"content-length")
+            declared = None if declared is None else int(declared)
         except ValueError:
             return await ApiError(400, "bad Content-Length").response()(scope, receive, send)
+        if declared is not None and declared > self.max_body:
+            if declared <= DRAIN_LIMIT and headers.get(b"expect", b"").lower() != b"100-continue":
+                await _drain(receive, declared)
+            return await too_big.response()(scope, receive, send)
         seen = 0
+        over = False  # the body passed max_body: the app's own answer is dropped for the 413
 
         async def limited():
-            nonlocal seen
+            nonlocal seen, over
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_body:
+                    over = True
+                    if message.get("more_body", False):
+                        await _drain(receive, DRAIN_LIMIT - seen)
                     raise _TooBig
             return message
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooBig:
+        async def unless_over(message):
+            # FastAPI turns a failed body read into its own 400; the client gets the 413.
+            if not over:
+                await send(message)
+
+        with contextlib.suppress(_TooBig):
+            await self.app(scope, limited, unless_over)
+        if over:
             await too_big.response()(scope, receive, send)
+
+
+# The most an oversized body is read for its 413 to reach the client (see _BodyLimit); past it
+# the connection is closed with the answer unread, as a flood deserves.
+DRAIN_LIMIT = 64 * 1024 * 1024
+
+
+async def _drain(receive, limit: int) -> None:
+    """Read and drop a request's body until it ends, the client leaves or ``limit`` bytes."""
+    read = 0
+    while read <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        read += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 class _TooBig(Exception):
@@ -652,10 +907,12 @@ def serve(
     drop_unknown: bool = False,
     which: str = "best",
     adapt_blas_threads: bool = False,
+    chat_template: ChatTemplate | None = None,
+    allow_origins: Sequence[str] = (),
 ) -> None:
     """Run the server until SIGTERM or Ctrl-C; in-flight streams end first, then it returns.
 
-    ``adapt_blas_threads``: see :func:`create_app`.
+    ``adapt_blas_threads``, ``chat_template``, ``allow_origins``: see :func:`create_app`.
     """
     import uvicorn
 
@@ -667,7 +924,8 @@ def serve(
         raise TextgenError(f"two runs share a directory name (the model id): {', '.join(names)}")
     app = create_app(
         run_dirs, limits=limits, api_key=api_key, drop_unknown=drop_unknown, which=which,
-        adapt_blas_threads=adapt_blas_threads,
+        adapt_blas_threads=adapt_blas_threads, chat_template=chat_template,
+        allow_origins=allow_origins,
     )  # fmt: skip
 
     class Server(uvicorn.Server):
