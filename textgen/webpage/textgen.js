@@ -183,6 +183,7 @@
       this.x = size; // where a product's input goes
       this.out = this.x + widest; // and its output
       size = this.out + padded(tallest);
+      this.tallest = tallest;
       if (engine === undefined) engine = simdAvailable() ? "wasm-simd" : "js";
       if (engine === "wasm-simd") {
         const memory = new WebAssembly.Memory({ initial: Math.ceil((size * 4) / 65536) });
@@ -198,6 +199,7 @@
         throw new Error(`unknown engine ${JSON.stringify(engine)}; choose wasm-simd or js`);
       }
       this.engine = engine;
+      this.result = this.arena.subarray(this.out, this.out + tallest);
       for (const m of matrices) {
         const a = this.arena, values = m.values;
         for (let r = 0; r < m.rows; r++) {
@@ -207,19 +209,25 @@
       }
     }
 
-    /** matrix^T @ vector, as a view of the arena that the next product overwrites. */
+    /** matrix^T @ vector, in the first entries of a view that the next product overwrites. */
     apply(m, vector) {
       const a = this.arena;
       a.set(vector, this.x);
-      a.fill(0, this.x + vector.length, this.x + m.stride);
+      if (vector.length < m.stride) a.fill(0, this.x + vector.length, this.x + m.stride);
       if (this.simd) this.simd(m.at * 4, this.x * 4, this.out * 4, m.cols, m.stride);
       else dotJs(a, m.at, this.x, this.out, m.cols, m.stride);
-      return a.subarray(this.out, this.out + m.cols);
+      return this.result;
     }
   }
 
   function sigmoid(x) {
     return 1 / (1 + Math.exp(-x));
+  }
+
+  // V8's Math.tanh costs twice its Math.exp; this form is exact to double rounding and saturates
+  // cleanly (exp overflowing to Infinity gives 1).
+  function tanh(x) {
+    return 1 - 2 / (Math.exp(2 * x) + 1);
   }
 
   // -- the model ---------------------------------------------------------------------------------
@@ -395,14 +403,16 @@
 
     /** Feed one id; return the next-id logits (a buffer the next step overwrites). */
     step(id) {
-      const m = this.model, n = m.units, width = m.gates * n, x = this.x, products = m.products;
+      const m = this.model, n = m.units, width = m.gates * n, products = m.products;
       if (!(Number.isInteger(id) && id >= 0 && id < m.vocabSize)) {
         throw new RangeError(`id ${id} is outside the vocabulary`);
       }
       for (let i = 0; i < m.layers.length; i++) {
         const layer = m.layers[i], h = this.h[i];
+        let x = this.x, at = 0;
         if (i === 0) {
-          x.set(layer.table.subarray(id * width, (id + 1) * width));
+          x = layer.table; // the row of this id holds the input projection
+          at = id * width;
         } else {
           const below = products.apply(layer.kernel, this.h[i - 1]);
           for (let j = 0; j < width; j++) x[j] = below[j] + layer.bias[j];
@@ -410,30 +420,31 @@
         const g = products.apply(layer.recurrent, h), rb = layer.recurrentBias;
         if (m.cell === "lstm") {
           // Keras's gate order: input, forget, candidate, output.
-          const c = this.c[i];
+          const c = this.c[i], f = at + n, o = at + 3 * n, cc = at + 2 * n;
           for (let k = 0; k < n; k++) {
-            const input = sigmoid(x[k] + g[k]);
-            const forget = sigmoid(x[n + k] + g[n + k]);
-            const candidate = Math.tanh(x[2 * n + k] + g[2 * n + k]);
-            const output = sigmoid(x[3 * n + k] + g[3 * n + k]);
+            const input = sigmoid(x[at + k] + g[k]);
+            const forget = sigmoid(x[f + k] + g[n + k]);
+            const candidate = tanh(x[cc + k] + g[2 * n + k]);
+            const output = sigmoid(x[o + k] + g[3 * n + k]);
             const cell = forget * c[k] + input * candidate;
             c[k] = cell;
-            h[k] = output * Math.tanh(cell);
+            h[k] = output * tanh(cell);
           }
         } else if (m.cell === "gru") {
           // reset_after=True: the reset gate scales the recurrent projection, its bias included.
           for (let k = 0; k < n; k++) {
-            const update = sigmoid(x[k] + g[k] + rb[k]);
-            const reset = sigmoid(x[n + k] + g[n + k] + rb[n + k]);
-            const candidate = Math.tanh(x[2 * n + k] + reset * (g[2 * n + k] + rb[2 * n + k]));
+            const update = sigmoid(x[at + k] + g[k] + rb[k]);
+            const reset = sigmoid(x[at + n + k] + g[n + k] + rb[n + k]);
+            const candidate = tanh(x[at + 2 * n + k] + reset * (g[2 * n + k] + rb[2 * n + k]));
             h[k] = update * h[k] + (1 - update) * candidate;
           }
         } else {
-          for (let k = 0; k < n; k++) h[k] = Math.tanh(x[k] + g[k]);
+          for (let k = 0; k < n; k++) h[k] = tanh(x[at + k] + g[k]);
         }
       }
       const top = products.apply(m.dense, this.h[m.layers.length - 1]), out = this.out;
-      for (let v = 0; v < out.length; v++) out[v] = top[v] + m.denseBias[v];
+      const bias = m.denseBias;
+      for (let v = 0; v < out.length; v++) out[v] = top[v] + bias[v];
       return out;
     }
   }
