@@ -207,6 +207,8 @@ const attempt = async (prime, options) => {
                      { seed: 0.5 }]) {
     errors.push(await attempt(prime, bad));
   }
+  errors.push(await attempt(prime, { top_k: 3 }));
+  errors.push(await attempt(42, { length: 3 }));
   errors.push(await attempt("\u{1F600}", { length: 3 }));
   console.log(JSON.stringify({ engine: model.engine, greedy, logits, seeded, topK1, errors }));
 })().catch((err) => { console.error(err); process.exit(1); });
@@ -247,7 +249,10 @@ def test_node_matches_the_command_line_and_the_numpy_engine(
         assert "\ufffd" not in first + other + got["greedy"]
     # An emoji is the unknown id where the vocabulary has one, else an error naming it.
     emoji = ["accepted"] if name == "simple_unk" else ["RangeError"]
-    assert [e.split(":")[0] for e in got["errors"]] == ["RangeError"] * 5 + emoji
+    assert [e.split(":")[0] for e in got["errors"]] == ["RangeError"] * 5 + [
+        "TypeError"
+    ] * 2 + emoji
+    assert "unknown option top_k" in got["errors"][5]
     assert name == "simple_unk" or "not in the vocabulary" in got["errors"][-1]
 
 

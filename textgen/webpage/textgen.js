@@ -359,7 +359,8 @@
 
     _start(prime, options) {
       const o = checkOptions(options || {});
-      const ids = this.primeIds(prime == null ? "" : String(prime));
+      if (prime != null && typeof prime !== "string") throw new TypeError("the prime must be a string");
+      const ids = this.primeIds(prime == null ? "" : prime);
       const stream = this.stream();
       let logits;
       for (const id of ids) logits = stream.step(id);
@@ -451,7 +452,16 @@
 
   // -- drawing -----------------------------------------------------------------------------------
 
+  const OPTIONS = ["length", "temperature", "topK", "topP", "seed", "onText", "signal"];
+
   function checkOptions(options) {
+    if (typeof options !== "object") throw new TypeError("the options must be an object");
+    for (const name of Object.keys(options)) {
+      // A misspelt option (top_k, maxTokens) would otherwise be ignored without a word.
+      if (!OPTIONS.includes(name)) {
+        throw new TypeError(`unknown option ${name}; the options are ${OPTIONS.join(", ")}`);
+      }
+    }
     const o = {
       length: options.length === undefined ? 200 : options.length,
       temperature: options.temperature === undefined ? 1 : options.temperature,
