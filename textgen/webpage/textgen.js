@@ -101,8 +101,8 @@
     const mul = [0xfd, 0xe6, 0x01], add = [0xfd, 0xe4, 0x01]; // f32x4.mul, f32x4.add
     const lane = (i) => [0xfd, 0x1f, i]; // f32x4.extract_lane
     // params: 0 w, 1 x, 2 out, 3 rows, 4 cols; locals: 5 p, 6 end, 7..10 four sums
-    const sum = (acc, offset) => [...get(acc), ...get(0), ...load(offset), ...get(5), ...load(offset),
-      ...mul, ...add, ...set(acc)];
+    const sum = (acc, offset) => [...get(acc), ...get(0), ...load(offset), ...get(5),
+      ...load(offset), ...mul, ...add, ...set(acc)];
     const body = [
       0x02, 0x02, 0x7f, 0x04, 0x7b, // locals: 2 i32, 4 v128
       ...get(1), ...get(4), 0x41, 0x02, 0x74, 0x6a, ...set(6), // end = x + cols * 4
@@ -265,7 +265,8 @@
       for (let i = 0; i < this.numLayers; i++) {
         const name = `rnn_${i}`;
         const kernel = tensor(data, `${name}/kernel`, [input, width]);
-        const recurrent = { values: tensor(data, `${name}/recurrent_kernel`, [n, width]), rows: n, cols: width };
+        const values = tensor(data, `${name}/recurrent_kernel`, [n, width]);
+        const recurrent = { values, rows: n, cols: width };
         const bias = tensor(data, `${name}/bias`, this.cell === "gru" ? [2, width] : [width]);
         const layer = {
           recurrent,
@@ -314,7 +315,8 @@
 
     /** The text of a sequence of ids (the unknown id reads as U+FFFD). */
     decode(ids) {
-      return Array.from(ids, (id) => (id === this.unknownId ? UNKNOWN_CHAR : this.chars[id])).join("");
+      const char = (id) => (id === this.unknownId ? UNKNOWN_CHAR : this.chars[id]);
+      return Array.from(ids, char).join("");
     }
 
     /** The ids fed before a sample: the prime's, or a newline's (else a space's, else id 0). */
@@ -359,28 +361,35 @@
 
     _start(prime, options) {
       const o = checkOptions(options || {});
-      if (prime != null && typeof prime !== "string") throw new TypeError("the prime must be a string");
+      if (prime != null && typeof prime !== "string") {
+        throw new TypeError("the prime must be a string");
+      }
       const ids = this.primeIds(prime == null ? "" : prime);
       const stream = this.stream();
-      let logits;
-      for (const id of ids) logits = stream.step(id);
       const draw = new Draw(this, o);
+      const stopped = () => o.signal !== null && o.signal.aborted;
       return (resolve, reject) => {
-        let produced = 0, text = "";
+        let fed = 0, produced = 0, text = "", logits = null;
+        // A slice feeds the prime, then draws, until its time is up: a long prime does not
+        // freeze the page either.
         const slice = () => {
           try {
             const until = now() + SLICE_MS;
-            let piece = "";
-            while (produced < o.length && !(o.signal && o.signal.aborted)) {
+            let piece = "", count = 0;
+            while (fed < ids.length && !stopped()) {
+              logits = stream.step(ids[fed++]);
+              if ((++count & 15) === 0 && now() >= until) break;
+            }
+            while (fed === ids.length && produced < o.length && !stopped()) {
               const id = draw.next(logits);
               piece += this.chars[id];
               produced++;
               if (produced < o.length) logits = stream.step(id);
-              if ((produced & 15) === 0 && now() >= until) break;
+              if ((++count & 15) === 0 && now() >= until) break;
             }
             text += piece;
             if (piece && o.onText) o.onText(piece);
-            if (produced >= o.length || (o.signal && o.signal.aborted)) resolve(text);
+            if (produced >= o.length || stopped()) resolve(text);
             else later(slice);
           } catch (err) {
             reject(err);
