@@ -150,6 +150,11 @@ def test_export_refuses_what_it_must_not_replace(trained_run, tmp_path):
     with pytest.raises(TextgenError, match="not a web export"):
         export_run(trained_run, other, "web", force=True)
     assert (other / "cat.jpg").read_bytes() == b"keep me"
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me too", encoding="utf-8")
+    with pytest.raises(TextgenError, match="not a web export"):
+        export_run(trained_run, notes, "web", force=True)
+    assert notes.read_text(encoding="utf-8") == "keep me too"
     with pytest.raises(TextgenError, match="--weights applies to --format web only"):
         export_run(trained_run, tmp_path / "m.onnx", "onnx", weights="float16")
     with pytest.raises(TextgenError, match="unknown weight type"):

@@ -107,12 +107,12 @@ def export_run(
             raise TextgenError(f"unknown weight type {weights!r}; choose float16 or float32")
     if (out.exists() or out.is_symlink()) and not force:
         raise TextgenError(f"{out} already exists; pass --force to replace it")
-    if out.is_dir() and not out.is_symlink():
-        # --force replaces an earlier export of the same format, never a folder of something else.
-        if fmt == "web" and not is_web_export(out):
-            raise TextgenError(f"{out} is a folder but not a web export; choose another output")
-        if fmt != "web" and not (out / "saved_model.pb").is_file():
-            raise TextgenError(f"{out} is a folder but not a SavedModel; choose another output")
+    # --force replaces an earlier export of the same format, never a folder of something else.
+    if fmt == "web" and (out.exists() or out.is_symlink()) and not is_web_export(out):
+        raise TextgenError(f"{out} exists but is not a web export; choose another output")
+    is_folder = out.is_dir() and not out.is_symlink()
+    if fmt != "web" and is_folder and not (out / "saved_model.pb").is_file():
+        raise TextgenError(f"{out} is a folder but not a SavedModel; choose another output")
     run = open_run(run_dir, which)
     if fmt == "web":
         _make_parent(out)
