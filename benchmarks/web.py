@@ -4,7 +4,8 @@ and what float16 weights cost in logits and greedy text.
 Speed rows, for the default shape (embedding 64, one LSTM layer of 512 units; vocabulary 65,
 random weights unless ``--run`` names a trained run), one stream at temperature 0.8:
 
-1. textgen's numpy engine, ``Sampler.stream`` (what ``textgen sample`` runs), in this process.
+1. textgen's numpy engine, ``Sampler.stream`` (what ``textgen sample`` runs), in this process,
+   with one BLAS thread unless ``OPENBLAS_NUM_THREADS`` says otherwise.
 2. textgen.js in headless Chromium (Debian's, through Playwright), from ``file://``, products in
    WebAssembly SIMD (the page's default where the browser has it).
 3. The same in plain JavaScript (``textgen.load(data, {engine: "js"})``).
@@ -32,7 +33,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+# One BLAS thread unless the caller chose (numpy reads it once, when it loads): the JavaScript
+# engine runs on one thread too, and on a busy machine a second BLAS thread waits for its core at
+# every product.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -147,44 +153,60 @@ def speed(run: Path, page: Path, work: Path, args, browser) -> None:
 
 
 GREEDY = """async ([prime, length]) => {
-  const full = textgen.load(TEXTGEN_MODEL_DATA);
-  const text = await full.generate(prime, {length, temperature: 0});
-  return {text, logits: full.logits(prime + text).map((row) => Array.from(row))};
+  const text = await textgen.model.generate(prime, {length, temperature: 0});
+  return text;
 }"""
+
+LOGITS = "(t) => textgen.model.logits(t).map((r) => Array.from(r))"
+
+
+def in_page(browser, folder: Path, script: str, arg):
+    """``script(arg)`` evaluated in a fresh tab of ``folder``'s page."""
+    tab = browser.new_page()
+    try:
+        tab.goto((folder / "index.html").as_uri())
+        tab.wait_for_function("document.getElementById('status').textContent === 'ready'")
+        return tab.evaluate(script, arg)
+    finally:
+        tab.close()
 
 
 def float16_rows(run: Path, pages: dict[str, Path], args, browser) -> None:
+    """Logit error along a sampled text, and where float16's greedy text leaves float32's.
+
+    A greedy sample of a small model soon repeats a loop, and once in one it never leaves,
+    so the logits are also compared along a sample drawn at temperature 0.8 (text the model
+    finds likely, without loops): how often, and how soon, float16 would choose another
+    character than float32 there is what a greedy sample risks at each step.
+    """
     sampler = Sampler.from_checkpoint(run)
-    print(f"\nfloat16 against float32 weights, {args.check_chars} greedy characters per prime")
-    print(f"{'prime':10s} {'max |dlogit|':>13s} {'mean |dlogit|':>14s} {'first difference':>17s}")
+    n = args.check_chars
+    print(f"\nfloat16 against float32 weights in Chromium, {n} characters per prime")
+    print(
+        f"{'prime':10s} {'max |dlogit|':>13s} {'mean |dlogit|':>14s} {'argmax differs':>15s}"
+        f" {'first at':>9s} {'greedy text first differs':>26s}"
+    )
     for prime in PRIMES:
         if any(c not in sampler.tokenizer.chars for c in prime):
             continue
-        reference = sampler.generate(args.check_chars, temperature=0, prime=prime)
-        got = {}
-        for kind, folder in pages.items():
-            tab = browser.new_page()
-            tab.goto((folder / "index.html").as_uri())
-            tab.wait_for_function("document.getElementById('status').textContent === 'ready'")
-            got[kind] = tab.evaluate(GREEDY, [prime, args.check_chars])
-            tab.close()
-        assert got["float32"]["text"] == reference, "float32 must match the command line"
-        # Logits along the command line's own text, so both see the same inputs.
-        tab = browser.new_page()
-        tab.goto((pages["float16"] / "index.html").as_uri())
-        tab.wait_for_function("document.getElementById('status').textContent === 'ready'")
-        half = np.array(
-            tab.evaluate(
-                "(t) => textgen.model.logits(t).map((r) => Array.from(r))", prime + reference
-            )
+        reference = sampler.generate(n, temperature=0, prime=prime)
+        greedy = {
+            kind: in_page(browser, folder, GREEDY, [prime, n]) for kind, folder in pages.items()
+        }
+        assert greedy["float32"] == reference, "float32 must match the command line"
+        drawn = prime + sampler.generate(n, temperature=0.8, prime=prime, seed=1)
+        exact, half = (
+            np.array(in_page(browser, pages[k], LOGITS, drawn)) for k in ("float32", "float16")
         )
-        tab.close()
-        exact = np.array(got["float32"]["logits"])
         error = np.abs(half - exact)
-        text = got["float16"]["text"]
+        flips = np.flatnonzero(exact.argmax(axis=1) != half.argmax(axis=1))
+        text = greedy["float16"]
         first = next((i for i, (a, b) in enumerate(zip(text, reference)) if a != b), None)
-        where = "none" if first is None else f"char {first}"
-        print(f"{prime!r:10s} {error.max():13.5f} {error.mean():14.6f} {where:>17s}")
+        print(
+            f"{prime!r:10s} {error.max():13.5f} {error.mean():14.6f} {len(flips):15d}"
+            f" {(str(flips[0]) if len(flips) else 'none'):>9s}"
+            f" {('none' if first is None else f'char {first}'):>26s}"
+        )
 
 
 def main() -> None:
