@@ -606,17 +606,24 @@ def evaluate(run_dir, text_file, which, context) -> None:
 @click.option(
     "--format",
     "fmt",
-    metavar="keras|savedmodel|onnx",
-    help="Artefact format. [default: from OUT's suffix, .keras or .onnx]",
+    metavar="keras|savedmodel|onnx|web",
+    help="Artefact format; web is a folder holding an offline page. "
+    "[default: from OUT's suffix, .keras or .onnx]",
 )
 @click.option("--which", type=click.Choice(["best", "latest"]), default="best", show_default=True)
+@click.option(
+    "--weights",
+    type=click.Choice(["float16", "float32"]),
+    help="The web page's weights: float16 is half the size, float32 exact. [default: float16]",
+)
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @_numpy_command
-def export(run_dir, out, fmt, which, force) -> None:
-    """Export RUN's model to OUT for use without textgen (tokenizer.json goes beside it)."""
+def export(run_dir, out, fmt, which, weights, force) -> None:
+    """Export RUN's model to OUT for use without textgen (tokenizer.json goes beside it, or
+    inside the web format's folder)."""
     if "tensorflow" not in sys.modules:  # hidden before it loads: an export is made on the CPU
         os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
     from textgen.export import export_run
 
-    path = export_run(Path(run_dir), Path(out), fmt, which=which, force=force)
+    path = export_run(Path(run_dir), Path(out), fmt, which=which, force=force, weights=weights)
     click.echo(f"exported {fmt or path.suffix[1:]} model to {path}")

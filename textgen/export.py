@@ -1,6 +1,6 @@
 """Export a trained run to formats that work where textgen is not installed.
 
-Three formats, one function each, and :func:`export_run` to pick one:
+Four formats, one function each, and :func:`export_run` to pick one:
 
 - ``keras``: a ``.keras`` file of the stock model (Embedding -> recurrent layers -> Dropout ->
   Dense) that ``keras.saving.load_model`` opens with no custom objects.
@@ -11,6 +11,8 @@ Three formats, one function each, and :func:`export_run` to pick one:
 - ``onnx``: a one-step ONNX graph: ``ids`` (int64 ``[batch]``) and the states ``h_0``, ``c_0``
   (LSTM only), ``h_1``, ... (float32 ``[batch, units]``) in; ``logits`` and the new states
   ``new_h_0``, ``new_c_0``, ... out, in the same order.
+- ``web``: a folder that is an offline page for the model, with a JavaScript engine that runs in
+  browsers and Node (``textgen.web``); it needs the weights and vocabulary only.
 
 The SavedModel and ONNX graphs spell out the Keras cell equations (``LSTMCell``, ``GRUCell``
 with ``reset_after=True``, ``SimpleRNNCell``) with plain ops instead of tracing Keras layers:
@@ -21,7 +23,8 @@ releases trail TensorFlow's). Tests hold every graph to the Keras model's logits
 Each export writes ``tokenizer.json`` beside the artefact (in the folder that holds it) and
 embeds the vocabulary where the format allows: an entry ``tokenizer.json`` in the ``.keras``
 archive, an asset (and in-graph constants) in the SavedModel, a ``tokenizer`` metadata entry in
-the ONNX model. The SavedModel takes ids as int32, as the Keras model does.
+the ONNX model. The SavedModel takes ids as int32, as the Keras model does. The web folder is
+self-contained: its ``tokenizer.json`` goes inside it.
 
 An artefact is written under a temporary name beside ``out`` and renamed into place, so a
 failed export leaves any previous one intact.
@@ -44,8 +47,9 @@ from textgen.files import atomic_write
 from textgen.model import rnn_name
 from textgen.run import TOKENIZER, WHICH, Run, open_run
 from textgen.tokenizer import UNKNOWN_CHAR
+from textgen.web import WEIGHT_TYPES, export_web, is_web_export
 
-FORMATS = ("keras", "savedmodel", "onnx")
+FORMATS = ("keras", "savedmodel", "onnx", "web")
 _SUFFIXES = {".keras": "keras", ".onnx": "onnx"}
 _STATE_PREFIXES = ("h", "c")  # a layer's states in Keras's order: LSTMs have h and c
 ONNX_OPSET = 17
@@ -63,16 +67,19 @@ def export_run(
     fmt: str | None = None,
     which: str = "best",
     force: bool = False,
+    weights: str | None = None,
 ) -> Path:
     """Export a run's ``best`` or ``latest`` weights to ``out`` in format ``fmt``.
 
     Args:
         run_dir: the run directory.
         out: the artefact to write: a ``.keras`` file, a SavedModel folder or an ONNX file.
-        fmt: ``"keras"``, ``"savedmodel"`` or ``"onnx"``; None infers it from ``out``'s suffix
-            (``.keras`` or ``.onnx``).
+        fmt: ``"keras"``, ``"savedmodel"``, ``"onnx"`` or ``"web"``; None infers it from
+            ``out``'s suffix (``.keras`` or ``.onnx``).
         which: ``"best"`` or ``"latest"`` checkpoint.
         force: replace an existing ``out`` (and a different ``tokenizer.json`` beside it).
+        weights: the web format's weight type, ``"float16"`` (None: the default) or
+            ``"float32"``; the other formats keep the run's float32 weights and refuse it.
 
     Returns:
         The path of the artefact.
@@ -92,24 +99,41 @@ def export_run(
         raise TextgenError(f"unknown checkpoint {which!r}; choose best or latest")
     if fmt == "keras" and out.suffix != ".keras":
         raise TextgenError(f"a Keras model file must end in .keras, got {out.name!r}")
+    if weights is not None and fmt != "web":
+        raise TextgenError("--weights applies to --format web only")
+    if fmt == "web":
+        weights = weights or "float16"
+        if weights not in WEIGHT_TYPES:
+            raise TextgenError(f"unknown weight type {weights!r}; choose float16 or float32")
     if (out.exists() or out.is_symlink()) and not force:
         raise TextgenError(f"{out} already exists; pass --force to replace it")
-    if out.is_dir() and not out.is_symlink() and not (out / "saved_model.pb").is_file():
-        # --force replaces an earlier export, never a folder of something else.
+    # --force replaces an earlier export of the same format, never a folder of something else.
+    if fmt == "web" and (out.exists() or out.is_symlink()) and not is_web_export(out):
+        raise TextgenError(f"{out} exists but is not a web export; choose another output")
+    is_folder = out.is_dir() and not out.is_symlink()
+    if fmt != "web" and is_folder and not (out / "saved_model.pb").is_file():
         raise TextgenError(f"{out} is a folder but not a SavedModel; choose another output")
     run = open_run(run_dir, which)
+    if fmt == "web":
+        _make_parent(out)
+        _write_in_place(out, lambda tmp: export_web(run, tmp, weights))
+        return out
     vocab_file = out.parent / TOKENIZER
     vocab_text = (run.run_dir / TOKENIZER).read_bytes()
     copy_vocab = _needs_copy(vocab_file, vocab_text, force)
     writer = {"keras": export_keras, "savedmodel": export_savedmodel, "onnx": export_onnx}[fmt]
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise TextgenError(f"cannot write {out}: {err.strerror}") from None
+    _make_parent(out)
     _write_in_place(out, lambda tmp: writer(run, tmp))
     if copy_vocab:
         atomic_write(vocab_file, lambda f: f.write(vocab_text))
     return out
+
+
+def _make_parent(out: Path) -> None:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise TextgenError(f"cannot write {out}: {err.strerror}") from None
 
 
 def _needs_copy(vocab_file: Path, vocab_text: bytes, force: bool) -> bool:
