@@ -30,7 +30,7 @@ from textgen.sampler import Sampler
 from textgen.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
-PRIME = "the "  # the README's ONNX loop uses this prime and length
+PRIME = "the "  # docs/export.md's ONNX loop uses this prime and length
 LENGTH = 200
 TEXT = "the quick brown fox jumps over a lazy dog"
 
@@ -67,7 +67,7 @@ def run_isolated(tmp_path: Path, code: str, *args: str, cwd: Path | None = None)
 def make_run(root: Path, like: Path, *, cell: str, layers: int, units: int, max_vocab=None):
     """A run directory in textgen's format, holding random weights of a given shape."""
     tokenizer = Tokenizer.from_text(make_text(), max_vocab=max_vocab)
-    assert set(PRIME) <= set(tokenizer.chars)  # the README loop looks the prime up
+    assert set(PRIME) <= set(tokenizer.chars)  # the docs' loop looks the prime up
     config = read_config(like)
     emb, vocab = 5, tokenizer.vocab_size
     config.model = dataclasses.replace(
@@ -334,14 +334,14 @@ def test_onnx_without_textgen_matches_logits(exported, reference, runs, tmp_path
         assert got["tokenizer"] == vocab
 
 
-def readme_onnx_loop() -> str:
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    section = readme.split("### ONNX", 1)[1]
+def docs_onnx_loop() -> str:
+    page = (REPO / "docs" / "export.md").read_text(encoding="utf-8")
+    section = page.split("## ONNX", 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-def test_readme_onnx_loop_prints_textgen_greedy_text(exported, reference, tmp_path):
-    code = readme_onnx_loop()
+def test_docs_onnx_loop_prints_textgen_greedy_text(exported, reference, tmp_path):
+    code = docs_onnx_loop()
     assert len(code.strip().splitlines()) < 20
     for name, folder in exported.items():
         printed = run_isolated(tmp_path, code, cwd=folder)
