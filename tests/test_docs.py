@@ -99,3 +99,19 @@ def test_the_readme_is_short_and_holds_the_ci_command():
     command = (REPO / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()[-1]
     assert command.startswith("python -m venv .venv && ")
     assert f"```bash\n{command}\n```" in readme
+
+
+def test_architecture_names_every_module():
+    """Each file under textgen/ is named in ARCHITECTURE.md (a shipped model by its folder)."""
+    text = (REPO / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    package = REPO / "textgen"
+    unnamed = []
+    for path in sorted(package.rglob("*")):
+        if path.is_dir() or "__pycache__" in path.parts:
+            continue
+        name = path.relative_to(package).as_posix()
+        if name.startswith("models/"):
+            name = "/".join(name.split("/")[:2]) + "/"
+        if f"`{name}`" not in text:
+            unnamed.append(name)
+    assert unnamed == []
