@@ -5,7 +5,7 @@ Every route is a few lines over a :class:`~textgen.serve.batching.Scheduler` (on
 FastAPI and uvicorn come with the ``serve`` extra and are imported only here. The server keeps no
 state between requests, so several processes can run behind any HTTP load balancer.
 
-Decisions (see also the README's "Serving" section):
+Decisions (see also docs/serving.md):
 
 - A token is a character: ``max_tokens`` and ``usage`` count characters.
 - Bad values are answered 400 (as OpenAI does), in OpenAI's error shape.
