@@ -6,6 +6,7 @@ numpy engine, never TensorFlow.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -97,5 +98,9 @@ def _read(text_file: str, encoding: str) -> str:
     except LookupError:
         raise CorpusError(f"unknown encoding {encoding!r}") from None
     if text_file == "-":
-        return click.get_text_stream("stdin", encoding=encoding).read()
+        raw = sys.stdin.buffer.read()
+        try:
+            return raw.decode(encoding)
+        except UnicodeDecodeError as err:
+            raise CorpusError(f"stdin is not valid {encoding}: bad byte at {err.start}") from None
     return "".join(decoded_chunks([Path(text_file)], encoding, "strict"))
