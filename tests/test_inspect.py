@@ -279,13 +279,16 @@ def test_jsonl_lines_are_documented_fields(trained_run, tmp_path):
         ([], 2, "one of the two"),
         (["--text", "abc", "FILE"], 2, "one of the two"),
         (["--text", "abc", "--format", "pdf"], 2, "'pdf' is not one of"),
+        (["BADFILE"], 1, "is not valid utf-8: bad byte at offset 2"),
     ],
 )
 def test_mistakes_are_one_line_and_keep_the_old_report(trained_run, tmp_path, args, code, message):
     out = tmp_path / "report.html"
     out.write_text("the old report", encoding="utf-8")
-    args = [str(tmp_path / "in.txt") if a == "FILE" else a for a in args]
-    (tmp_path / "in.txt").write_text("abc", encoding="utf-8")
+    files = {"FILE": tmp_path / "in.txt", "BADFILE": tmp_path / "bad.txt"}
+    files["FILE"].write_text("abc", encoding="utf-8")
+    files["BADFILE"].write_bytes(b"ab\xffc")
+    args = [str(files.get(a, a)) for a in args]
     result = CliRunner().invoke(main, ["inspect", str(trained_run), *args, "-o", str(out)])
     assert result.exit_code == code
     assert message in result.output and "Traceback" not in result.output

@@ -60,10 +60,17 @@ from textgen.cli import _numpy_command
     help="Drop characters the model never saw instead of failing.",
 )
 @click.option("--encoding", default="utf-8", show_default=True, help="Encoding of TEXT_FILE.")
+@click.option(
+    "--errors",
+    type=click.Choice(["strict", "replace"]),
+    default="strict",
+    show_default=True,
+    help="Undecodable bytes of TEXT_FILE: fail, or read them as U+FFFD.",
+)
 @_numpy_command
 def inspect(
     run_dir, text_file, text_string, layer, fmt, output, features, best, which, drop_unknown,
-    encoding,
+    encoding, errors,
 ) -> None:  # fmt: skip
     """Guesses and cell states of a model on a text.
 
@@ -78,7 +85,7 @@ def inspect(
     from textgen.inspection import BUILTIN_FEATURES, Inspector, parse_feature
 
     chosen = [*BUILTIN_FEATURES, *(parse_feature(spec) for spec in features)]
-    text = text_string if text_file is None else _read(text_file, encoding)
+    text = text_string if text_file is None else _read(text_file, encoding, errors)
     inspector = Inspector.from_run(run_dir, which)
     name = Path(run_dir).resolve().name
     write_report(
@@ -87,7 +94,7 @@ def inspect(
     )  # fmt: skip
 
 
-def _read(text_file: str, encoding: str) -> str:
+def _read(text_file: str, encoding: str, errors: str) -> str:
     import codecs
 
     from textgen.corpus.reading import decoded_chunks
@@ -100,7 +107,7 @@ def _read(text_file: str, encoding: str) -> str:
     if text_file == "-":
         raw = sys.stdin.buffer.read()
         try:
-            return raw.decode(encoding)
+            return raw.decode(encoding, errors)
         except UnicodeDecodeError as err:
             raise CorpusError(f"stdin is not valid {encoding}: bad byte at {err.start}") from None
-    return "".join(decoded_chunks([Path(text_file)], encoding, "strict"))
+    return "".join(decoded_chunks([Path(text_file)], encoding, errors))
