@@ -321,3 +321,24 @@ def test_inspect_needs_no_tensorflow(trained_run):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_the_reports_json_in_pieces_is_the_same_data(monkeypatch):
+    import textgen.inspect_report as report
+
+    text = "<b>x</b> </script> " * 5
+    tokenizer = Tokenizer.from_text(text)
+    inspector = Inspector(random_weights("lstm", tokenizer, 1), tokenizer, "lstm")
+    monkeypatch.setattr(report, "JSON_ROWS", 7)  # pieces end inside every list
+    parts = report.report_parts(inspector, text, name="m", best=2)
+    data = parts.as_dict()
+    assert json.loads("".join(parts.json_pieces())) == data
+    assert len(data["prob"]) == len(data["top"]) == len(text)
+    for key, values in data["activations"].items():
+        state, cell = key[0], int(key[1:])
+        assert len(values) == len(text) and state in "hc" and 0 <= cell < 6
+    page = report.html_report(parts)
+    # The text's "</script>" cannot end the data's element early; the data reads back whole.
+    start = page.index('id="inspection-data">') + len('id="inspection-data">')
+    end = page.index("</script>", start)
+    assert json.loads(page[start:end]) == data

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import IO, Any
@@ -160,7 +161,78 @@ def _line(record: dict) -> bytes:
 
 
 # -- the viewer's data -----------------------------------------------------------------------------
-def report_data(
+@dataclass
+class ReportParts:
+    """What the viewer shows, held compactly: per character a few numbers, not Python objects.
+
+    :meth:`as_dict` is the viewer's data; :meth:`json_pieces` is the same as JSON text in pieces
+    of ``JSON_ROWS`` characters, so a long report is never one list of Python objects.
+    """
+
+    header: dict[str, Any]
+    text: str
+    table: str  # id -> character
+    prob: np.ndarray  # (n,) float64, NaN first
+    top_ids: np.ndarray  # (n, k) int64, -1 first
+    top_probs: np.ndarray  # (n, k) float64
+    summary: dict[str, Any]
+    keys: list[str]  # "h12", "c213": the ranked cells
+    activations: np.ndarray  # (n, len(keys)) float32
+
+    def _rows(self, field_name: str, lo: int, hi: int) -> list:
+        if field_name == "prob":
+            return _numbers(self.prob[lo:hi], PROB_DECIMALS)
+        if field_name == "surprise":
+            return _numbers(_surprise(self.prob[lo:hi]), PROB_DECIMALS)
+        if field_name == "top":
+            ids, probs = (
+                self.top_ids[lo:hi].tolist(),
+                np.round(self.top_probs[lo:hi], PROB_DECIMALS),
+            )
+            return [
+                [] if row[0] < 0 else [[self.table[i], p] for i, p in zip(row, ps)]
+                for row, ps in zip(ids, probs.tolist())
+            ]
+        return _numbers(self.activations[lo:hi, self.keys.index(field_name)], STATE_DECIMALS)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The viewer's data (``/v1/inspect``'s answer) as one dict."""
+        n = len(self.prob)
+        return {
+            **self.header,
+            "text": self.text,
+            **{name: self._rows(name, 0, n) for name in ("prob", "surprise", "top")},
+            **self.summary,
+            "activations": {key: self._rows(key, 0, n) for key in self.keys},
+        }
+
+    def json_pieces(self) -> Iterator[str]:
+        """:meth:`as_dict` as compact JSON, in pieces."""
+
+        def dump(value) -> str:
+            return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+        def rows(name: str) -> Iterator[str]:
+            yield "["
+            for lo in range(0, len(self.prob), JSON_ROWS):
+                yield ("," if lo else "") + dump(self._rows(name, lo, lo + JSON_ROWS))[1:-1]
+            yield "]"
+
+        yield "{" + dump({**self.header, "text": self.text})[1:-1]
+        for name in ("prob", "surprise", "top"):
+            yield f',"{name}":'
+            yield from rows(name)
+        yield "," + dump(self.summary)[1:-1] + ',"activations":{'
+        for k, key in enumerate(self.keys):
+            yield ("," if k else "") + f'"{key}":'
+            yield from rows(key)
+        yield "}}"
+
+
+JSON_ROWS = 4096
+
+
+def report_parts(
     inspector: Inspector,
     text: str,
     *,
@@ -169,47 +241,49 @@ def report_data(
     features: Iterable[Feature] | None = None,
     best: int = BEST_CELLS,
     drop_unknown: bool = False,
-) -> dict[str, Any]:
-    """The inspection of ``text`` as the viewer takes it (and ``/v1/inspect`` answers).
-
-    Every character's probability, surprise and guesses; the feature rankings; and the
-    activations of every ranked cell, keyed ``"h12"`` or ``"c213"``.
-    """
+) -> ReportParts:
+    """Inspect ``text`` and keep what the viewer shows (see :func:`report_data`)."""
     layer = inspector.layer(layer)
     text, _ = inspector.encode(text, drop_unknown)
-    table = _id_table(inspector)
     columns = len(inspector.states) * inspector.units
-    prob, guesses = [], []
+    prob, top_ids, top_probs = [], [], []
     with tempfile.TemporaryFile(prefix="textgen-inspect-") as spill:
 
         def keep(block: Block) -> None:
             prob.append(block.prob)
-            guesses.extend(_guesses(block, table))
+            top_ids.append(block.top_ids)
+            top_probs.append(block.top_probs)
             states = block.h if block.c is None else np.concatenate([block.h, block.c], axis=1)
             spill.write(np.ascontiguousarray(states, np.float32).tobytes())
 
         inspection = inspect_text(
             inspector, text, layer=layer, features=features, best=best, on_block=keep
         )
-        chosen = sorted(
-            {(s.state, s.cell) for r in inspection.rankings for s in r.best},
-            key=lambda sc: (sc[0], sc[1]),
-        )
+        chosen = sorted({(s.state, s.cell) for r in inspection.rankings for s in r.best})
         index = [inspector.states.index(state) * inspector.units + cell for state, cell in chosen]
         values = _read_columns(spill, len(text), columns, index)
-    probs = np.concatenate(prob)
-    return {
-        **_header(inspector, name, layer, len(text)),
-        "text": text,
-        "prob": _numbers(probs, PROB_DECIMALS),
-        "surprise": _numbers(_surprise(probs), PROB_DECIMALS),
-        "top": guesses,
-        **_summary_json(inspection),
-        "activations": {
-            f"{state}{cell}": _numbers(values[:, k], STATE_DECIMALS)
-            for k, (state, cell) in enumerate(chosen)
-        },
-    }
+    return ReportParts(
+        header=_header(inspector, name, layer, len(text)),
+        text=text,
+        table=_id_table(inspector),
+        prob=np.concatenate(prob),
+        top_ids=np.concatenate(top_ids),
+        top_probs=np.concatenate(top_probs),
+        summary=_summary_json(inspection),
+        keys=[f"{state}{cell}" for state, cell in chosen],
+        activations=values,
+    )
+
+
+def report_data(inspector: Inspector, text: str, **options) -> dict[str, Any]:
+    """The inspection of ``text`` as the viewer takes it (and ``/v1/inspect`` answers).
+
+    The header fields; every character's ``prob``, ``surprise`` and ``top`` guesses; the
+    feature rankings; and the ``activations`` of every ranked cell, keyed ``"h12"`` or
+    ``"c213"``. ``options`` are :func:`report_parts`'s (``name``, ``layer``, ``features``,
+    ``best``, ``drop_unknown``).
+    """
+    return report_parts(inspector, text, **options).as_dict()
 
 
 def _read_columns(spill: IO[bytes], rows: int, columns: int, index: list[int]) -> np.ndarray:
@@ -230,17 +304,26 @@ def viewer_asset(name: str) -> str:
     return resources.files("textgen").joinpath("static", name).read_text(encoding="utf-8")
 
 
-def html_report(data: dict[str, Any]) -> str:
-    """A self-contained page (no request leaves it) that shows :func:`report_data`'s data."""
-    # Inside <script>, "</" could end the element early; "<\/" is the same JSON string.
-    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
-    title = f"textgen inspect: {data.get('model') or 'model'}, layer {data['layer']}"
-    return _PAGE.format(
-        title=_escape(title),
-        css=viewer_asset("inspect.css"),
-        js=viewer_asset("inspect.js"),
-        data=payload,
-    )
+def html_report(data: dict[str, Any] | ReportParts) -> str:
+    """A self-contained page (no request leaves it) that shows the viewer's data."""
+    return "".join(html_pieces(data))
+
+
+def html_pieces(data: dict[str, Any] | ReportParts) -> Iterator[str]:
+    """:func:`html_report` in pieces, for writing a long report without one big string."""
+    if isinstance(data, ReportParts):
+        header, pieces = data.header, data.json_pieces()
+    else:
+        header = data
+        pieces = iter([json.dumps(data, ensure_ascii=False, separators=(",", ":"))])
+    title = _escape(f"textgen inspect: {header.get('model') or 'model'}, layer {header['layer']}")
+    head, tail = _PAGE.split("{data}")
+    yield head.format(title=title, css=viewer_asset("inspect.css"))
+    for piece in pieces:
+        # Inside <script>, "</" could end the element early; "<\\/" is the same JSON string.
+        # Pieces end between JSON values, so no "</" is split between two of them.
+        yield piece.replace("</", "<\\/")
+    yield tail.format(js=viewer_asset("inspect.js"))
 
 
 def _escape(text: str) -> str:
@@ -298,8 +381,13 @@ def write_report(
         inspector.encode(text, drop_unknown)  # refuse a bad text before the output is opened
         write_path(output, lambda stream: write_jsonl(inspector, text, stream, **options))
     elif fmt == "html":
-        page = html_report(report_data(inspector, text, **options)).encode("utf-8")
-        write_path(output, lambda stream: stream.write(page))
+        parts = report_parts(inspector, text, **options)
+
+        def write(stream: IO[bytes]) -> None:
+            for piece in html_pieces(parts):
+                stream.write(piece.encode("utf-8"))
+
+        write_path(output, write)
     else:
         from textgen.errors import TextgenError
 
