@@ -73,6 +73,9 @@ class Inspector:
         weights: name -> array dict as from ``textgen.model.get_weights`` or ``Run.weights``.
         tokenizer: the run's vocabulary.
         cell: ``"lstm"``, ``"gru"`` or ``"simple"``.
+
+    An inspector owns one engine and reads one text at a time: two readings interleaved in one
+    thread, or run from two threads, would step the same state.
     """
 
     def __init__(self, weights: Mapping[str, np.ndarray], tokenizer: Tokenizer, cell: str) -> None:
