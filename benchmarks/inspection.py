@@ -5,13 +5,13 @@ weights reads a text of random characters. Rows:
 
 1. the engine alone: ``Inspector.blocks`` (probabilities, top-5 guesses, h and c per character);
 2. ``inspect_text``: 1 and the ranking of 1,024 states for the five built-in features;
-3. ``report_data``: 2 and what the HTML report keeps (guesses as JSON, the ranked cells'
-   activations read back from the temporary file);
+3. the HTML report to ``/dev/null`` (``write_report``): 2, the ranked cells' activations read
+   back from the temporary file, and the page written in pieces;
 4. ``--format jsonl`` to ``/dev/null``: every character's whole state as a JSON line.
 
 Each row runs in a child process of its own, which also reports its peak resident memory; the
 same row over a tenth of the text shows that memory does not grow with the text (row 3 keeps
-O(characters) of guesses and chosen activations, a few hundred bytes a character). Numpy's
+about 200 bytes a character: the guesses and the chosen cells' activations as arrays). Numpy's
 BLAS runs one thread, as the command line chooses on a busy machine.
 
     python benchmarks/inspection.py                  # 100,000 characters
@@ -30,7 +30,7 @@ import time
 ROWS = {
     "1": "engine: Inspector.blocks",
     "2": "inspect_text (ranking)",
-    "3": "report_data (HTML data)",
+    "3": "HTML report to /dev/null",
     "4": "JSON lines to /dev/null",
 }
 
@@ -42,7 +42,7 @@ def child(row: str, chars: int) -> dict:
     import numpy as np
 
     from textgen.config import ModelConfig
-    from textgen.inspect_report import report_data, write_jsonl
+    from textgen.inspect_report import write_jsonl, write_report
     from textgen.inspection import Inspector, inspect_text
     from textgen.model import weight_shapes
     from textgen.tokenizer import Tokenizer
@@ -65,7 +65,7 @@ def child(row: str, chars: int) -> dict:
     elif row == "2":
         inspect_text(inspector, text)
     elif row == "3":
-        report_data(inspector, text)
+        write_report(inspector, text, os.devnull, fmt="html")
     else:
         with open(os.devnull, "wb") as sink:
             write_jsonl(inspector, text, sink)

@@ -181,7 +181,8 @@ class Inspector:
             before[0] = np.nan if carry is None else carry
             carry = logits[-1].copy()
             probs = _softmax(before)
-            top_ids = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+            # A copy: a slice would keep the whole (b, vocab) ordering alive with the block.
+            top_ids = np.argsort(-probs, axis=1, kind="stable")[:, :k].copy()
             top_probs = np.take_along_axis(probs, top_ids, axis=1)
             if start == 0:
                 top_ids[0] = -1
