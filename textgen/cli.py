@@ -67,7 +67,7 @@ def _finite(ctx, param, value):
 
 @click.group(
     cls=TextgenGroup,
-    lazy_commands={"corpus": "textgen.cli_corpus"},
+    lazy_commands={"corpus": "textgen.cli_corpus", "inspect": "textgen.cli_inspect"},
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 @click.version_option(package_name="textgen")

@@ -286,6 +286,18 @@ class RecurrentStack:
             if self._c is not None:
                 self._c[i * n : (i + 1) * n] = value[i, 1].T
 
+    def layer_views(self, layer: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Live views of one layer's ``h`` and ``c`` (``c`` is None but for LSTM).
+
+        Each is ``(units, batch_size)`` float32 and changes in place at every ``step``: reading
+        them costs no copy, which :attr:`state` makes of every layer. Changing the batch size
+        allocates new buffers, so take the views after ``reset``.
+        """
+        if not 0 <= layer < self.num_layers:
+            raise ValueError(f"layer must lie in [0, {self.num_layers}), got {layer}")
+        rows = slice(layer * self.units, (layer + 1) * self.units)
+        return self._h[rows], None if self._c is None else self._c[rows]
+
     # -- stepping -------------------------------------------------------------------------------
 
     def step(self, ids: np.ndarray) -> np.ndarray:

@@ -53,6 +53,7 @@ from textgen import run as runs
 from textgen.chat import ROLES, ChatMessage, ChatTemplate
 from textgen.errors import TextgenError
 from textgen.serve.batching import Busy, Job, Piece, Scheduler
+from textgen.serve.inspect_route import add_inspect_routes
 
 # Streamed text is sent at most every 20 ms per stream (the first character and the last piece
 # at once), and less often the more streams run (1.5 ms per stream, at most 100 ms): the event
@@ -535,6 +536,10 @@ def create_app(
                 err.param = "messages"
             raise
 
+    add_inspect_routes(
+        app, models, dependencies=guarded, drop_unknown=drop_unknown, error=ApiError,
+        responses=_errors(400, 401, 404, 413, 503),
+    )  # fmt: skip
     return app
 
 
