@@ -9,7 +9,8 @@ Decisions (see also docs/serving.md):
 
 - A token is a character: ``max_tokens`` and ``usage`` count characters.
 - Bad values are answered 400 (as OpenAI does), in OpenAI's error shape.
-- ``temperature`` lies in [0, 2] as in OpenAI's API; ``seed`` must be in [0, 2**63).
+- ``temperature`` lies in [0, 2] as in OpenAI's API; ``seed`` is any integer from 0 up. (An upper
+  bound of 2**63 read as a JSON number rounds, so clients' schema tools disagreed on its edge.)
 - ``logprobs`` are the model's own log-probabilities (temperature 1), for generated characters
   only (also with ``echo``).
 - ``best_of`` (at least ``n``) generates ``best_of`` choices per prompt as extra rows of the
@@ -106,7 +107,7 @@ class SamplingRequest(BaseModel):
     top_k: int | None = Field(None, ge=1)
     n: int | None = Field(1, ge=1, le=128)
     stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=0, lt=2**63)
+    seed: int | None = Field(None, ge=0)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     user: str | None = None
