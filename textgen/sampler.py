@@ -202,9 +202,17 @@ class Sampler:
         self.engine.reset(batch_size)
 
     def step(self, char_id: int) -> np.ndarray:
-        """Feed one character id (one stream); return the next logits, shape (vocab_size,)."""
+        """Feed one character id (one stream); return the next logits, shape (vocab_size,).
+
+        Raises:
+            TextgenError: the state holds several streams (after a batch); call ``reset(1)``.
+        """
         if self.batch_size != 1:
-            self.reset(1)
+            # Starting over silently would throw away the state the caller meant to continue.
+            raise TextgenError(
+                f"step feeds one stream but the state holds {self.batch_size}; "
+                "call reset(1) first, or step_batch with one id per stream"
+            )
         return np.array(self.step_batch(np.array([char_id]))[0])
 
     def step_batch(self, ids: np.ndarray) -> np.ndarray:
