@@ -268,8 +268,6 @@ def train(corpus, checkpoint_dir, resume, quiet, distribute, device, init_from, 
     from textgen.training import default_run_dir, train
 
     settings = {k: v for k, v in options.items() if v is not None}
-    if settings.get("clip_norm") == 0:
-        settings["clip_norm"] = None
     run_dir = checkpoint_dir or default_run_dir(corpus or DEFAULT_CORPUS)
     result = train(
         corpus,

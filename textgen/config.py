@@ -104,6 +104,11 @@ class TrainConfig:
     tensorboard: bool = True  # write TensorBoard event files under RUN/tensorboard
     precision: str = "auto"  # of the large matrix products: "auto", "float32" or "bfloat16"
 
+    def __post_init__(self) -> None:
+        # 0 turns clipping off, as --clip-norm 0 and weight_average=0 do; one spelling is kept.
+        if self.clip_norm == 0:
+            self.clip_norm = None
+
     def validate(self) -> None:
         """Raise TextgenError for settings that cannot work."""
         checks = [
