@@ -32,6 +32,7 @@ from textgen.config import TrainConfig  # noqa: E402
 from textgen.distribute import DEVICES, DISTRIBUTE  # noqa: E402
 from textgen.errors import TextgenError  # noqa: E402
 from textgen.precision import PRECISIONS  # noqa: E402
+from textgen.serve.limits import Limits  # noqa: E402
 
 DEFAULT_CORPUS = "pydocs"  # textgen.corpus.DEFAULT_CORPUS, without importing the corpus code
 # --best-of draws all its samples as one batch, so it is bounded like one chunk of streams.
@@ -96,6 +97,7 @@ def _numpy_command(command):
 
 
 _TRAIN_DEFAULTS = TrainConfig()
+_LIMITS = Limits()
 
 
 def _default(name: str) -> str:
@@ -527,16 +529,16 @@ def _check_search_options(ctx: click.Context, beam_width: int | None, best_of: i
 @click.option("--api-key", envvar="TEXTGEN_API_KEY", help="Require Authorization: Bearer KEY.")
 @click.option("--drop-unknown", is_flag=True, help="Drop unknown prompt characters, not 400.")
 @click.option("--which", type=click.Choice(["best", "latest"]), default="best", show_default=True)
-@click.option("--max-streams", type=click.IntRange(1), default=128, show_default=True,
-              help="Choices generated at once; more get 429.")  # fmt: skip
-@click.option("--max-tokens", type=click.IntRange(1), default=4096, show_default=True,
-              help="Largest max_tokens a request may ask for.")  # fmt: skip
-@click.option("--max-prompt", type=click.IntRange(1), default=8192, show_default=True,
-              help="Characters per prompt.")  # fmt: skip
-@click.option("--max-body", type=click.IntRange(1), default=1_000_000, show_default=True,
-              help="Bytes per request body; more get 413.")  # fmt: skip
-@click.option("--request-timeout", type=Duration(), default=300.0, show_default=True,
-              help="Time limit per request.")  # fmt: skip
+@click.option("--max-streams", type=click.IntRange(1), default=_LIMITS.max_streams,
+              show_default=True, help="Choices generated at once; more get 429.")  # fmt: skip
+@click.option("--max-tokens", type=click.IntRange(1), default=_LIMITS.max_tokens,
+              show_default=True, help="Largest max_tokens a request may ask for.")  # fmt: skip
+@click.option("--max-prompt", type=click.IntRange(1), default=_LIMITS.max_prompt,
+              show_default=True, help="Characters per prompt.")  # fmt: skip
+@click.option("--max-body", type=click.IntRange(1), default=_LIMITS.max_body,
+              show_default=True, help="Bytes per request body; more get 413.")  # fmt: skip
+@click.option("--request-timeout", type=Duration(), default=_LIMITS.request_timeout,
+              show_default=True, help="Time limit per request.")  # fmt: skip
 @click.option("--chat-template", metavar="TEXT",
               help="Each chat message's layout, with {content} and optionally {role} and "
               "{name}; \\n is a newline. The reply stops at what follows {content}. "
@@ -554,7 +556,7 @@ def serve(
 ) -> None:  # fmt: skip
     """Serve runs with OpenAI's completions and chat APIs and a writing page at /."""
     try:
-        from textgen.serve.app import Limits, serve
+        from textgen.serve.app import serve
     except ImportError as err:
         raise TextgenError(f"textgen serve needs the serve extra ({err.name} is missing): "
                            "pip install 'textgen[serve]'") from None  # fmt: skip
