@@ -12,7 +12,6 @@ import json
 import math
 import os
 import re
-import secrets
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import click  # noqa: E402
 
+from textgen import __version__  # noqa: E402
 from textgen.cells import CELLS  # noqa: E402
 from textgen.cli_group import TextgenGroup  # noqa: E402
 from textgen.config import TrainConfig  # noqa: E402
@@ -71,7 +71,7 @@ def _finite(ctx, param, value):
     lazy_commands={"corpus": "textgen.cli_corpus"},
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-@click.version_option(package_name="textgen")
+@click.version_option(version=__version__, package_name="textgen")
 def main() -> None:
     """Train a character-level LSTM on any text, then generate text in its style."""
 
@@ -424,7 +424,7 @@ def sample(
     if max_copy is not None and (beam_width is not None or best_of is not None or length == 0):
         raise click.UsageError("--max-copy needs a finite --length and no --beam-width or "
                                "--best-of", ctx)  # fmt: skip
-    from textgen.options import SamplingOptions
+    from textgen.options import SamplingOptions, random_seed
     from textgen.output import write_samples
     from textgen.sampler import Sampler
 
@@ -451,7 +451,7 @@ def sample(
         top_k=top_k,
         top_p=top_p,
         # One seed for every chunk of streams, so that sample i draws from (seed, i) in any chunk.
-        seed=secrets.randbits(63) if seed is None else seed,
+        seed=random_seed() if seed is None else seed,
         prime=prime,
         drop_unknown=drop_unknown,
         stop=stop,
@@ -594,10 +594,10 @@ def info(run_dir) -> None:
 @_numpy_command
 def evaluate(run_dir, text_file, which, context) -> None:
     """Report a run's loss on TEXT_FILE in nats and bits per character."""
-    from textgen.evaluation import evaluate_file
+    from textgen.evaluation import LN2, evaluate_file
 
     loss = evaluate_file(Path(run_dir), text_file, which=which, context=context)
-    click.echo(json.dumps({"loss_nats": round(loss, 6), "bpc": round(loss / math.log(2), 6)}))
+    click.echo(json.dumps({"loss_nats": round(loss, 6), "bpc": round(loss / LN2, 6)}))
 
 
 @main.command(name="export")

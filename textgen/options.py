@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import math
+import secrets
 from dataclasses import dataclass
 
 import numpy as np
 
 from textgen.errors import TextgenError
+
+SEED_BITS = 63  # seeds lie in [0, 2**63): what every front door accepts, the server's included
+
+
+def random_seed() -> int:
+    """A fresh seed for a sample that was given none, in ``[0, 2**SEED_BITS)``."""
+    return secrets.randbits(SEED_BITS)
 
 
 @dataclass(frozen=True)

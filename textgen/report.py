@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from contextlib import redirect_stdout
 from pathlib import Path
 
+from textgen.evaluation import describe_loss
 from textgen.run import HISTORY, open_run, read_history
-
-LN2 = math.log(2.0)
 
 
 def describe_run(run_dir: Path) -> str:
@@ -31,10 +29,7 @@ def describe_run(run_dir: Path) -> str:
     lines.append(f"vocabulary: {run.tokenizer.vocab_size} ids: {shown!r}")
     lines.append(f"epochs done: {state.epoch} (+{state.batch} batches), steps {state.step}")
     best = state.best_val_loss
-    lines.append(
-        "best validation loss: "
-        + ("n/a" if best is None else f"{best:.4f} nats ({best / LN2:.4f} bpc)")
-    )
+    lines.append(f"best validation loss: {describe_loss(best)}")
     lines.append(f"training time: {state.seconds:.0f} s")
     rows = read_history(run.run_dir)
     if rows:

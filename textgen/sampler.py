@@ -48,7 +48,7 @@ import numpy as np
 from textgen.cells import cell_of_layer, get_cell
 from textgen.errors import CheckpointError, TextgenError
 from textgen.model import num_layers_in, rnn_name
-from textgen.options import SamplingOptions
+from textgen.options import SamplingOptions, random_seed
 from textgen.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -252,9 +252,7 @@ class Sampler:
         """
         from textgen.draw import LogExponentials, sample_ids
 
-        seed = options.seed
-        if seed is None:
-            seed = int(np.random.SeedSequence().entropy % (2**63))
+        seed = random_seed() if options.seed is None else options.seed
         rngs = [np.random.default_rng([seed, i]) for i in range(first, first + num_samples)]
         vocab = self.tokenizer.vocab_size
         noise = LogExponentials(rngs[0] if num_samples == 1 else rngs, num_samples, vocab)

@@ -48,9 +48,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from textgen import __version__
 from textgen import run as runs
 from textgen.chat import ROLES, ChatMessage, ChatTemplate
 from textgen.errors import TextgenError
+from textgen.options import SEED_BITS
 from textgen.serve.batching import Busy, Job, Piece, Scheduler
 from textgen.serve.limits import Limits
 
@@ -95,7 +97,7 @@ class SamplingRequest(BaseModel):
     # n and best_of are bounded by the server's --max-streams, checked with the prompts' count.
     n: int | None = Field(1, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=0, lt=2**63)
+    seed: int | None = Field(None, ge=0, lt=2**SEED_BITS)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -392,7 +394,7 @@ def create_app(
     # No /docs or /redoc: FastAPI's pages load their scripts from a CDN, and this server works
     # offline. The schema itself is at /openapi.json.
     app = FastAPI(
-        title="textgen", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
+        title="textgen", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None
     )
     app.state.models = models
     app.add_middleware(_BodyLimit, max_body=limits.max_body)
