@@ -47,7 +47,7 @@ import numpy as np
 
 from textgen.cells import cell_of_layer, get_cell
 from textgen.errors import CheckpointError, TextgenError
-from textgen.model import num_layers_in, rnn_name
+from textgen.model import RNN_PARTS, num_layers_in, rnn_name
 from textgen.options import SamplingOptions, random_seed
 from textgen.tokenizer import Tokenizer
 
@@ -69,9 +69,7 @@ class KerasCellEngine:
             units = weights[f"{name}/recurrent_kernel"].shape[0]
             layer = cell_class(units)
             layer.build((None, input_dim))
-            layer.set_weights(
-                [weights[f"{name}/{part}"] for part in ("kernel", "recurrent_kernel", "bias")]
-            )
+            layer.set_weights([weights[f"{name}/{part}"] for part in RNN_PARTS])
             self.cells.append(layer)
             input_dim = units
         self.state_size = get_cell(cell).state_size
