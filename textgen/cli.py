@@ -28,15 +28,13 @@ import click  # noqa: E402
 from textgen import __version__  # noqa: E402
 from textgen.cells import CELLS  # noqa: E402
 from textgen.cli_group import TextgenGroup  # noqa: E402
-from textgen.config import TrainConfig  # noqa: E402
+from textgen.config import DEFAULT_CORPUS, TrainConfig  # noqa: E402
 from textgen.distribute import DEVICES, DISTRIBUTE  # noqa: E402
 from textgen.errors import TextgenError  # noqa: E402
+from textgen.output import CHUNK_STREAMS  # noqa: E402
 from textgen.precision import PRECISIONS  # noqa: E402
 from textgen.serve.limits import Limits  # noqa: E402
 
-DEFAULT_CORPUS = "pydocs"  # textgen.corpus.DEFAULT_CORPUS, without importing the corpus code
-# --best-of draws all its samples as one batch, so it is bounded like one chunk of streams.
-BEST_OF_MAX = 1024  # textgen.output.CHUNK_STREAMS, without importing the output code
 _DURATION = re.compile(
     r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$"
 )
@@ -104,7 +102,10 @@ def _default(name: str) -> str:
     return f" [default: {getattr(_TRAIN_DEFAULTS, name)}]"
 
 
-@main.command()
+@main.command(
+    help="Train a model on CORPUS: a text file, folder, glob or corpus name "
+    f"(default: {DEFAULT_CORPUS})."
+)
 @click.argument("corpus", required=False)
 @click.option(
     "--epochs",
@@ -266,14 +267,13 @@ def _default(name: str) -> str:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_numpy_command
 def train(corpus, checkpoint_dir, resume, quiet, distribute, device, init_from, **options) -> None:
-    """Train a model on CORPUS: a text file, folder, glob or corpus name (default: pydocs)."""
-    from textgen.training import default_run_dir, train
+    """Train a model on a corpus (the help text is the decorator's, which names the default)."""
+    from textgen.training import train
 
     settings = {k: v for k, v in options.items() if v is not None}
-    run_dir = checkpoint_dir or default_run_dir(corpus or DEFAULT_CORPUS)
     result = train(
         corpus,
-        run_dir=run_dir,
+        run_dir=checkpoint_dir,  # None: train() picks checkpoints/<corpus name>
         resume=resume,
         progress=not quiet,
         echo=click.echo,
@@ -343,7 +343,7 @@ def _stop_strings(ctx, param, value):
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Samples, generated together, up to 1024 streams at a time.",
+    help=f"Samples, generated together, up to {CHUNK_STREAMS} streams at a time.",
 )
 @click.option(
     "--stop",
@@ -381,7 +381,8 @@ def _stop_strings(ctx, param, value):
 )
 @click.option(
     "--best-of",
-    type=click.IntRange(1, BEST_OF_MAX),
+    # Its samples are drawn as one batch, so it is bounded like one chunk of streams.
+    type=click.IntRange(1, CHUNK_STREAMS),
     help="Draw N samples and print the --num-samples of them with the highest mean "
     "log-probability per character, best first.",
 )

@@ -15,6 +15,9 @@ from textgen.cells import get_cell
 from textgen.errors import CheckpointError, TextgenError
 from textgen.precision import PRECISIONS
 
+DEFAULT_CORPUS = "pydocs"
+"""What a run trains on when no corpus is named (a built-in; see ``textgen.corpus``)."""
+
 DEFAULT_EPOCHS = 20
 """Epochs a run trains when neither ``--epochs`` nor a time budget is given."""
 

@@ -148,7 +148,7 @@ def train(
 
     Args:
         corpus: a text file, a folder, a glob or a corpus name (see ``textgen.corpus``); the
-            default is ``pydocs``, or the run's own corpus when resuming.
+            default is ``DEFAULT_CORPUS`` (pydocs), or the run's own corpus when resuming.
         run_dir: the run directory; it must not already hold a run unless ``resume`` is set.
         resume: continue the run in ``run_dir``; shape and data-order settings must match.
         progress: show a tqdm progress bar.

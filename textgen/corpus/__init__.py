@@ -19,11 +19,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from textgen.config import DEFAULT_CORPUS
 from textgen.corpus.catalogue import files_info, resolve_corpus
 from textgen.corpus.ids import PreparedCorpus, prepare_corpus
 from textgen.corpus.reading import corpus_files, read_corpus
-
-DEFAULT_CORPUS = "pydocs"
 
 __all__ = [
     "DEFAULT_CORPUS",
