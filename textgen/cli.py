@@ -516,11 +516,12 @@ def _check_search_options(ctx: click.Context, beam_width: int | None, best_of: i
     if (beam_width is not None or best_of is not None) and ctx.params["length"] == 0:
         flag = "--beam-width" if beam_width is not None else "--best-of"
         raise click.UsageError(f"{flag} needs a finite --length (not 0)", ctx)
-    if best_of is not None and best_of < ctx.params["num_samples"]:
-        raise click.UsageError(
-            f"--best-of ({best_of}) must be at least --num-samples ({ctx.params['num_samples']})",
-            ctx,
-        )
+    from textgen.options import best_of_rows
+
+    try:
+        best_of_rows(ctx.params["num_samples"], best_of, ("--best-of", "--num-samples"))
+    except TextgenError as err:
+        raise click.UsageError(str(err), ctx) from None
 
 
 @main.command()

@@ -48,7 +48,7 @@ import numpy as np
 from textgen.cells import cell_of_layer, get_cell
 from textgen.errors import CheckpointError, TextgenError
 from textgen.model import RNN_PARTS, num_layers_in, rnn_name
-from textgen.options import SamplingOptions, random_seed
+from textgen.options import SamplingOptions, best_of_rows, random_seed
 from textgen.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -375,10 +375,7 @@ class Sampler:
         """
         options = SamplingOptions.of(options, **values)
         if best_of is not None:
-            if best_of < num_samples:
-                raise TextgenError(
-                    f"best_of ({best_of}) must be at least the number of samples ({num_samples})"
-                )
+            best_of_rows(num_samples, best_of, ("best_of", "the number of samples"))
             scored = self.scored_batch(best_of, length, options=options)
             ranked = sorted(range(best_of), key=lambda i: -scored[i].score)
             return [scored[i].text for i in ranked[:num_samples]]

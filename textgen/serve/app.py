@@ -52,7 +52,7 @@ from textgen import __version__
 from textgen import run as runs
 from textgen.chat import ROLES, ChatMessage, ChatTemplate
 from textgen.errors import TextgenError
-from textgen.options import SEED_BITS
+from textgen.options import SEED_BITS, best_of_rows
 from textgen.serve.batching import Busy, Job, Piece, Scheduler
 from textgen.serve.limits import Limits
 
@@ -615,9 +615,10 @@ def _jobs(
             param="max_tokens",
         )  # fmt: skip
     n = body.n or 1
-    rows = n if body.best_of is None else body.best_of
-    if rows < n:
-        raise ApiError(400, f"best_of ({rows}) must be at least n ({n})", param="best_of")
+    try:
+        rows = best_of_rows(n, body.best_of)
+    except TextgenError as err:
+        raise ApiError(400, str(err), param="best_of") from None
     if body.stream and rows > n:
         raise ApiError(400, "best_of larger than n cannot be streamed", param="best_of")
     if rows * len(prompts) > limits.max_streams:
