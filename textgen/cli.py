@@ -575,12 +575,13 @@ def serve(
 
 @main.command()
 @click.argument("run_dir", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print config.json's content as JSON only.")
 @_numpy_command
-def info(run_dir) -> None:
+def info(run_dir, as_json) -> None:
     """Show a run's settings, vocabulary, progress and model summary."""
-    from textgen.report import describe_run
+    from textgen.report import describe_run, run_config_json
 
-    click.echo(describe_run(Path(run_dir)))
+    click.echo(run_config_json(Path(run_dir)) if as_json else describe_run(Path(run_dir)))
 
 
 @main.command(name="eval")
