@@ -38,6 +38,7 @@ from textgen.draw import (
 from textgen.errors import TextgenError
 from textgen.options import SamplingOptions, random_seed
 from textgen.sampler import Sampler, StopMatcher
+from textgen.serve.limits import Limits
 
 __all__ = ["Busy", "Job", "Piece", "Scheduler"]
 
@@ -248,7 +249,7 @@ class Scheduler:
         self,
         sampler: Sampler,
         *,
-        max_streams: int = 128,
+        max_streams: int = Limits.max_streams,
         on_step: Callable[[int], None] | None = None,
     ) -> None:
         if not hasattr(sampler.engine, "state"):
