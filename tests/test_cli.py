@@ -188,3 +188,19 @@ def test_search_options_that_do_not_combine(trained_run, args, fragments):
     result = run("sample", "--checkpoint", trained_run, *args)
     assert result.exit_code == 2
     assert_clean_error(result, *fragments)
+
+
+def test_info_prints_the_whole_summary_and_readable_config_into_a_pipe(trained_run):
+    from textgen.run import open_run
+
+    result = run("info", trained_run)  # CliRunner's output is not a terminal, like `| cat`
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "model:" in lines and "training:" in lines and "corpus:" in lines
+    assert f"  units: {TINY['units']}" in lines
+    assert "Param #" in result.output
+    params = open_run(trained_run).build_model().get_layer("rnn_0").count_params()
+    assert any("rnn_0 (LSTM)" in line and f"{params:,}" in line for line in lines)
+    as_json = run("info", trained_run, "--json")
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(as_json.output) == json.loads((trained_run / "config.json").read_text())

@@ -23,6 +23,7 @@ from click.testing import CliRunner
 
 from textgen.cli_corpus import corpus
 from textgen.corpus import catalogue as corpora
+from textgen.corpus import corpus_info
 from textgen.errors import CorpusError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -449,7 +450,7 @@ def test_info_counts_characters(tmp_path):
     path = tmp_path / "t.txt"
     path.write_text(text, encoding="utf-8")
 
-    info = corpora.corpus_info(path, top=3)
+    info = corpus_info(path, top=3)
 
     counts = Counter(text)
     assert info["size_bytes"] == len(text.encode())
@@ -468,7 +469,7 @@ def test_info_across_chunk_boundaries(tmp_path, monkeypatch, chunk):
     path = tmp_path / "bad.txt"
     path.write_bytes(data)
 
-    info = corpora.corpus_info(path)
+    info = corpus_info(path)
 
     expected = Counter(data.decode("utf-8", errors="replace"))
     assert info["invalid_offset"] == len(good)
@@ -480,7 +481,7 @@ def test_info_across_chunk_boundaries(tmp_path, monkeypatch, chunk):
 def test_info_truncated_sequence_at_end(tmp_path):
     path = tmp_path / "cut.txt"
     path.write_bytes(b"abc\xe2\x82")
-    info = corpora.corpus_info(path)
+    info = corpus_info(path)
     assert info["invalid_offset"] == 3
     assert not info["valid_utf8"]
 
@@ -488,7 +489,7 @@ def test_info_truncated_sequence_at_end(tmp_path):
 def test_info_empty_file(tmp_path):
     path = tmp_path / "empty.txt"
     path.write_bytes(b"")
-    info = corpora.corpus_info(path)
+    info = corpus_info(path)
     assert (info["characters"], info["distinct"], info["most_common"]) == (0, 0, [])
 
 
@@ -515,6 +516,21 @@ def test_cli_info_shows_whitespace(cdir):
     assert re.search(r"^  'a'\s+2\s+25\.000%$", result.output, re.MULTILINE)
     assert re.search(r"^  '\\n' U\+000A\s+2", result.output, re.MULTILINE)
     assert re.search(r"^  '\\t' U\+0009\s+1", result.output, re.MULTILINE)
+
+
+def test_cli_info_reads_a_folder_as_training_does(tmp_path):
+    folder = tmp_path / "texts"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("ab", encoding="utf-8")
+    (folder / "sub" / "b.txt").write_text("c", encoding="utf-8")
+
+    result = CliRunner().invoke(corpus, ["info", str(folder)])
+
+    assert result.exit_code == 0, result.output
+    assert f"Files:       2 in {folder}" in result.output
+    # The files joined by a blank line, as training reads them.
+    assert "Characters:  5" in result.output
+    assert re.search(r"^  '\\n' U\+000A\s+2", result.output, re.MULTILINE)
 
 
 def test_cli_get_prints_path(cdir, catalogue, server):

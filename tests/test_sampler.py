@@ -141,3 +141,13 @@ def test_stepping_rejects_ids_outside_the_vocabulary_and_wrong_batch_shapes() ->
     with pytest.raises(TextgenError, match="one id per stream"):
         sampler.step_batch([0, 1])
     assert sampler.step_batch([0, 1, 2]).shape == (3, tok.vocab_size)
+
+
+def test_step_refuses_a_batch_state_instead_of_starting_over():
+    model, tok = _model()
+    sampler = Sampler(model, tok)
+    sampler.generate_batch(3, 5, seed=1)  # leaves a state of 3 streams
+    with pytest.raises(TextgenError, match=r"holds 3.*reset\(1\)"):
+        sampler.step(1)
+    sampler.reset(1)
+    assert sampler.step(1).shape == (tok.vocab_size,)

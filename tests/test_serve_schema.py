@@ -34,3 +34,21 @@ def test_api_matches_its_schema(api_schema):
 
         check()
     assert "POST /v1/completions" in labels
+
+
+def test_n_is_bounded_by_max_streams_not_by_the_schema(trained_run):
+    import httpx
+
+    proc, base = start_server(trained_run, "--max-streams", "256", "--max-tokens", "2")
+    try:
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        body = {"model": trained_run.name, "prompt": "a", "max_tokens": 2, "n": 200, "seed": 1}
+        answer = httpx.post(f"{base}/v1/completions", json=body, headers=headers, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert len(answer.json()["choices"]) == 200
+        body = {**body, "n": 1, "best_of": 257}
+        answer = httpx.post(f"{base}/v1/completions", json=body, headers=headers, timeout=30)
+        assert answer.status_code == 400
+        assert "at most 256" in answer.json()["error"]["message"]
+    finally:
+        stop_server(proc)

@@ -325,3 +325,12 @@ def test_a_budget_run_resumes_to_the_end_of_its_budget(tmp_path, corpus):
     # A new budget on resume is that much more time.
     train(corpus, run_dir=tmp_path / "run", resume=True, **_quiet(max_time=3.0))
     assert load_checkpoint(tmp_path / "run" / "latest.npz").state.seconds >= seconds + 3.0
+
+
+def test_clip_norm_zero_turns_clipping_off_as_on_the_command_line(tmp_path, corpus):
+    result = train(
+        corpus, run_dir=tmp_path / "run", **{**TINY, "epochs": 1}, clip_norm=0, **_quiet()
+    )
+    assert result.stopped == "completed"
+    assert open_run(tmp_path / "run").config.training.clip_norm is None
+    assert TrainConfig(clip_norm=0) == TrainConfig(clip_norm=None)

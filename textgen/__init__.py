@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+# The one place the version is written: pyproject.toml, `textgen --version` and the server
+# read it from here.
 __version__ = "0.1.0"
 
 _EXPORTS = {

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import re
-import secrets
 import sys
 from pathlib import Path
 
@@ -26,16 +25,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import click  # noqa: E402
 
+from textgen import __version__  # noqa: E402
 from textgen.cells import CELLS  # noqa: E402
 from textgen.cli_group import TextgenGroup  # noqa: E402
-from textgen.config import TrainConfig  # noqa: E402
+from textgen.config import DEFAULT_CORPUS, TrainConfig  # noqa: E402
 from textgen.distribute import DEVICES, DISTRIBUTE  # noqa: E402
 from textgen.errors import TextgenError  # noqa: E402
+from textgen.output import CHUNK_STREAMS  # noqa: E402
 from textgen.precision import PRECISIONS  # noqa: E402
+from textgen.serve.limits import Limits  # noqa: E402
 
-DEFAULT_CORPUS = "pydocs"  # textgen.corpus.DEFAULT_CORPUS, without importing the corpus code
-# --best-of draws all its samples as one batch, so it is bounded like one chunk of streams.
-BEST_OF_MAX = 1024  # textgen.output.CHUNK_STREAMS, without importing the output code
 _DURATION = re.compile(
     r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$"
 )
@@ -70,7 +69,7 @@ def _finite(ctx, param, value):
     lazy_commands={"corpus": "textgen.cli_corpus", "inspect": "textgen.cli_inspect"},
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-@click.version_option(package_name="textgen")
+@click.version_option(version=__version__, package_name="textgen")
 def main() -> None:
     """Train a character-level LSTM on any text, then generate text in its style."""
 
@@ -96,13 +95,17 @@ def _numpy_command(command):
 
 
 _TRAIN_DEFAULTS = TrainConfig()
+_LIMITS = Limits()
 
 
 def _default(name: str) -> str:
     return f" [default: {getattr(_TRAIN_DEFAULTS, name)}]"
 
 
-@main.command()
+@main.command(
+    help="Train a model on CORPUS: a text file, folder, glob or corpus name "
+    f"(default: {DEFAULT_CORPUS})."
+)
 @click.argument("corpus", required=False)
 @click.option(
     "--epochs",
@@ -264,16 +267,13 @@ def _default(name: str) -> str:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_numpy_command
 def train(corpus, checkpoint_dir, resume, quiet, distribute, device, init_from, **options) -> None:
-    """Train a model on CORPUS: a text file, folder, glob or corpus name (default: pydocs)."""
-    from textgen.training import default_run_dir, train
+    """Train a model on a corpus (the help text is the decorator's, which names the default)."""
+    from textgen.training import train
 
     settings = {k: v for k, v in options.items() if v is not None}
-    if settings.get("clip_norm") == 0:
-        settings["clip_norm"] = None
-    run_dir = checkpoint_dir or default_run_dir(corpus or DEFAULT_CORPUS)
     result = train(
         corpus,
-        run_dir=run_dir,
+        run_dir=checkpoint_dir,  # None: train() picks checkpoints/<corpus name>
         resume=resume,
         progress=not quiet,
         echo=click.echo,
@@ -343,7 +343,7 @@ def _stop_strings(ctx, param, value):
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Samples, generated together, up to 1024 streams at a time.",
+    help=f"Samples, generated together, up to {CHUNK_STREAMS} streams at a time.",
 )
 @click.option(
     "--stop",
@@ -381,7 +381,8 @@ def _stop_strings(ctx, param, value):
 )
 @click.option(
     "--best-of",
-    type=click.IntRange(1, BEST_OF_MAX),
+    # Its samples are drawn as one batch, so it is bounded like one chunk of streams.
+    type=click.IntRange(1, CHUNK_STREAMS),
     help="Draw N samples and print the --num-samples of them with the highest mean "
     "log-probability per character, best first.",
 )
@@ -424,7 +425,7 @@ def sample(
     if max_copy is not None and (beam_width is not None or best_of is not None or length == 0):
         raise click.UsageError("--max-copy needs a finite --length and no --beam-width or "
                                "--best-of", ctx)  # fmt: skip
-    from textgen.options import SamplingOptions
+    from textgen.options import SamplingOptions, random_seed
     from textgen.output import write_samples
     from textgen.sampler import Sampler
 
@@ -451,7 +452,7 @@ def sample(
         top_k=top_k,
         top_p=top_p,
         # One seed for every chunk of streams, so that sample i draws from (seed, i) in any chunk.
-        seed=secrets.randbits(63) if seed is None else seed,
+        seed=random_seed() if seed is None else seed,
         prime=prime,
         drop_unknown=drop_unknown,
         stop=stop,
@@ -515,11 +516,12 @@ def _check_search_options(ctx: click.Context, beam_width: int | None, best_of: i
     if (beam_width is not None or best_of is not None) and ctx.params["length"] == 0:
         flag = "--beam-width" if beam_width is not None else "--best-of"
         raise click.UsageError(f"{flag} needs a finite --length (not 0)", ctx)
-    if best_of is not None and best_of < ctx.params["num_samples"]:
-        raise click.UsageError(
-            f"--best-of ({best_of}) must be at least --num-samples ({ctx.params['num_samples']})",
-            ctx,
-        )
+    from textgen.options import best_of_rows
+
+    try:
+        best_of_rows(ctx.params["num_samples"], best_of, ("--best-of", "--num-samples"))
+    except TextgenError as err:
+        raise click.UsageError(str(err), ctx) from None
 
 
 @main.command()
@@ -529,16 +531,16 @@ def _check_search_options(ctx: click.Context, beam_width: int | None, best_of: i
 @click.option("--api-key", envvar="TEXTGEN_API_KEY", help="Require Authorization: Bearer KEY.")
 @click.option("--drop-unknown", is_flag=True, help="Drop unknown prompt characters, not 400.")
 @click.option("--which", type=click.Choice(["best", "latest"]), default="best", show_default=True)
-@click.option("--max-streams", type=click.IntRange(1), default=128, show_default=True,
-              help="Choices generated at once; more get 429.")  # fmt: skip
-@click.option("--max-tokens", type=click.IntRange(1), default=4096, show_default=True,
-              help="Largest max_tokens a request may ask for.")  # fmt: skip
-@click.option("--max-prompt", type=click.IntRange(1), default=8192, show_default=True,
-              help="Characters per prompt.")  # fmt: skip
-@click.option("--max-body", type=click.IntRange(1), default=1_000_000, show_default=True,
-              help="Bytes per request body; more get 413.")  # fmt: skip
-@click.option("--request-timeout", type=Duration(), default=300.0, show_default=True,
-              help="Time limit per request.")  # fmt: skip
+@click.option("--max-streams", type=click.IntRange(1), default=_LIMITS.max_streams,
+              show_default=True, help="Choices generated at once; more get 429.")  # fmt: skip
+@click.option("--max-tokens", type=click.IntRange(1), default=_LIMITS.max_tokens,
+              show_default=True, help="Largest max_tokens a request may ask for.")  # fmt: skip
+@click.option("--max-prompt", type=click.IntRange(1), default=_LIMITS.max_prompt,
+              show_default=True, help="Characters per prompt.")  # fmt: skip
+@click.option("--max-body", type=click.IntRange(1), default=_LIMITS.max_body,
+              show_default=True, help="Bytes per request body; more get 413.")  # fmt: skip
+@click.option("--request-timeout", type=Duration(), default=_LIMITS.request_timeout,
+              show_default=True, help="Time limit per request.")  # fmt: skip
 @click.option("--chat-template", metavar="TEXT",
               help="Each chat message's layout, with {content} and optionally {role} and "
               "{name}; \\n is a newline. The reply stops at what follows {content}. "
@@ -556,7 +558,7 @@ def serve(
 ) -> None:  # fmt: skip
     """Serve runs with OpenAI's completions and chat APIs and a writing page at /."""
     try:
-        from textgen.serve.app import Limits, serve
+        from textgen.serve.app import serve
     except ImportError as err:
         raise TextgenError(f"textgen serve needs the serve extra ({err.name} is missing): "
                            "pip install 'textgen[serve]'") from None  # fmt: skip
@@ -573,12 +575,13 @@ def serve(
 
 @main.command()
 @click.argument("run_dir", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print config.json's content as JSON only.")
 @_numpy_command
-def info(run_dir) -> None:
+def info(run_dir, as_json) -> None:
     """Show a run's settings, vocabulary, progress and model summary."""
-    from textgen.report import describe_run
+    from textgen.report import describe_run, run_config_json
 
-    click.echo(describe_run(Path(run_dir)))
+    click.echo(run_config_json(Path(run_dir)) if as_json else describe_run(Path(run_dir)))
 
 
 @main.command(name="eval")
@@ -594,10 +597,10 @@ def info(run_dir) -> None:
 @_numpy_command
 def evaluate(run_dir, text_file, which, context) -> None:
     """Report a run's loss on TEXT_FILE in nats and bits per character."""
-    from textgen.evaluation import evaluate_file
+    from textgen.evaluation import LN2, evaluate_file
 
     loss = evaluate_file(Path(run_dir), text_file, which=which, context=context)
-    click.echo(json.dumps({"loss_nats": round(loss, 6), "bpc": round(loss / math.log(2), 6)}))
+    click.echo(json.dumps({"loss_nats": round(loss, 6), "bpc": round(loss / LN2, 6)}))
 
 
 @main.command(name="export")

@@ -47,12 +47,15 @@ def get_command(name: str, url: str | None, quiet: bool) -> None:
 @click.argument("spec", metavar="PATH_OR_NAME")
 @click.option("--top", default=10, show_default=True, help="How many characters to list.")
 def info_command(spec: str, top: int) -> None:
-    """Show size, encoding and character counts of a corpus."""
-    from textgen.corpus import catalogue as corpora
+    """Show size, encoding and character counts of a corpus: a file, folder, glob or name."""
+    from textgen.corpus import corpus_info
 
-    info = corpora.corpus_info(spec, top=top)
+    info = corpus_info(spec, top=top)
     total = info["characters"]
-    click.echo(f"File:        {info['path']}")
+    if info["files"] == 1:
+        click.echo(f"File:        {info['path']}")
+    else:
+        click.echo(f"Files:       {info['files']:,} in {info['path']}")
     click.echo(f"Size:        {info['size_bytes']:,} bytes ({_human_size(info['size_bytes'])})")
     click.echo(f"Encoding:    {info['encoding']}")
     click.echo(f"Characters:  {total:,}")

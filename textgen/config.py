@@ -15,6 +15,9 @@ from textgen.cells import get_cell
 from textgen.errors import CheckpointError, TextgenError
 from textgen.precision import PRECISIONS
 
+DEFAULT_CORPUS = "pydocs"
+"""What a run trains on when no corpus is named (a built-in; see ``textgen.corpus``)."""
+
 DEFAULT_EPOCHS = 20
 """Epochs a run trains when neither ``--epochs`` nor a time budget is given."""
 
@@ -103,6 +106,11 @@ class TrainConfig:
     sample_every: int = 1  # print (and log) a sample after every N epochs; 0: never
     tensorboard: bool = True  # write TensorBoard event files under RUN/tensorboard
     precision: str = "auto"  # of the large matrix products: "auto", "float32" or "bfloat16"
+
+    def __post_init__(self) -> None:
+        # 0 turns clipping off, as --clip-norm 0 and weight_average=0 do; one spelling is kept.
+        if self.clip_norm == 0:
+            self.clip_norm = None
 
     def validate(self) -> None:
         """Raise TextgenError for settings that cannot work."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from textgen.cells import get_cell
-from textgen.model import config_from_weights, rnn_name
+from textgen.model import RNN_PARTS, config_from_weights, rnn_name
 
 __all__ = ["RecurrentStack"]
 
@@ -176,7 +176,7 @@ class RecurrentStack:
         """Reorder, scale and transpose the weights into the layout the step loop wants."""
         prepared = [
             self._kind.prepare(
-                *(w[f"{rnn_name(i)}/{part}"] for part in ("kernel", "recurrent_kernel", "bias")),
+                *(w[f"{rnn_name(i)}/{part}"] for part in RNN_PARTS),
                 self.units,
             )
             for i in range(self.num_layers)

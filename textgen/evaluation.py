@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +12,13 @@ from textgen.config import DEFAULT_CONTEXT, TrainConfig
 from textgen.distribute import split_rows
 from textgen.errors import CorpusError
 from textgen.tokenizer import Tokenizer
+
+LN2 = math.log(2.0)  # nats per bit: a loss in nats / LN2 is in bits per character
+
+
+def describe_loss(loss: float | None) -> str:
+    """A loss as people read it: ``1.2345 nats (1.7810 bpc)``, or ``n/a``."""
+    return "n/a" if loss is None else f"{loss:.4f} nats ({loss / LN2:.4f} bpc)"
 
 
 def build_eval_step(model, cluster=None, stock: bool = False) -> Callable:

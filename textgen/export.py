@@ -44,7 +44,7 @@ import numpy as np
 from textgen.cells import get_cell
 from textgen.errors import TextgenError
 from textgen.files import atomic_write
-from textgen.model import rnn_name
+from textgen.model import RNN_PARTS, rnn_name
 from textgen.run import TOKENIZER, WHICH, Run, open_run
 from textgen.tokenizer import UNKNOWN_CHAR
 from textgen.web import WEIGHT_TYPES, export_web, is_web_export
@@ -227,7 +227,7 @@ def _build_module(tf, run: Run):
     module.cells = [
         [
             tf.Variable(w[f"{rnn_name(i)}/{part}"], trainable=False, name=f"{rnn_name(i)}_{part}")
-            for part in ("kernel", "recurrent_kernel", "bias")
+            for part in RNN_PARTS
         ]
         for i in range(layers)
     ]

@@ -3,11 +3,34 @@
 from __future__ import annotations
 
 import math
+import secrets
 from dataclasses import dataclass
 
 import numpy as np
 
-from textgen.errors import TextgenError
+from textgen.errors import OptionsError, TextgenError
+
+SEED_BITS = 63  # seeds lie in [0, 2**63): what every front door accepts, the server's included
+
+
+def random_seed() -> int:
+    """A fresh seed for a sample that was given none, in ``[0, 2**SEED_BITS)``."""
+    return secrets.randbits(SEED_BITS)
+
+
+def best_of_rows(count: int, best_of: int | None, names: tuple[str, str] = ("best_of", "n")) -> int:
+    """The samples drawn to return ``count`` of them: ``best_of``, or ``count`` when not given.
+
+    ``names`` are the two values' names as the caller's users know them (flags, fields).
+
+    Raises:
+        OptionsError: ``best_of`` is smaller than ``count``.
+    """
+    if best_of is None:
+        return count
+    if best_of < count:
+        raise OptionsError(f"{names[0]} ({best_of}) must be at least {names[1]} ({count})")
+    return best_of
 
 
 @dataclass(frozen=True)

@@ -47,8 +47,8 @@ import numpy as np
 
 from textgen.cells import cell_of_layer, get_cell
 from textgen.errors import CheckpointError, TextgenError
-from textgen.model import num_layers_in, rnn_name
-from textgen.options import SamplingOptions
+from textgen.model import RNN_PARTS, num_layers_in, rnn_name
+from textgen.options import SamplingOptions, best_of_rows, random_seed
 from textgen.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -69,9 +69,7 @@ class KerasCellEngine:
             units = weights[f"{name}/recurrent_kernel"].shape[0]
             layer = cell_class(units)
             layer.build((None, input_dim))
-            layer.set_weights(
-                [weights[f"{name}/{part}"] for part in ("kernel", "recurrent_kernel", "bias")]
-            )
+            layer.set_weights([weights[f"{name}/{part}"] for part in RNN_PARTS])
             self.cells.append(layer)
             input_dim = units
         self.state_size = get_cell(cell).state_size
@@ -202,9 +200,17 @@ class Sampler:
         self.engine.reset(batch_size)
 
     def step(self, char_id: int) -> np.ndarray:
-        """Feed one character id (one stream); return the next logits, shape (vocab_size,)."""
+        """Feed one character id (one stream); return the next logits, shape (vocab_size,).
+
+        Raises:
+            TextgenError: the state holds several streams (after a batch); call ``reset(1)``.
+        """
         if self.batch_size != 1:
-            self.reset(1)
+            # Starting over silently would throw away the state the caller meant to continue.
+            raise TextgenError(
+                f"step feeds one stream but the state holds {self.batch_size}; "
+                "call reset(1) first, or step_batch with one id per stream"
+            )
         return np.array(self.step_batch(np.array([char_id]))[0])
 
     def step_batch(self, ids: np.ndarray) -> np.ndarray:
@@ -244,9 +250,7 @@ class Sampler:
         """
         from textgen.draw import LogExponentials, sample_ids
 
-        seed = options.seed
-        if seed is None:
-            seed = int(np.random.SeedSequence().entropy % (2**63))
+        seed = random_seed() if options.seed is None else options.seed
         rngs = [np.random.default_rng([seed, i]) for i in range(first, first + num_samples)]
         vocab = self.tokenizer.vocab_size
         noise = LogExponentials(rngs[0] if num_samples == 1 else rngs, num_samples, vocab)
@@ -371,10 +375,7 @@ class Sampler:
         """
         options = SamplingOptions.of(options, **values)
         if best_of is not None:
-            if best_of < num_samples:
-                raise TextgenError(
-                    f"best_of ({best_of}) must be at least the number of samples ({num_samples})"
-                )
+            best_of_rows(num_samples, best_of, ("best_of", "the number of samples"))
             scored = self.scored_batch(best_of, length, options=options)
             ranked = sorted(range(best_of), key=lambda i: -scored[i].score)
             return [scored[i].text for i in ranked[:num_samples]]

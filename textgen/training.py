@@ -34,7 +34,7 @@ from textgen.config import LOCKED_ON_RESUME, NO_NOISE, Noise, RunConfig, TrainCo
 from textgen.corpus import DEFAULT_CORPUS, check_exists, load_corpus
 from textgen.distribute import Cluster, choose_path, lost_worker_errors, make_cluster
 from textgen.errors import CheckpointError, OptionsError, TextgenError, VocabularyError
-from textgen.evaluation import build_eval_step, evaluate_ids
+from textgen.evaluation import LN2, build_eval_step, describe_loss, evaluate_ids
 from textgen.files import remove_stale_temporaries
 from textgen.model import build_model, get_weights, named_variables, set_weights
 from textgen.precision import resolve_precision
@@ -47,7 +47,6 @@ from textgen.windows import (
     window_dataset,
 )
 
-LN2 = math.log(2.0)
 HISTORY_FIELDS = [
     "epoch",
     "step",
@@ -132,10 +131,6 @@ def _graceful_interrupts() -> Iterator[dict]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _fmt(loss: float | None) -> str:
-    return "n/a" if loss is None else f"{loss:.4f} nats ({loss / LN2:.4f} bpc)"
-
-
 def train(
     corpus: str | Path | None = None,
     *,
@@ -153,7 +148,7 @@ def train(
 
     Args:
         corpus: a text file, a folder, a glob or a corpus name (see ``textgen.corpus``); the
-            default is ``pydocs``, or the run's own corpus when resuming.
+            default is ``DEFAULT_CORPUS`` (pydocs), or the run's own corpus when resuming.
         run_dir: the run directory; it must not already hold a run unless ``resume`` is set.
         resume: continue the run in ``run_dir``; shape and data-order settings must match.
         progress: show a tqdm progress bar.
@@ -837,7 +832,8 @@ class Trainer:
         self.save(with_best=improved or (self.writes and not (self.run_dir / rundir.BEST).exists()))
         clock.last_save = time.monotonic()
         self.echo(
-            f"epoch {label:g}: train {_fmt(train_loss)}, validation {_fmt(val_loss)}"
+            f"epoch {label:g}: train {describe_loss(train_loss)}, "
+            f"validation {describe_loss(val_loss)}"
             + (" *best*" if improved and val_loss is not None else "")
         )
         epoch = EpochEnd(label, train_loss, val_loss, improved, lr)

@@ -16,14 +16,13 @@ which TensorBoard needs to draw it.
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
 from textgen.callbacks import Callback, EpochEnd
 from textgen.config import TrainState
+from textgen.evaluation import LN2
 
-LN2 = math.log(2.0)
 LOG_EVERY = 20  # steps between training points
 SAMPLE_LENGTH = 200
 SAMPLE_TEMPERATURE = 0.8

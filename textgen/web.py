@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from textgen.errors import TextgenError
-from textgen.model import rnn_name
+from textgen.model import RNN_PARTS, rnn_name
 from textgen.run import TOKENIZER, Run, read_history
 
 WEIGHT_TYPES = ("float16", "float32")
@@ -38,11 +38,7 @@ FILES = (PAGE, ENGINE, MODEL, TOKENIZER)
 
 def weight_names(num_layers: int) -> list[str]:
     """The names of the arrays model.js holds, in the order it holds them."""
-    layers = [
-        f"{rnn_name(i)}/{part}"
-        for i in range(num_layers)
-        for part in ("kernel", "recurrent_kernel", "bias")
-    ]
+    layers = [f"{rnn_name(i)}/{part}" for i in range(num_layers) for part in RNN_PARTS]
     return ["embedding", *layers, "dense/kernel", "dense/bias"]
 
 

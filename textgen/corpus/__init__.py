@@ -6,7 +6,8 @@ library and the command line accept the same things, through these functions:
 
 - ``resolve``: a spec -> something ``reading`` can open (fetching a named corpus if needed);
 - ``load_corpus``: a spec -> a ``PreparedCorpus`` (vocabulary and compact, cached id array);
-- ``read_text``: a spec -> one string, for small texts such as ``textgen eval``'s.
+- ``read_text``: a spec -> one string, for small texts such as ``textgen eval``'s;
+- ``corpus_info``: a spec -> its size, encoding and character counts (``textgen corpus info``).
 
 The parts: ``catalogue`` (names, built-ins, downloads), ``reading`` (files, folders, globs,
 encodings) and ``ids`` (the id array and its cache).
@@ -16,29 +17,33 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-from textgen.corpus.catalogue import resolve_corpus
+from textgen.config import DEFAULT_CORPUS
+from textgen.corpus.catalogue import files_info, resolve_corpus
 from textgen.corpus.ids import PreparedCorpus, prepare_corpus
 from textgen.corpus.reading import corpus_files, read_corpus
-
-DEFAULT_CORPUS = "pydocs"
 
 __all__ = [
     "DEFAULT_CORPUS",
     "PreparedCorpus",
     "check_exists",
+    "corpus_info",
     "load_corpus",
     "read_text",
     "resolve",
 ]
 
 
-def resolve(spec: str | os.PathLike) -> str:
-    """An existing path or a glob as given; a corpus name as the path of its text file."""
+def resolve(spec: str | os.PathLike, *, download: bool = True, progress: bool = True) -> str:
+    """An existing path or a glob as given; a corpus name as the path of its text file.
+
+    ``download=False`` refuses a catalogue corpus not downloaded yet instead of fetching it.
+    """
     spec = os.fspath(spec)
     if Path(spec).exists() or any(ch in spec for ch in "*?["):
         return spec
-    return str(resolve_corpus(spec))
+    return str(resolve_corpus(spec, download=download, progress=progress))
 
 
 def load_corpus(spec: str | os.PathLike, **options) -> PreparedCorpus:
@@ -54,3 +59,12 @@ def read_text(spec: str | os.PathLike, *, encoding: str = "utf-8", errors: str =
 def check_exists(spec: str | os.PathLike) -> None:
     """Raise CorpusError now, before a run directory is made, if ``spec`` names nothing."""
     corpus_files(resolve(spec))
+
+
+def corpus_info(spec: str | os.PathLike, *, top: int = 10) -> dict[str, Any]:
+    """Size, encoding and character counts of a corpus, as ``catalogue.files_info`` gives them.
+
+    Accepts what training accepts (a file, folder, glob or name), but downloads nothing.
+    """
+    resolved = resolve(spec, download=False, progress=False)
+    return files_info(corpus_files(resolved), top=top, path=resolved)

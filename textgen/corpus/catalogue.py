@@ -27,7 +27,7 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
@@ -35,6 +35,7 @@ from typing import IO, Any
 import numpy as np
 from tqdm import tqdm
 
+from textgen.corpus.reading import DOCUMENT_SEPARATOR
 from textgen.errors import CorpusError, StorageError
 from textgen.files import atomic_write, write_text
 
@@ -480,31 +481,38 @@ def _scratch_files(final: Path) -> Iterator[Callable[[], Path]]:
 # --- statistics ----------------------------------------------------------------------------------
 
 
-def corpus_info(spec_or_path: str | os.PathLike[str], *, top: int = 10) -> dict[str, Any]:
-    """Size, encoding and character statistics of a corpus, read in chunks.
+def files_info(files: Sequence[Path], *, top: int = 10, path: str | None = None) -> dict[str, Any]:
+    """Size, encoding and character statistics of a corpus's files, read in chunks.
 
-    A catalogue corpus is not downloaded for this; a built-in is generated if missing.
+    The files are counted as training reads them: joined by ``DOCUMENT_SEPARATOR``. Use
+    ``textgen.corpus.corpus_info`` to describe anything a user names as a corpus.
 
     Args:
-        spec_or_path: Anything ``resolve_corpus`` accepts.
+        files: The corpus's files, as ``textgen.corpus.reading.corpus_files`` lists them.
         top: How many of the most and least frequent characters to report.
+        path: What to report as the corpus's path; the file's own path for one file.
 
     Returns:
-        ``path``, ``size_bytes``, ``valid_utf8``, ``invalid_offset`` (first bad byte, or None),
-        ``encoding`` (a sentence), ``characters``, ``distinct``, and ``most_common`` /
-        ``least_common`` as ``(char, count)`` lists. Bad bytes are counted as U+FFFD.
+        ``path``, ``files`` (how many), ``size_bytes``, ``valid_utf8``, ``invalid_offset`` (first
+        bad byte, or None), ``encoding`` (a sentence), ``characters``, ``distinct``, and
+        ``most_common`` / ``least_common`` as ``(char, count)`` lists. Bad bytes are counted as
+        U+FFFD.
     """
-    path = resolve_corpus(os.fspath(spec_or_path), download=False, progress=False)
     tally = _CharTally()
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as source:
-            while chunk := source.read(4 * CHUNK_SIZE):
-                tally.add(chunk)
+    size = 0
+    for n, file in enumerate(files):
+        if n:
+            tally.add(DOCUMENT_SEPARATOR.encode())
+        try:
+            size += file.stat().st_size
+            with open(file, "rb") as source:
+                while chunk := source.read(4 * CHUNK_SIZE):
+                    tally.add(chunk)
+        except OSError as err:
+            raise CorpusError(f"cannot read {file} ({err})") from err
+        # A character cut off at a file's end is a bad byte there, not the next file's start.
         tally.add(b"", final=True)
-    except OSError as err:
-        raise CorpusError(f"cannot read {path} ({err})") from err
-
+    shown = str(files[0]) if len(files) == 1 or path is None else path
     codes = np.flatnonzero(tally.counts)
     counts = tally.counts[codes]
     most = np.lexsort((codes, -counts))[:top]
@@ -514,7 +522,8 @@ def corpus_info(spec_or_path: str | os.PathLike[str], *, top: int = 10) -> dict[
     else:
         encoding = f"not valid UTF-8 (first bad byte at offset {tally.invalid_at:,})"
     return {
-        "path": str(path),
+        "path": shown,
+        "files": len(files),
         "size_bytes": size,
         "valid_utf8": tally.invalid_at is None,
         "invalid_offset": tally.invalid_at,

@@ -38,7 +38,6 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -50,28 +49,20 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from textgen import __version__
 from textgen import run as runs
 from textgen.chat import ROLES, ChatMessage, ChatTemplate
 from textgen.errors import TextgenError
+from textgen.options import best_of_rows
 from textgen.serve.batching import Busy, Job, Piece, Scheduler
 from textgen.serve.inspect_route import add_inspect_routes
+from textgen.serve.limits import Limits
 
 # Streamed text is sent at most every 20 ms per stream (the first character and the last piece
 # at once), and less often the more streams run (1.5 ms per stream, at most 100 ms): the event
 # loop's work per chunk shares the interpreter with the engine, and at 64 streams 96 ms gave
 # about 4% more throughput than 64 ms (and twice that of 20 ms).
 STREAM_FLUSH_SECONDS = (0.02, 0.0015, 0.1)
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one server accepts; each is a ``textgen serve`` flag."""
-
-    max_streams: int = 128  # rows (choices) generated at once, then 429
-    max_tokens: int = 4096  # characters per choice
-    max_prompt: int = 8192  # characters per prompt
-    max_body: int = 1_000_000  # bytes per request body, then 413
-    request_timeout: float = 300.0  # seconds per request, then the choices end as "length"
 
 
 class ApiError(Exception):
@@ -105,7 +96,8 @@ class SamplingRequest(BaseModel):
     temperature: float | None = Field(1.0, ge=0, le=2, allow_inf_nan=False)
     top_p: float | None = Field(1.0, gt=0, le=1, allow_inf_nan=False)
     top_k: int | None = Field(None, ge=1)
-    n: int | None = Field(1, ge=1, le=128)
+    # n and best_of are bounded by the server's --max-streams, checked with the prompts' count.
+    n: int | None = Field(1, ge=1)
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=0)
     stream: bool | None = False
@@ -117,7 +109,7 @@ class CompletionRequest(SamplingRequest):
     """``POST /v1/completions``; fields as in OpenAI's API, plus ``top_k``."""
 
     prompt: str | list[str] = ""
-    best_of: int | None = Field(None, ge=1, le=128, description="choices generated; n returned")
+    best_of: int | None = Field(None, ge=1, description="choices generated; n returned")
     echo: bool | None = False
     logprobs: int | None = Field(None, ge=0, le=5)
 
@@ -404,7 +396,7 @@ def create_app(
     # No /docs or /redoc: FastAPI's pages load their scripts from a CDN, and this server works
     # offline. The schema itself is at /openapi.json.
     app = FastAPI(
-        title="textgen", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
+        title="textgen", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None
     )
     app.state.models = models
     app.add_middleware(_BodyLimit, max_body=limits.max_body)
@@ -629,9 +621,10 @@ def _jobs(
             param="max_tokens",
         )  # fmt: skip
     n = body.n or 1
-    rows = n if body.best_of is None else body.best_of
-    if rows < n:
-        raise ApiError(400, f"best_of ({rows}) must be at least n ({n})", param="best_of")
+    try:
+        rows = best_of_rows(n, body.best_of)
+    except TextgenError as err:
+        raise ApiError(400, str(err), param="best_of") from None
     if body.stream and rows > n:
         raise ApiError(400, "best_of larger than n cannot be streamed", param="best_of")
     if rows * len(prompts) > limits.max_streams:

@@ -36,8 +36,9 @@ from textgen.draw import (
     steps_ahead,
 )
 from textgen.errors import TextgenError
-from textgen.options import SamplingOptions
+from textgen.options import SamplingOptions, random_seed
 from textgen.sampler import Sampler, StopMatcher
+from textgen.serve.limits import Limits
 
 __all__ = ["Busy", "Job", "Piece", "Scheduler"]
 
@@ -102,7 +103,7 @@ class Job:
         if n < 1 or max_tokens < 0 or len(prompt_ids) == 0:
             raise TextgenError("a job needs n >= 1, max_tokens >= 0 and a non-empty prompt")
         if seed is None:
-            seed = int(np.random.SeedSequence().entropy % (2**63))
+            seed = random_seed()
         if seed < 0:
             raise TextgenError(f"seed must be >= 0, got {seed}")
         self.prompt_ids = np.asarray(prompt_ids, dtype=np.int64)
@@ -248,7 +249,7 @@ class Scheduler:
         self,
         sampler: Sampler,
         *,
-        max_streams: int = 128,
+        max_streams: int = Limits.max_streams,
         on_step: Callable[[int], None] | None = None,
     ) -> None:
         if not hasattr(sampler.engine, "state"):
