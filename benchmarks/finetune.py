@@ -4,6 +4,7 @@ Usage::
 
     apt-get install -y bible-kjv manpages-de      # two of the panel's sources
     python benchmarks/finetune.py --minutes 3 [--only genesis,c-headers] [--out /tmp/panel]
+    python benchmarks/finetune.py --only genesis --no-scratch --base-lr 0.002,0.004   # a lever
 
 For each corpus, one after the other with the same budget: ``textgen train C --max-time M``
 (the defaults, from nothing) and ``textgen train C --max-time M --init-from base``. Reported: the
@@ -130,7 +131,14 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--only", help="comma-separated corpus names")
     parser.add_argument("--out", type=Path, default=Path("/tmp/textgen-panel"))
+    parser.add_argument("--no-scratch", action="store_true", help="only the runs from base")
+    parser.add_argument(
+        "--base-lr", help="comma-separated peak learning rates for the runs from base, one run each"
+    )
     args = parser.parse_args()
+    if args.no_scratch or args.base_lr:
+        lever(args)
+        return
     names = args.only.split(",") if args.only else list(PANEL)
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)
@@ -157,6 +165,23 @@ def main() -> None:
             f"| {name} | {kind} | {size:,} | {s['loss']:.4f}, {s['epochs']:.1f}, {s['copy']:g} "
             f"| {t['loss']:.4f}, {t['epochs']:.1f}, {t['copy']:g} | {t['loss'] - s['loss']:+.4f} |"
         )
+
+
+def lever(args) -> None:
+    """Runs from base only, one per learning rate (the fine-tuning default when none given)."""
+    names = args.only.split(",") if args.only else list(PANEL)
+    rates = args.base_lr.split(",") if args.base_lr else [None]
+    shutil.rmtree(args.out, ignore_errors=True)
+    args.out.mkdir(parents=True)
+    print("| corpus | learning rate | loss | epochs |")
+    print("|---|---|---|---|")
+    for name in names:
+        corpus = build(name, args.out)
+        for rate in rates:
+            extra = ["--init-from", "base"] + (["--learning-rate", rate] if rate else [])
+            got = train(corpus, args.out / f"{name}-{rate}", args.minutes, extra)
+            print(f"| {name} | {rate or 'default'} | {got['loss']:.4f} | {got['epochs']:.1f} |",
+                  flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
