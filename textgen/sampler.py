@@ -37,16 +37,16 @@ ones; among texts of one length the score ranks as their total log-probability d
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from textgen.cells import cell_of_layer, get_cell
 from textgen.errors import CheckpointError, TextgenError
+from textgen.generation import ScoredText, StopMatcher
 from textgen.model import num_layers_in, rnn_name
 from textgen.options import SamplingOptions
 from textgen.tokenizer import Tokenizer
@@ -103,44 +103,6 @@ def _make_engine(weights: dict[str, np.ndarray], cell: str, engine: str):
 
         return RecurrentStack(weights, cell)
     raise TextgenError(f"unknown engine {engine!r}; choose numpy or keras")
-
-
-class StopMatcher:
-    """Finds stop strings in a growing text and holds back what might still become one."""
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = list(stops)
-        self.pending = ""
-        self.done = False
-
-    def feed(self, char: str) -> str:
-        """Add one character; return the text that is now safe to emit."""
-        self.pending += char
-        for stop in self.stops:
-            at = self.pending.find(stop)
-            if at >= 0:
-                self.done = True
-                out, self.pending = self.pending[:at], ""
-                return out
-        for i in range(len(self.pending)):
-            tail = self.pending[i:]
-            if any(stop.startswith(tail) for stop in self.stops):
-                out, self.pending = self.pending[:i], tail
-                return out
-        out, self.pending = self.pending, ""
-        return out
-
-    def flush(self) -> str:
-        """The text held back when the sample ends without a stop."""
-        out, self.pending = self.pending, ""
-        return out
-
-
-class ScoredText(NamedTuple):
-    """A continuation and its score: the mean log-probability per generated character."""
-
-    text: str
-    score: float
 
 
 class Sampler:
@@ -443,19 +405,9 @@ class Sampler:
         Raises:
             TextgenError: a bad width, length, stop string or prime character.
         """
-        options = SamplingOptions(prime=prime, stop=stop, drop_unknown=drop_unknown)
-        if isinstance(beam_width, bool) or not isinstance(beam_width, int) or beam_width < 1:
-            raise TextgenError(f"the beam width must be an integer >= 1, got {beam_width!r}")
-        if length < 0:
-            raise TextgenError(f"length must be >= 0, got {length}")
-        if not hasattr(self.engine, "state"):
-            raise TextgenError("beam search needs the numpy engine")
-        prime_ids = self.prime_ids(options.prime, options.drop_unknown)
-        unknown = self.tokenizer.unknown_id
-        return _beam_search(
-            self.engine, prime_ids, length, beam_width, self.tokenizer.chars, options.stop,
-            None if unknown is None else [unknown],
-        )  # fmt: skip
+        from textgen.beam import beam_search
+
+        return beam_search(self, prime, length, beam_width, stop, drop_unknown)
 
 
 def _draw_and_score(
@@ -467,64 +419,6 @@ def _draw_and_score(
     ids = draw(logits)
     chosen.append(log_softmax(logits)[np.arange(len(ids)), ids])
     return ids
-
-
-def _beam_search(
-    stack,
-    prime_ids: np.ndarray,
-    length: int,
-    width: int,
-    chars: Sequence[str],
-    stop: Sequence[str],
-    exclude: list[int] | None,
-) -> ScoredText:
-    """Beam search on a ``RecurrentStack``; the beams are its batch rows."""
-    from textgen.draw import log_softmax
-
-    stack.reset(1)
-    logits = stack.feed(prime_ids[None, :])
-    totals = np.zeros(1)  # each live beam's total log-probability
-    texts = [""]  # each live beam's text released by its stop matcher
-    matchers = [StopMatcher(stop)]
-    ended: list[ScoredText] = []
-    for step in range(1, length + 1):
-        logp = log_softmax(logits)
-        if exclude is not None:
-            logp[:, exclude] = -np.inf
-        candidates = (totals[:, None] + logp).ravel()
-        # Stable, so that a tie goes to the lower id of the earlier beam, as argmax does.
-        order = np.argsort(-candidates, kind="stable")
-        parents, ids, new_totals, new_texts, new_matchers = [], [], [], [], []
-        for rank, flat in enumerate(order.tolist()):
-            total = float(candidates[flat])
-            if len(ids) == width or total == -np.inf:
-                break
-            parent, char_id = divmod(flat, logp.shape[1])
-            matcher = copy.copy(matchers[parent])
-            text = texts[parent] + matcher.feed(chars[char_id])
-            if matcher.done:
-                if rank < width:
-                    ended.append(ScoredText(text, total / step))
-                continue
-            parents.append(parent)
-            ids.append(char_id)
-            new_totals.append(total)
-            new_texts.append(text)
-            new_matchers.append(matcher)
-        if len(ended) >= width or not ids:
-            break
-        if step == length:
-            ended += [
-                ScoredText(text + m.flush(), total / length)
-                for text, m, total in zip(new_texts, new_matchers, new_totals)
-            ]
-            break
-        stack.state = stack.state[:, :, parents]
-        logits = stack.step(np.array(ids, dtype=np.int64))
-        totals, texts, matchers = np.array(new_totals), new_texts, new_matchers
-    if not ended:  # length 0
-        return ScoredText("", 0.0)
-    return max(ended, key=lambda beam: beam.score)  # the first of equals: found earlier
 
 
 def _until_stopped(
