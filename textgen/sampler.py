@@ -37,8 +37,7 @@ ones; among texts of one length the score ranks as their total log-probability d
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from functools import partial
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,7 +45,7 @@ import numpy as np
 
 from textgen.cells import cell_of_layer, get_cell
 from textgen.errors import CheckpointError, TextgenError
-from textgen.generation import ScoredText, StopMatcher
+from textgen.generation import Batch, Piece, Row, ScoredText, resolve_seed
 from textgen.model import num_layers_in, rnn_name
 from textgen.options import SamplingOptions
 from textgen.tokenizer import Tokenizer
@@ -196,43 +195,17 @@ class Sampler:
                 return self.tokenizer.encode(start)
         return np.zeros(1, dtype=np.int32)
 
-    def draw_function(
-        self, options: SamplingOptions, num_samples: int, first: int = 0
-    ) -> Callable[[np.ndarray], np.ndarray]:
-        """The draw for streams ``first .. first + num_samples - 1`` of a sample with ``options``.
-
-        Stream i draws from its own generator seeded with (seed, i), so its text does not
-        depend on which other streams share the batch.
-        """
-        from textgen.draw import LogExponentials, sample_ids
-
-        seed = options.seed
-        if seed is None:
-            seed = int(np.random.SeedSequence().entropy % (2**63))
-        rngs = [np.random.default_rng([seed, i]) for i in range(first, first + num_samples)]
-        vocab = self.tokenizer.vocab_size
-        noise = LogExponentials(rngs[0] if num_samples == 1 else rngs, num_samples, vocab)
-        unknown = self.tokenizer.unknown_id
-        return partial(
-            sample_ids,
-            rng=noise,
-            temperature=options.temperature,
-            top_k=options.top_k,
-            top_p=options.top_p,
-            exclude=None if unknown is None else [unknown],
-        )
-
-    def _id_steps(
+    def _start(
         self,
         num_samples: int,
         length: int | None,
         options: SamplingOptions,
         first_sample: int = 0,
-        chosen: list[np.ndarray] | None = None,
-    ) -> Iterator[np.ndarray]:
-        """Check the call now, then return an iterator of the drawn ids, shape (num_samples,),
-        one array per generated character. With ``chosen``, each step first appends the drawn
-        ids' log-probabilities (temperature 1) to it.
+        score: bool = False,
+    ) -> tuple[Batch, list[Row], list[Piece | None], Iterator[tuple[np.ndarray, np.ndarray]]]:
+        """Check the call now, then return the generation core's batch, its rows (sample
+        ``first_sample + i`` in row i), the slots where each row's latest piece lands, and an
+        iterator of ``(drawn ids, the logits they were drawn from)``, one per character.
 
         The checks run before anything is generated so that a bad prime fails at the call,
         before a caller has printed anything (a generator would only fail when first advanced).
@@ -242,26 +215,31 @@ class Sampler:
         if length is not None and length < 0:
             raise TextgenError(f"length must be >= 0, got {length}")
         prime_ids = self.prime_ids(options.prime, options.drop_unknown)
-        draw = self.draw_function(options, num_samples, first_sample)
-        if chosen is not None:
-            draw = partial(_draw_and_score, draw, chosen)
-        return self._draw(num_samples, length, prime_ids, draw)
+        seed = resolve_seed(options.seed)
+        batch = Batch(self.tokenizer, num_samples)
+        latest: list[Piece | None] = [None] * num_samples
 
-    def _draw(
-        self,
-        num_samples: int,
-        length: int | None,
-        prime_ids: np.ndarray,
-        draw: Callable[[np.ndarray], np.ndarray],
-    ) -> Iterator[np.ndarray]:
+        def deliver(piece: Piece) -> None:
+            latest[piece.index] = piece
+
+        rows = [
+            batch.add(options, seed, i, deliver, stream=first_sample + i, score=score)
+            for i in range(num_samples)
+        ]
+        return batch, rows, latest, self._steps(batch, rows, length, prime_ids)
+
+    def _steps(
+        self, batch: Batch, rows: list[Row], length: int | None, prime_ids: np.ndarray
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        num_samples = len(rows)
         self.reset(num_samples)
         for char_id in prime_ids:
             logits = self.engine.step(np.full(num_samples, char_id, dtype=np.int64))
         produced = 0
         while length is None or produced < length:
-            ids = draw(logits)
+            ids = batch.draw(rows, logits)
             produced += 1
-            yield ids
+            yield ids, logits
             logits = self.engine.step(ids)  # drawn from the vocabulary: no checks needed
 
     def stream_batch(
@@ -282,13 +260,12 @@ class Sampler:
         is sample ``first_sample + i`` of a larger batch, drawing from (seed, first_sample + i).
         """
         options = SamplingOptions.of(options, **values)
-        steps = self._id_steps(num_samples, length, options, first_sample)
+        batch, rows, latest, steps = self._start(num_samples, length, options, first_sample)
         chars = self.tokenizer.chars
         if not options.stop:
-            # Nothing can stop a stream early, so no per-stream bookkeeping is needed.
-            return ([chars[i] for i in ids.tolist()] for ids in steps)
-        matchers = [StopMatcher(options.stop) for _ in range(num_samples)]
-        return _until_stopped(steps, chars, matchers)
+            # Nothing can stop a stream early, so the ids go straight to text.
+            return ([chars[i] for i in ids.tolist()] for ids, _ in steps)
+        return _until_stopped(batch, rows, latest, steps)
 
     def stream(
         self, length: int | None, *, options: SamplingOptions | None = None, **values
@@ -346,7 +323,7 @@ class Sampler:
                 for parts, piece in zip(texts, pieces):
                     parts.append(piece)
             return ["".join(parts) for parts in texts]
-        steps = list(self._id_steps(num_samples, length, options))
+        steps = [ids for ids, _ in self._start(num_samples, length, options)[3]]
         if not steps:
             return [""] * num_samples
         ids = np.stack(steps, axis=1)  # (num_samples, length)
@@ -361,31 +338,25 @@ class Sampler:
         included (see the module's notes).
         """
         options = SamplingOptions.of(options, **values)
-        chosen: list[np.ndarray] = []
-        steps = self._id_steps(num_samples, length, options, chosen=chosen)
-        chars = self.tokenizer.chars
-        matchers = [StopMatcher(options.stop) for _ in range(num_samples)]
+        batch, rows, latest, steps = self._start(num_samples, length, options, score=True)
         parts: list[list[str]] = [[] for _ in range(num_samples)]
-        totals, counts = np.zeros(num_samples), np.zeros(num_samples, np.int64)
-        live = np.ones(num_samples, bool)
-        for ids in steps:
-            totals[live] += chosen.pop()[live]
-            counts[live] += 1
-            for i in np.flatnonzero(live).tolist():
-                char = chars[ids[i]]
-                if options.stop:
-                    char = matchers[i].feed(char)
-                    live[i] = not matchers[i].done
-                parts[i].append(char)
-            if not live.any():
+        scores = [0.0] * num_samples
+        for ids, logits in steps:
+            latest[:] = [None] * num_samples
+            batch.emit(rows, ids, logits)
+            for i, piece in enumerate(latest):
+                if piece is not None:
+                    parts[i].append(piece.text)
+                    if piece.finish_reason is not None:
+                        scores[i] = piece.score
+            if all(row.done for row in rows):
                 break
-        return [
-            ScoredText(
-                "".join(p) + (m.flush() if not m.done else ""),
-                float(total / count) if count else 0.0,
-            )
-            for p, m, total, count in zip(parts, matchers, totals, counts)
-        ]
+        for i, row in enumerate(rows):
+            if not row.done:
+                batch.finish(row, "length")
+                parts[i].append(latest[i].text)
+                scores[i] = latest[i].score
+        return [ScoredText("".join(p), float(score)) for p, score in zip(parts, scores)]
 
     def beam_search(
         self,
@@ -410,23 +381,21 @@ class Sampler:
         return beam_search(self, prime, length, beam_width, stop, drop_unknown)
 
 
-def _draw_and_score(
-    draw: Callable[[np.ndarray], np.ndarray], chosen: list[np.ndarray], logits: np.ndarray
-) -> np.ndarray:
-    """``draw(logits)``, noting the drawn ids' log-probabilities in ``chosen``."""
-    from textgen.draw import log_softmax
-
-    ids = draw(logits)
-    chosen.append(log_softmax(logits)[np.arange(len(ids)), ids])
-    return ids
-
-
 def _until_stopped(
-    steps: Iterator[np.ndarray], chars: Sequence[str], matchers: list[StopMatcher]
+    batch: Batch,
+    rows: list[Row],
+    latest: list[Piece | None],
+    steps: Iterator[tuple[np.ndarray, np.ndarray]],
 ) -> Iterator[list[str]]:
     """Per step, each stream's text so far not ruled out as the start of a stop string."""
-    for ids in steps:
-        yield ["" if m.done else m.feed(chars[i]) for m, i in zip(matchers, ids)]
-        if all(m.done for m in matchers):
+    for ids, logits in steps:
+        latest[:] = [None] * len(rows)
+        batch.emit(rows, ids, logits)
+        yield ["" if piece is None else piece.text for piece in latest]
+        if all(row.done for row in rows):
             return
-    yield [m.flush() for m in matchers]
+    latest[:] = [None] * len(rows)
+    for row in rows:
+        if not row.done:
+            batch.finish(row, "length")
+    yield ["" if piece is None else piece.text for piece in latest]
