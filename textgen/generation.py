@@ -297,7 +297,7 @@ class Batch:
     def emit(self, rows: list[Row], ids: np.ndarray, logits: np.ndarray) -> None:
         """Hand each live row's new character to its ``deliver``; finish rows that end."""
         chars = self.chars
-        logp = None
+        logp = chosen = None
         for r, (row, char_id) in enumerate(zip(rows, ids.tolist())):
             if row.done:
                 continue
@@ -311,12 +311,13 @@ class Batch:
                 continue
             if logp is None and (row.logprobs is not None or row.score):
                 logp = log_softmax(logits)
+                chosen = logp[np.arange(len(ids)), ids].tolist()  # one gather, not one a row
             if row.score:
-                row.total += float(logp[r, char_id])
+                row.total += chosen[r]
             if row.logprobs is not None:
                 top = np.argsort(-logp[r])[: row.logprobs]
                 alternatives = {chars[t]: float(logp[r, t]) for t in top.tolist()}
-                row.held.append((char, float(logp[r, char_id]), alternatives))
+                row.held.append((char, chosen[r], alternatives))
             if row.matcher is None:
                 text = char
             else:

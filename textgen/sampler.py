@@ -37,7 +37,7 @@ ones; among texts of one length the score ranks as their total log-probability d
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -201,11 +201,12 @@ class Sampler:
         length: int | None,
         options: SamplingOptions,
         first_sample: int = 0,
+        deliver: Callable[[Piece], None] | None = None,
         score: bool = False,
-    ) -> tuple[Batch, list[Row], list[Piece | None], Iterator[tuple[np.ndarray, np.ndarray]]]:
+    ) -> tuple[Batch, list[Row], Iterator[tuple[np.ndarray, np.ndarray]]]:
         """Check the call now, then return the generation core's batch, its rows (sample
-        ``first_sample + i`` in row i), the slots where each row's latest piece lands, and an
-        iterator of ``(drawn ids, the logits they were drawn from)``, one per character.
+        ``first_sample + i`` in row i, its pieces going to ``deliver``), and an iterator of
+        ``(drawn ids, the logits they were drawn from)``, one per character.
 
         The checks run before anything is generated so that a bad prime fails at the call,
         before a caller has printed anything (a generator would only fail when first advanced).
@@ -217,16 +218,11 @@ class Sampler:
         prime_ids = self.prime_ids(options.prime, options.drop_unknown)
         seed = resolve_seed(options.seed)
         batch = Batch(self.tokenizer, num_samples)
-        latest: list[Piece | None] = [None] * num_samples
-
-        def deliver(piece: Piece) -> None:
-            latest[piece.index] = piece
-
         rows = [
             batch.add(options, seed, i, deliver, stream=first_sample + i, score=score)
             for i in range(num_samples)
         ]
-        return batch, rows, latest, self._steps(batch, rows, length, prime_ids)
+        return batch, rows, self._steps(batch, rows, length, prime_ids)
 
     def _steps(
         self, batch: Batch, rows: list[Row], length: int | None, prime_ids: np.ndarray
@@ -260,7 +256,12 @@ class Sampler:
         is sample ``first_sample + i`` of a larger batch, drawing from (seed, first_sample + i).
         """
         options = SamplingOptions.of(options, **values)
-        batch, rows, latest, steps = self._start(num_samples, length, options, first_sample)
+        latest: list[str] = [""] * num_samples  # each row's text of the current step
+
+        def deliver(piece: Piece) -> None:
+            latest[piece.index] = piece.text
+
+        batch, rows, steps = self._start(num_samples, length, options, first_sample, deliver)
         chars = self.tokenizer.chars
         if not options.stop:
             # Nothing can stop a stream early, so the ids go straight to text.
@@ -323,7 +324,7 @@ class Sampler:
                 for parts, piece in zip(texts, pieces):
                     parts.append(piece)
             return ["".join(parts) for parts in texts]
-        steps = [ids for ids, _ in self._start(num_samples, length, options)[3]]
+        steps = [ids for ids, _ in self._start(num_samples, length, options)[2]]
         if not steps:
             return [""] * num_samples
         ids = np.stack(steps, axis=1)  # (num_samples, length)
@@ -338,24 +339,22 @@ class Sampler:
         included (see the module's notes).
         """
         options = SamplingOptions.of(options, **values)
-        batch, rows, latest, steps = self._start(num_samples, length, options, score=True)
         parts: list[list[str]] = [[] for _ in range(num_samples)]
         scores = [0.0] * num_samples
+
+        def deliver(piece: Piece) -> None:
+            parts[piece.index].append(piece.text)
+            if piece.finish_reason is not None:
+                scores[piece.index] = piece.score
+
+        batch, rows, steps = self._start(num_samples, length, options, 0, deliver, score=True)
         for ids, logits in steps:
-            latest[:] = [None] * num_samples
             batch.emit(rows, ids, logits)
-            for i, piece in enumerate(latest):
-                if piece is not None:
-                    parts[i].append(piece.text)
-                    if piece.finish_reason is not None:
-                        scores[i] = piece.score
             if all(row.done for row in rows):
                 break
-        for i, row in enumerate(rows):
+        for row in rows:
             if not row.done:
                 batch.finish(row, "length")
-                parts[i].append(latest[i].text)
-                scores[i] = latest[i].score
         return [ScoredText("".join(p), float(score)) for p, score in zip(parts, scores)]
 
     def beam_search(
@@ -382,20 +381,17 @@ class Sampler:
 
 
 def _until_stopped(
-    batch: Batch,
-    rows: list[Row],
-    latest: list[Piece | None],
-    steps: Iterator[tuple[np.ndarray, np.ndarray]],
+    batch: Batch, rows: list[Row], latest: list[str], steps: Iterator[tuple[np.ndarray, np.ndarray]]
 ) -> Iterator[list[str]]:
     """Per step, each stream's text so far not ruled out as the start of a stop string."""
     for ids, logits in steps:
-        latest[:] = [None] * len(rows)
+        latest[:] = [""] * len(rows)
         batch.emit(rows, ids, logits)
-        yield ["" if piece is None else piece.text for piece in latest]
+        yield list(latest)
         if all(row.done for row in rows):
             return
-    latest[:] = [None] * len(rows)
+    latest[:] = [""] * len(rows)
     for row in rows:
         if not row.done:
             batch.finish(row, "length")
-    yield ["" if piece is None else piece.text for piece in latest]
+    yield list(latest)
