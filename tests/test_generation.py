@@ -24,18 +24,21 @@ def _logits(steps: int, rows: int) -> np.ndarray:
     return np.random.default_rng(5).normal(0, 2, (steps, rows, VOCAB)).astype(np.float32)
 
 
-def test_each_row_draws_as_it_would_alone_from_its_own_generator():
-    logits = _logits(100, len(OPTIONS))
-    batch = Batch(TOKENIZER, len(OPTIONS))
-    rows = [batch.add(o, 7, i, lambda piece: None) for i, o in enumerate(OPTIONS)]
+@pytest.mark.parametrize("lockstep", [False, True])
+@pytest.mark.parametrize("mixed", [False, True])
+def test_each_row_draws_as_it_would_alone_from_its_own_generator(lockstep, mixed):
+    options = OPTIONS if mixed else OPTIONS[:1] * len(OPTIONS)
+    logits = _logits(100, len(options))
+    batch = Batch(TOKENIZER, len(options), lockstep=lockstep)
+    rows = [batch.add(o, 7, i, lambda piece: None) for i, o in enumerate(options)]
     together = np.stack([batch.draw(rows, step) for step in logits])  # (steps, rows)
-    for i, options in enumerate(OPTIONS):
+    for i, alone_options in enumerate(options):
         # The rule every front door relies on: row i draws from default_rng([seed, i]).
         noise = LogExponentials(np.random.default_rng([7, i]), 1, VOCAB)
         alone = [
             sample_ids(
-                step[i : i + 1], noise, temperature=options.temperature, top_k=options.top_k,
-                top_p=options.top_p,
+                step[i : i + 1], noise, temperature=alone_options.temperature,
+                top_k=alone_options.top_k, top_p=alone_options.top_p,
             )[0]
             for step in logits
         ]  # fmt: skip

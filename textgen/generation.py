@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
@@ -124,6 +125,9 @@ class _Drawn(LogExponentials):
         return self._values
 
 
+_GREEDY = _Drawn(None)
+
+
 class Noise:
     """Every row's own ``log(E)`` noise in one array, ``block`` steps drawn ahead per row.
 
@@ -150,6 +154,17 @@ class Noise:
         """Free a row's slot."""
         self._gens[slot] = None
         self._free.append(slot)
+
+    def block(self, slots: np.ndarray) -> LogExponentials:
+        """The noise of rows in lockstep, as one ``LogExponentials`` over their Generators.
+
+        For rows opened before the first draw, all drawn at every step and none closed; it
+        fills the values :meth:`take` would, in the same order, without gathering (a lone
+        stream's character is the hot path). Use one or the other for a set of rows, not both.
+        """
+        gens = [self._gens[slot] for slot in slots.tolist()]
+        vocab, block = self._shape[2], self._shape[1]
+        return LogExponentials(gens[0] if len(gens) == 1 else gens, len(gens), vocab, block)
 
     def take(self, slots: np.ndarray) -> np.ndarray:
         """The next step's noise of the rows in ``slots``, shape ``(len(slots), vocab)``."""
@@ -185,13 +200,17 @@ class Batch:
     Args:
         tokenizer: the vocabulary; its unknown id is never drawn and decodes to U+FFFD.
         capacity: rows alive at once.
+        lockstep: every row is added before the first draw, all draw at every step and none
+            leaves (``Sampler``'s batches); rows that also draw alike then take their noise as
+            one block, the same values without per-row bookkeeping.
     """
 
-    def __init__(self, tokenizer: Tokenizer, capacity: int) -> None:
+    def __init__(self, tokenizer: Tokenizer, capacity: int, lockstep: bool = False) -> None:
         self.chars = list(tokenizer.chars) + ([UNKNOWN_CHAR] if tokenizer.unknown else [])
         unknown = tokenizer.unknown_id
         self.exclude = None if unknown is None else [unknown]
         self.noise = Noise(capacity, len(self.chars))
+        self.lockstep = lockstep
         self._plan: tuple | None = None  # how the rows draw; None when rows changed
 
     def add(
@@ -231,7 +250,7 @@ class Batch:
         it emits (see :meth:`emit`). ``logits`` holds one row per row."""
         if self._plan is None:
             self._plan = self._make_plan(rows)
-        feeding, live, groups = self._plan
+        feeding, live, groups, _ = self._plan
         if not feeding:
             ids = self._draw(groups, logits, len(rows))
             self.emit(rows, ids, logits)
@@ -260,11 +279,15 @@ class Batch:
         """One drawn id per row (none feeding a prompt), emitting nothing."""
         if self._plan is None:
             self._plan = self._make_plan(rows)
+        if self._plan[3] is not None:
+            return self._plan[3](logits)
         return self._draw(self._plan[2], logits, len(rows))
 
     def _make_plan(self, rows: list[Row]) -> tuple:
-        """``(feeding rows, drawing rows, groups)``: a group is the drawing rows that share
-        draw settings, as ``(settings, their places among the drawing rows, their slots)``."""
+        """``(feeding rows, drawing rows, groups, lone draw)``: a group is the drawing rows that
+        share draw settings, as ``(settings, their places among the drawing rows, their slots)``;
+        the lone draw, for rows in lockstep that all draw alike, is the whole step's draw as one
+        call (a stream's character spends most of its time outside the matrix products)."""
         feeding = [r for r, row in enumerate(rows) if row.prompt is not None]
         live = [r for r, row in enumerate(rows) if row.prompt is None]
         members: dict[SamplingOptions, list[int]] = {}
@@ -274,7 +297,16 @@ class Batch:
             (key, np.array(places), np.array([rows[live[p]].slot for p in places]))
             for key, places in members.items()
         ]
-        return feeding, live, groups
+        lone = None
+        if self.lockstep and len(groups) == 1 and not feeding:
+            settings, _, slots = groups[0]
+            lone = partial(
+                sample_ids,
+                rng=self.noise.block(slots) if settings.temperature > 0 else _GREEDY,
+                temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
+                exclude=self.exclude,
+            )  # fmt: skip
+        return feeding, live, groups, lone
 
     def _draw(self, groups: list[tuple], logits: np.ndarray, count: int) -> np.ndarray:
         """One id per drawing row; each group at once, each row with its own noise."""
@@ -288,9 +320,9 @@ class Batch:
 
     def _sample(self, logits, settings: SamplingOptions, slots: np.ndarray) -> np.ndarray:
         temperature = settings.temperature
-        noise = self.noise.take(slots) if temperature > 0 else None  # greedy draws none
+        noise = _Drawn(self.noise.take(slots)) if temperature > 0 else _GREEDY  # none if greedy
         return sample_ids(
-            logits, _Drawn(noise), temperature=temperature, top_k=settings.top_k,
+            logits, noise, temperature=temperature, top_k=settings.top_k,
             top_p=settings.top_p, exclude=self.exclude,
         )  # fmt: skip
 

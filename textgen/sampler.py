@@ -217,7 +217,7 @@ class Sampler:
             raise TextgenError(f"length must be >= 0, got {length}")
         prime_ids = self.prime_ids(options.prime, options.drop_unknown)
         seed = resolve_seed(options.seed)
-        batch = Batch(self.tokenizer, num_samples)
+        batch = Batch(self.tokenizer, num_samples, lockstep=True)
         rows = [
             batch.add(options, seed, i, deliver, stream=first_sample + i, score=score)
             for i in range(num_samples)
