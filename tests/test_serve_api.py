@@ -163,6 +163,18 @@ def test_bad_values_are_400(client, model, options):
     assert caught.value.body["type"] == "invalid_request_error"
 
 
+def test_a_request_becomes_sampling_options_in_one_call():
+    from textgen.options import SamplingOptions
+    from textgen.serve.app import ApiError, CompletionRequest
+
+    body = CompletionRequest(model="m", temperature=None, top_p=1.0, top_k=5, seed=3, stop="\n")
+    assert body.to_sampling_options(("User:",), drop_unknown=True) == SamplingOptions(
+        temperature=1.0, top_k=5, top_p=None, seed=3, drop_unknown=True, stop=("\n", "User:")
+    )
+    with pytest.raises(ApiError, match="at most 4 stop strings"):
+        CompletionRequest(model="m", stop=list("abcde")).to_sampling_options()
+
+
 def test_unknown_model_is_404(client):
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="no-such-run", prompt="a")

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from textgen.options import SamplingOptions
 from textgen.sampler import Sampler
 from textgen.serve.batching import PREFILL_CHUNK, SHORT_PROMPT, Busy, Job, Scheduler
 
@@ -44,7 +45,10 @@ def test_choice_i_equals_sample_i_of_generate_batch(trained_run, scheduler, sett
     options = dict(settings)
     stop = options.pop("stop", ())
     want = reference.generate_batch(3, 60, prime="The ", seed=11, stop=stop, **options)
-    job = Job(scheduler.prompt_ids("The "), n=3, max_tokens=60, seed=11, stop=stop, **options)
+    job = Job(
+        scheduler.prompt_ids("The "), SamplingOptions(seed=11, stop=stop, **options), n=3,
+        max_tokens=60,
+    )  # fmt: skip
     assert scheduler.generate(job) == want
 
 
@@ -56,7 +60,10 @@ def test_batched_jobs_equal_their_solo_answers(trained_run, scheduler):
         stop = options.pop("stop", ())
         prompt = ["", "A", "The dog "][i % 3]
         want = reference.generate_batch(1, 40 + i, prime=prompt, seed=i, stop=stop, **options)[0]
-        job = Job(scheduler.prompt_ids(prompt), max_tokens=40 + i, seed=i, stop=stop, **options)
+        job = Job(
+            scheduler.prompt_ids(prompt), SamplingOptions(seed=i, stop=stop, **options),
+            max_tokens=40 + i,
+        )  # fmt: skip
         jobs.append((job, want))
     for job, _ in jobs:
         scheduler.submit(job)
@@ -73,9 +80,8 @@ def test_long_and_short_prompts_together_equal_their_solo_answers(trained_run, s
     jobs = []
     for i, prompt in enumerate(prompts):
         want = reference.generate_batch(2, 50, prime=prompt, seed=i, temperature=0.8)
-        jobs.append(
-            (Job(scheduler.prompt_ids(prompt), n=2, max_tokens=50, seed=i, temperature=0.8), want)
-        )
+        options = SamplingOptions(seed=i, temperature=0.8)
+        jobs.append((Job(scheduler.prompt_ids(prompt), options, n=2, max_tokens=50), want))
     for job, _ in jobs:
         scheduler.submit(job)
     for job, want in jobs:
@@ -84,8 +90,12 @@ def test_long_and_short_prompts_together_equal_their_solo_answers(trained_run, s
 
 
 def test_cancelled_job_leaves_the_batch(scheduler):
-    long_job = scheduler.submit(Job(scheduler.prompt_ids("A"), n=2, max_tokens=10**7, seed=1))
-    other = scheduler.submit(Job(scheduler.prompt_ids("B"), n=1, max_tokens=10**7, seed=2))
+    long_job = scheduler.submit(
+        Job(scheduler.prompt_ids("A"), SamplingOptions(seed=1), n=2, max_tokens=10**7)
+    )
+    other = scheduler.submit(
+        Job(scheduler.prompt_ids("B"), SamplingOptions(seed=2), max_tokens=10**7)
+    )
     deadline = time.monotonic() + 10
     while not (scheduler.sizes and scheduler.sizes[-1] == 3):
         assert time.monotonic() < deadline
@@ -102,7 +112,9 @@ def test_cancelled_job_leaves_the_batch(scheduler):
 
 
 def test_full_scheduler_refuses_and_frees_rows(scheduler):
-    job = scheduler.submit(Job(scheduler.prompt_ids("A"), n=60, max_tokens=10**7, seed=1))
+    job = scheduler.submit(
+        Job(scheduler.prompt_ids("A"), SamplingOptions(seed=1), n=60, max_tokens=10**7)
+    )
     with pytest.raises(Busy):
         scheduler.submit(Job(scheduler.prompt_ids("A"), n=5, max_tokens=5))
     job.cancel()
@@ -116,7 +128,7 @@ def test_full_scheduler_refuses_and_frees_rows(scheduler):
 def test_wakes_the_caller_once_per_batch_of_pieces(scheduler):
     calls = []
     woke = threading.Event()
-    job = Job(scheduler.prompt_ids("A"), max_tokens=200, seed=3)
+    job = Job(scheduler.prompt_ids("A"), SamplingOptions(seed=3), max_tokens=200)
     job.on_ready = lambda: (calls.append(1), woke.set())
     scheduler.submit(job)
     assert woke.wait(10)
@@ -140,8 +152,8 @@ def test_scored_jobs_score_as_the_sampler_does(trained_run, scheduler, stop):
     reference = Sampler.from_checkpoint(trained_run).scored_batch(
         4, 50, prime="A", seed=3, temperature=1.2, stop=stop
     )
-    job = Job(scheduler.prompt_ids("A"), n=4, max_tokens=50, seed=3, temperature=1.2, stop=stop,
-              score=True)  # fmt: skip
+    job = Job(scheduler.prompt_ids("A"), SamplingOptions(seed=3, temperature=1.2, stop=stop), n=4,
+              max_tokens=50, score=True)  # fmt: skip
     scheduler.submit(job)
     texts, scores = [""] * 4, [None] * 4
     deadline = time.monotonic() + 30

@@ -37,18 +37,17 @@ ones; among texts of one length the score ranks as their total log-probability d
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterator, Sequence
-from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from textgen.cells import cell_of_layer, get_cell
 from textgen.errors import CheckpointError, TextgenError
+from textgen.generation import Batch, Piece, Row, ScoredText, resolve_seed
 from textgen.model import RNN_PARTS, num_layers_in, rnn_name
-from textgen.options import SamplingOptions, best_of_rows, random_seed
+from textgen.options import SamplingOptions, best_of_rows
 from textgen.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -101,44 +100,6 @@ def _make_engine(weights: dict[str, np.ndarray], cell: str, engine: str):
 
         return RecurrentStack(weights, cell)
     raise TextgenError(f"unknown engine {engine!r}; choose numpy or keras")
-
-
-class StopMatcher:
-    """Finds stop strings in a growing text and holds back what might still become one."""
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = list(stops)
-        self.pending = ""
-        self.done = False
-
-    def feed(self, char: str) -> str:
-        """Add one character; return the text that is now safe to emit."""
-        self.pending += char
-        for stop in self.stops:
-            at = self.pending.find(stop)
-            if at >= 0:
-                self.done = True
-                out, self.pending = self.pending[:at], ""
-                return out
-        for i in range(len(self.pending)):
-            tail = self.pending[i:]
-            if any(stop.startswith(tail) for stop in self.stops):
-                out, self.pending = self.pending[:i], tail
-                return out
-        out, self.pending = self.pending, ""
-        return out
-
-    def flush(self) -> str:
-        """The text held back when the sample ends without a stop."""
-        out, self.pending = self.pending, ""
-        return out
-
-
-class ScoredText(NamedTuple):
-    """A continuation and its score: the mean log-probability per generated character."""
-
-    text: str
-    score: float
 
 
 class Sampler:
@@ -240,41 +201,18 @@ class Sampler:
                 return self.tokenizer.encode(start)
         return np.zeros(1, dtype=np.int32)
 
-    def draw_function(
-        self, options: SamplingOptions, num_samples: int, first: int = 0
-    ) -> Callable[[np.ndarray], np.ndarray]:
-        """The draw for streams ``first .. first + num_samples - 1`` of a sample with ``options``.
-
-        Stream i draws from its own generator seeded with (seed, i), so its text does not
-        depend on which other streams share the batch.
-        """
-        from textgen.draw import LogExponentials, sample_ids
-
-        seed = random_seed() if options.seed is None else options.seed
-        rngs = [np.random.default_rng([seed, i]) for i in range(first, first + num_samples)]
-        vocab = self.tokenizer.vocab_size
-        noise = LogExponentials(rngs[0] if num_samples == 1 else rngs, num_samples, vocab)
-        unknown = self.tokenizer.unknown_id
-        return partial(
-            sample_ids,
-            rng=noise,
-            temperature=options.temperature,
-            top_k=options.top_k,
-            top_p=options.top_p,
-            exclude=None if unknown is None else [unknown],
-        )
-
-    def _id_steps(
+    def _start(
         self,
         num_samples: int,
         length: int | None,
         options: SamplingOptions,
         first_sample: int = 0,
-        chosen: list[np.ndarray] | None = None,
-    ) -> Iterator[np.ndarray]:
-        """Check the call now, then return an iterator of the drawn ids, shape (num_samples,),
-        one array per generated character. With ``chosen``, each step first appends the drawn
-        ids' log-probabilities (temperature 1) to it.
+        deliver: Callable[[Piece], None] | None = None,
+        score: bool = False,
+    ) -> tuple[Batch, list[Row], Iterator[tuple[np.ndarray, np.ndarray]]]:
+        """Check the call now, then return the generation core's batch, its rows (sample
+        ``first_sample + i`` in row i, its pieces going to ``deliver``), and an iterator of
+        ``(drawn ids, the logits they were drawn from)``, one per character.
 
         The checks run before anything is generated so that a bad prime fails at the call,
         before a caller has printed anything (a generator would only fail when first advanced).
@@ -284,26 +222,26 @@ class Sampler:
         if length is not None and length < 0:
             raise TextgenError(f"length must be >= 0, got {length}")
         prime_ids = self.prime_ids(options.prime, options.drop_unknown)
-        draw = self.draw_function(options, num_samples, first_sample)
-        if chosen is not None:
-            draw = partial(_draw_and_score, draw, chosen)
-        return self._draw(num_samples, length, prime_ids, draw)
+        seed = resolve_seed(options.seed)
+        batch = Batch(self.tokenizer, num_samples, lockstep=True)
+        rows = [
+            batch.add(options, seed, i, deliver, stream=first_sample + i, score=score)
+            for i in range(num_samples)
+        ]
+        return batch, rows, self._steps(batch, rows, length, prime_ids)
 
-    def _draw(
-        self,
-        num_samples: int,
-        length: int | None,
-        prime_ids: np.ndarray,
-        draw: Callable[[np.ndarray], np.ndarray],
-    ) -> Iterator[np.ndarray]:
+    def _steps(
+        self, batch: Batch, rows: list[Row], length: int | None, prime_ids: np.ndarray
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        num_samples = len(rows)
         self.reset(num_samples)
         for char_id in prime_ids:
             logits = self.engine.step(np.full(num_samples, char_id, dtype=np.int64))
         produced = 0
         while length is None or produced < length:
-            ids = draw(logits)
+            ids = batch.draw(rows, logits)
             produced += 1
-            yield ids
+            yield ids, logits
             logits = self.engine.step(ids)  # drawn from the vocabulary: no checks needed
 
     def stream_batch(
@@ -324,13 +262,17 @@ class Sampler:
         is sample ``first_sample + i`` of a larger batch, drawing from (seed, first_sample + i).
         """
         options = SamplingOptions.of(options, **values)
-        steps = self._id_steps(num_samples, length, options, first_sample)
+        latest: list[str] = [""] * num_samples  # each row's text of the current step
+
+        def deliver(piece: Piece) -> None:
+            latest[piece.index] = piece.text
+
+        batch, rows, steps = self._start(num_samples, length, options, first_sample, deliver)
         chars = self.tokenizer.chars
         if not options.stop:
-            # Nothing can stop a stream early, so no per-stream bookkeeping is needed.
-            return ([chars[i] for i in ids.tolist()] for ids in steps)
-        matchers = [StopMatcher(options.stop) for _ in range(num_samples)]
-        return _until_stopped(steps, chars, matchers)
+            # Nothing can stop a stream early, so the ids go straight to text.
+            return ([chars[i] for i in ids.tolist()] for ids, _ in steps)
+        return _until_stopped(batch, rows, latest, steps)
 
     def stream(
         self, length: int | None, *, options: SamplingOptions | None = None, **values
@@ -385,7 +327,7 @@ class Sampler:
                 for parts, piece in zip(texts, pieces):
                     parts.append(piece)
             return ["".join(parts) for parts in texts]
-        steps = list(self._id_steps(num_samples, length, options))
+        steps = [ids for ids, _ in self._start(num_samples, length, options)[2]]
         if not steps:
             return [""] * num_samples
         ids = np.stack(steps, axis=1)  # (num_samples, length)
@@ -400,31 +342,23 @@ class Sampler:
         included (see the module's notes).
         """
         options = SamplingOptions.of(options, **values)
-        chosen: list[np.ndarray] = []
-        steps = self._id_steps(num_samples, length, options, chosen=chosen)
-        chars = self.tokenizer.chars
-        matchers = [StopMatcher(options.stop) for _ in range(num_samples)]
         parts: list[list[str]] = [[] for _ in range(num_samples)]
-        totals, counts = np.zeros(num_samples), np.zeros(num_samples, np.int64)
-        live = np.ones(num_samples, bool)
-        for ids in steps:
-            totals[live] += chosen.pop()[live]
-            counts[live] += 1
-            for i in np.flatnonzero(live).tolist():
-                char = chars[ids[i]]
-                if options.stop:
-                    char = matchers[i].feed(char)
-                    live[i] = not matchers[i].done
-                parts[i].append(char)
-            if not live.any():
+        scores = [0.0] * num_samples
+
+        def deliver(piece: Piece) -> None:
+            parts[piece.index].append(piece.text)
+            if piece.finish_reason is not None:
+                scores[piece.index] = piece.score
+
+        batch, rows, steps = self._start(num_samples, length, options, 0, deliver, score=True)
+        for ids, logits in steps:
+            batch.emit(rows, ids, logits)
+            if all(row.done for row in rows):
                 break
-        return [
-            ScoredText(
-                "".join(p) + (m.flush() if not m.done else ""),
-                float(total / count) if count else 0.0,
-            )
-            for p, m, total, count in zip(parts, matchers, totals, counts)
-        ]
+        for row in rows:
+            if not row.done:
+                batch.finish(row, "length")
+        return [ScoredText("".join(p), float(score)) for p, score in zip(parts, scores)]
 
     def beam_search(
         self,
@@ -444,96 +378,23 @@ class Sampler:
         Raises:
             TextgenError: a bad width, length, stop string or prime character.
         """
-        options = SamplingOptions(prime=prime, stop=stop, drop_unknown=drop_unknown)
-        if isinstance(beam_width, bool) or not isinstance(beam_width, int) or beam_width < 1:
-            raise TextgenError(f"the beam width must be an integer >= 1, got {beam_width!r}")
-        if length < 0:
-            raise TextgenError(f"length must be >= 0, got {length}")
-        if not hasattr(self.engine, "state"):
-            raise TextgenError("beam search needs the numpy engine")
-        prime_ids = self.prime_ids(options.prime, options.drop_unknown)
-        unknown = self.tokenizer.unknown_id
-        return _beam_search(
-            self.engine, prime_ids, length, beam_width, self.tokenizer.chars, options.stop,
-            None if unknown is None else [unknown],
-        )  # fmt: skip
+        from textgen.beam import beam_search
 
-
-def _draw_and_score(
-    draw: Callable[[np.ndarray], np.ndarray], chosen: list[np.ndarray], logits: np.ndarray
-) -> np.ndarray:
-    """``draw(logits)``, noting the drawn ids' log-probabilities in ``chosen``."""
-    from textgen.draw import log_softmax
-
-    ids = draw(logits)
-    chosen.append(log_softmax(logits)[np.arange(len(ids)), ids])
-    return ids
-
-
-def _beam_search(
-    stack,
-    prime_ids: np.ndarray,
-    length: int,
-    width: int,
-    chars: Sequence[str],
-    stop: Sequence[str],
-    exclude: list[int] | None,
-) -> ScoredText:
-    """Beam search on a ``RecurrentStack``; the beams are its batch rows."""
-    from textgen.draw import log_softmax
-
-    stack.reset(1)
-    logits = stack.feed(prime_ids[None, :])
-    totals = np.zeros(1)  # each live beam's total log-probability
-    texts = [""]  # each live beam's text released by its stop matcher
-    matchers = [StopMatcher(stop)]
-    ended: list[ScoredText] = []
-    for step in range(1, length + 1):
-        logp = log_softmax(logits)
-        if exclude is not None:
-            logp[:, exclude] = -np.inf
-        candidates = (totals[:, None] + logp).ravel()
-        # Stable, so that a tie goes to the lower id of the earlier beam, as argmax does.
-        order = np.argsort(-candidates, kind="stable")
-        parents, ids, new_totals, new_texts, new_matchers = [], [], [], [], []
-        for rank, flat in enumerate(order.tolist()):
-            total = float(candidates[flat])
-            if len(ids) == width or total == -np.inf:
-                break
-            parent, char_id = divmod(flat, logp.shape[1])
-            matcher = copy.copy(matchers[parent])
-            text = texts[parent] + matcher.feed(chars[char_id])
-            if matcher.done:
-                if rank < width:
-                    ended.append(ScoredText(text, total / step))
-                continue
-            parents.append(parent)
-            ids.append(char_id)
-            new_totals.append(total)
-            new_texts.append(text)
-            new_matchers.append(matcher)
-        if len(ended) >= width or not ids:
-            break
-        if step == length:
-            ended += [
-                ScoredText(text + m.flush(), total / length)
-                for text, m, total in zip(new_texts, new_matchers, new_totals)
-            ]
-            break
-        stack.state = stack.state[:, :, parents]
-        logits = stack.step(np.array(ids, dtype=np.int64))
-        totals, texts, matchers = np.array(new_totals), new_texts, new_matchers
-    if not ended:  # length 0
-        return ScoredText("", 0.0)
-    return max(ended, key=lambda beam: beam.score)  # the first of equals: found earlier
+        return beam_search(self, prime, length, beam_width, stop, drop_unknown)
 
 
 def _until_stopped(
-    steps: Iterator[np.ndarray], chars: Sequence[str], matchers: list[StopMatcher]
+    batch: Batch, rows: list[Row], latest: list[str], steps: Iterator[tuple[np.ndarray, np.ndarray]]
 ) -> Iterator[list[str]]:
     """Per step, each stream's text so far not ruled out as the start of a stop string."""
-    for ids in steps:
-        yield ["" if m.done else m.feed(chars[i]) for m, i in zip(matchers, ids)]
-        if all(m.done for m in matchers):
+    for ids, logits in steps:
+        latest[:] = [""] * len(rows)
+        batch.emit(rows, ids, logits)
+        yield list(latest)
+        if all(row.done for row in rows):
             return
-    yield [m.flush() for m in matchers]
+    latest[:] = [""] * len(rows)
+    for row in rows:
+        if not row.done:
+            batch.finish(row, "length")
+    yield list(latest)

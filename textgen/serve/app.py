@@ -53,7 +53,7 @@ from textgen import __version__
 from textgen import run as runs
 from textgen.chat import ROLES, ChatMessage, ChatTemplate
 from textgen.errors import TextgenError
-from textgen.options import best_of_rows
+from textgen.options import SamplingOptions, best_of_rows
 from textgen.serve.batching import Busy, Job, Piece, Scheduler
 from textgen.serve.inspect_route import add_inspect_routes
 from textgen.serve.limits import Limits
@@ -103,6 +103,25 @@ class SamplingRequest(BaseModel):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+
+    def to_sampling_options(
+        self, extra_stop: tuple[str, ...] = (), drop_unknown: bool = False
+    ) -> SamplingOptions:
+        """The request's draw as the library's one checked form; ``extra_stop`` (the server's
+        own, such as the chat template's) joins the request's at most 4 stop strings."""
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stop) > 4:
+            raise ApiError(400, "at most 4 stop strings", param="stop")
+        if "" in stop:
+            raise ApiError(400, "a stop string must not be empty", param="stop")
+        return SamplingOptions(
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_k=self.top_k,
+            top_p=None if self.top_p is None or self.top_p >= 1 else self.top_p,
+            seed=self.seed,
+            drop_unknown=drop_unknown,
+            stop=(*stop, *extra_stop),
+        )
 
 
 class CompletionRequest(SamplingRequest):
@@ -636,24 +655,16 @@ def _jobs(
         raise ApiError(
             400, f"a prompt may hold at most {limits.max_prompt} characters", param="prompt"
         )
-    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    if len(stop) > 4:
-        raise ApiError(400, "at most 4 stop strings", param="stop")
-    if "" in stop:
-        raise ApiError(400, "a stop string must not be empty", param="stop")
-    stop += extra_stop
-    temperature = 1.0 if body.temperature is None else body.temperature
-    top_p = None if body.top_p is None or body.top_p >= 1 else body.top_p
+    options = body.to_sampling_options(extra_stop, drop_unknown)
     jobs = []
     for prompt in prompts:
         try:
-            ids = scheduler.prompt_ids(prompt, drop_unknown)
+            ids = scheduler.prompt_ids(prompt, options.drop_unknown)
         except TextgenError as err:
             raise ApiError(400, str(err), param="prompt") from None
         jobs.append(
             Job(
-                ids, n=rows, max_tokens=max_tokens, temperature=temperature, top_k=body.top_k,
-                top_p=top_p, stop=stop, seed=body.seed, logprobs=body.logprobs,
+                ids, options, n=rows, max_tokens=max_tokens, logprobs=body.logprobs,
                 timeout=limits.request_timeout, score=rows > n,
             )
         )  # fmt: skip

@@ -8,12 +8,10 @@ per step alongside the others' draws (so a crowd of new requests costs a few bat
 a few steps each); a long prompt is fed on its own, in chunks between two steps, and its rows
 join when it is done. Rows that finished, stopped, timed out or were cancelled leave at once.
 
-Each row has its own temperature, top-k, top-p, stop strings and generator. Row ``i`` of a job
-with seed ``S`` draws from ``np.random.default_rng([S, i])``, consumed exactly as
-``Sampler.draw_function`` consumes it (``vocab`` exponentials per drawn character, none when
-greedy), so choice ``i`` equals sample ``i`` of ``textgen sample --num-samples n --seed S``
-whatever else shares the batch. A job asked to ``score`` its choices sums each row's chosen
-log-probabilities as ``Sampler.scored_batch`` does (for best-of).
+Each row is a row of the generation core (``textgen.generation.Batch``), the same one
+``Sampler`` drives: row ``i`` of a job with seed ``S`` draws as sample ``i`` of
+``textgen sample --num-samples n --seed S`` does, whatever else shares the batch, and a job asked
+to ``score`` its choices is scored as ``Sampler.scored_batch`` scores them (for best-of).
 """
 
 from __future__ import annotations
@@ -22,22 +20,15 @@ import contextlib
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 import numpy as np
 
 from textgen.cells import get_cell
-from textgen.draw import (
-    LogExponentials,
-    fill_log_exponentials,
-    log_softmax,
-    sample_ids,
-    steps_ahead,
-)
 from textgen.errors import TextgenError
-from textgen.options import SamplingOptions, random_seed
-from textgen.sampler import Sampler, StopMatcher
+from textgen.generation import Batch, Piece, Row, resolve_seed
+from textgen.options import SamplingOptions
+from textgen.sampler import Sampler
 from textgen.serve.limits import Limits
 
 __all__ = ["Busy", "Job", "Piece", "Scheduler"]
@@ -54,30 +45,15 @@ class Busy(TextgenError):
     """The scheduler has no free rows for the job; try again later."""
 
 
-@dataclass(slots=True)
-class Piece:
-    """New output of one choice: text, and when the choice ended, why (``"stop"``/``"length"``).
-
-    ``logprobs`` (when asked for) holds one ``(char, logprob, {char: logprob} of the top
-    alternatives)`` per character of ``text``. ``score`` (on a scored job's last piece) is the
-    choice's mean log-probability per generated character, a stop string's included.
-    """
-
-    index: int
-    text: str
-    finish_reason: str | None = None
-    logprobs: list[tuple[str, float, dict[str, float]]] | None = None
-    score: float | None = None
-
-
 class Job:
     """One prompt and the settings of its ``n`` choices; results arrive as :class:`Piece` lists.
 
     Args:
         prompt_ids: the ids fed before the first draw (at least one).
+        options: how every choice draws (its ``prime`` is not read: the prompt is
+            ``prompt_ids``); with no seed, a random one.
         n: choices, each a row of the batch drawing from ``default_rng([seed, i])``.
         max_tokens: characters per choice.
-        seed: a non-negative integer; random when None.
         logprobs: how many top alternatives to report per character (None: no log-probabilities).
         timeout: seconds after submission when the job's rows leave, ending as ``"length"``.
         score: give each choice's last piece its ``score`` (for best-of).
@@ -86,30 +62,22 @@ class Job:
     def __init__(
         self,
         prompt_ids: np.ndarray,
+        options: SamplingOptions | None = None,
         *,
         n: int = 1,
         max_tokens: int = 16,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        stop: Sequence[str] = (),
-        seed: int | None = None,
         logprobs: int | None = None,
         timeout: float | None = None,
         score: bool = False,
     ) -> None:
-        # The same checks, and messages, as every other way of sampling.
-        SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, stop=tuple(stop))
+        options = SamplingOptions() if options is None else options
         if n < 1 or max_tokens < 0 or len(prompt_ids) == 0:
             raise TextgenError("a job needs n >= 1, max_tokens >= 0 and a non-empty prompt")
-        if seed is None:
-            seed = random_seed()
+        seed = resolve_seed(options.seed)
         if seed < 0:
             raise TextgenError(f"seed must be >= 0, got {seed}")
         self.prompt_ids = np.asarray(prompt_ids, dtype=np.int64)
-        self.n, self.max_tokens, self.seed = n, max_tokens, seed
-        self.draw_key = (float(temperature), top_k, top_p)
-        self.stop = tuple(s for s in stop if s)
+        self.options, self.n, self.max_tokens, self.seed = options, n, max_tokens, seed
         self.logprobs, self.score = logprobs, score
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.on_ready: Callable[[], None] | None = None  # called (from the engine thread) when
@@ -168,73 +136,6 @@ class Job:
                     self.on_ready()
 
 
-class _Drawn(LogExponentials):
-    """Noise already drawn row by row, handed to ``sample_ids`` as one block."""
-
-    def __init__(self, values: np.ndarray | None) -> None:
-        self._values = values
-
-    def next(self, batch: int, vocab: int) -> np.ndarray:
-        return self._values
-
-
-class _Noise:
-    """Every row's own ``log(E)`` noise in one array, ``block`` steps drawn ahead per row.
-
-    A row keeps its slot while it lives, so rows leaving cost nothing, and :meth:`take` gathers
-    one step of many rows in one indexing instead of a call per row. Each row's Generator is
-    consumed exactly as ``LogExponentials(gen, 1, vocab)`` consumes it, so the ids are the same.
-    """
-
-    def __init__(self, slots: int, vocab: int) -> None:
-        block = steps_ahead(slots, vocab)
-        self._shape = (slots, block, vocab)
-        self._values: np.ndarray | None = None  # allocated on first use: greedy never draws
-        self._next = np.full(slots, block)
-        self._gens: list[np.random.Generator | None] = [None] * slots
-        self._free = list(range(slots - 1, -1, -1))
-
-    def open(self, gen: np.random.Generator) -> int:
-        """A slot for a new row drawing from ``gen``."""
-        slot = self._free.pop()
-        self._gens[slot], self._next[slot] = gen, self._shape[1]
-        return slot
-
-    def close(self, slot: int) -> None:
-        """Free a row's slot."""
-        self._gens[slot] = None
-        self._free.append(slot)
-
-    def take(self, slots: np.ndarray) -> np.ndarray:
-        """The next step's noise of the rows in ``slots``, shape ``(len(slots), vocab)``."""
-        if self._values is None:
-            self._values = np.empty(self._shape, np.float32)
-        block = self._shape[1]
-        steps = self._next[slots]
-        spent = steps == block
-        if spent.any():
-            for slot in slots[spent].tolist():
-                fill_log_exponentials(self._gens[slot], self._values[slot])
-            steps[spent] = 0
-        self._next[slots] = steps + 1
-        return self._values[slots, steps]
-
-
-@dataclass
-class _Row:
-    job: Job
-    index: int
-    slot: int  # its noise slot
-    matcher: StopMatcher | None
-    plain: bool  # each character goes straight out: no stop strings, log-probabilities or score
-    prompt: np.ndarray | None = None  # prompt ids still to feed inside the batch
-    fed: int = 0
-    produced: int = 0
-    total: float = 0.0  # the chosen characters' log-probabilities, summed (scored jobs)
-    held: list = field(default_factory=list)  # log-probability entries of held-back text
-    done: bool = False
-
-
 class Scheduler:
     """Runs all jobs of one model as one batch, in a background thread.
 
@@ -258,16 +159,12 @@ class Scheduler:
         self.max_streams, self.on_step = max_streams, on_step
         self._stack = sampler.engine
         self._state_size = get_cell(self._stack.cell).state_size  # h (and c) per layer
-        self._chars = list(self.tokenizer.chars) + (["\ufffd"] if self.tokenizer.unknown else [])
-        unknown = self.tokenizer.unknown_id
-        self._exclude = None if unknown is None else [unknown]
         self._cond = threading.Condition()
         self._queue: list[Job] = []
         self._reserved = 0  # rows of jobs admitted and not finished
         self._active = 0  # rows in the running batch
         self._closing = False
-        self._noise = _Noise(max_streams, len(self._chars))
-        self._plan: tuple | None = None  # how the running rows draw; None when rows changed
+        self._batch = Batch(self.tokenizer, max_streams)
         self._thread = threading.Thread(target=self._loop, name="textgen-batcher", daemon=True)
         self._thread.start()
 
@@ -325,7 +222,8 @@ class Scheduler:
 
     # -- engine thread ----------------------------------------------------------------------
     def _loop(self) -> None:
-        rows: list[_Row] = []
+        rows: list[Row] = []
+        batch = self._batch
         logits = np.empty((0, self._stack.vocab_size), np.float32)
         prefill = None  # (job, ids fed so far, its state, its last logits) while feeding a prompt
         while True:
@@ -341,17 +239,17 @@ class Scheduler:
             for job in short:
                 rows, logits = self._join(job, None, None, rows, logits)
             if rows:
-                ids = self._next_ids(rows, logits)
+                _end_expired(rows)
+                ids = batch.next_ids(rows, logits)
                 keep = [i for i, row in enumerate(rows) if not row.done]
                 if len(keep) < len(rows):
                     if keep:
                         self._stack.state = self._stack.state[:, :, keep]
                     for row in rows:
                         if row.done:
-                            self._noise.close(row.slot)
+                            batch.remove(row)
                     rows, ids = [rows[i] for i in keep], ids[keep]
                     self._release(len(logits) - len(keep))
-                    self._plan = None
                 if rows:
                     if self.on_step is not None:
                         self.on_step(len(rows))
@@ -364,75 +262,12 @@ class Scheduler:
                 prefill = None
             self._active = len(rows)
         for row in rows:
-            self._finish(row, "length")
-            self._noise.close(row.slot)
+            batch.finish(row, "length")
+            batch.remove(row)
         for job in queued:
             for i in range(job.n):
                 job._deliver(Piece(i, "", "length"))
         self._active = 0
-
-    def _next_ids(self, rows: list[_Row], logits: np.ndarray) -> np.ndarray:
-        """Each row's next input: its next prompt id while feeding one, else a drawn id."""
-        if self._plan is None:
-            self._plan = self._make_plan(rows)
-        feeding, live, groups = self._plan
-        if not feeding:
-            ids = self._draw(groups, logits, len(rows))
-            self._emit(rows, ids, logits)
-            return ids
-        ids = np.empty(len(rows), np.int64)
-        now = time.monotonic()
-        for r in feeding:
-            row = rows[r]
-            job = row.job
-            if job.cancelled or (job.deadline is not None and now > job.deadline):
-                self._finish(row, "length")
-                ids[r] = 0
-                continue
-            ids[r] = row.prompt[row.fed]
-            row.fed += 1
-        if live:
-            drawing = [rows[r] for r in live]
-            drawn = self._draw(groups, logits[live], len(live))
-            self._emit(drawing, drawn, logits[live])
-            ids[live] = drawn
-        for r in feeding:
-            row = rows[r]
-            if row.fed == len(row.prompt):
-                row.prompt = None  # the next step's logits are its first draw's
-                self._plan = None
-        return ids
-
-    def _make_plan(self, rows: list[_Row]) -> tuple:
-        """``(feeding rows, drawing rows, groups)``: a group is the drawing rows that share
-        settings, as ``(settings, their places among the drawing rows, their noise slots)``."""
-        feeding = [r for r, row in enumerate(rows) if row.prompt is not None]
-        live = [r for r, row in enumerate(rows) if row.prompt is None]
-        members: dict[tuple, list[int]] = {}
-        for place, r in enumerate(live):
-            members.setdefault(rows[r].job.draw_key, []).append(place)
-        groups = [
-            (key, np.array(places), np.array([rows[live[p]].slot for p in places]))
-            for key, places in members.items()
-        ]
-        return feeding, live, groups
-
-    def _draw(self, groups: list[tuple], logits: np.ndarray, count: int) -> np.ndarray:
-        """One id per drawing row; each group at once, each row with its own noise."""
-        if len(groups) == 1:  # the usual case: every row alike, no gathering
-            (temperature, top_k, top_p), _, slots = groups[0]
-            return self._sample(logits, temperature, top_k, top_p, slots)
-        ids = np.empty(count, np.int64)
-        for (temperature, top_k, top_p), places, slots in groups:
-            ids[places] = self._sample(logits[places], temperature, top_k, top_p, slots)
-        return ids
-
-    def _sample(self, logits, temperature: float, top_k, top_p, slots: np.ndarray) -> np.ndarray:
-        noise = self._noise.take(slots) if temperature > 0 else None  # greedy draws none
-        return sample_ids(
-            logits, _Drawn(noise), temperature=temperature, top_k=top_k, top_p=top_p,
-            exclude=self._exclude,
-        )  # fmt: skip
 
     def _prefill(self, current, running: bool):
         """Feed the next chunk of the job being prefilled (taking one from the queue if none)."""
@@ -474,15 +309,21 @@ class Scheduler:
             for i in range(job.n):
                 job._deliver(Piece(i, "", "length"))
             return rows, logits
-        new = []
-        plain = not job.stop and job.logprobs is None and not job.score
-        for i in range(job.n):
-            gen = np.random.default_rng([job.seed, i])
-            matcher = StopMatcher(job.stop) if job.stop else None
-            row = _Row(job, i, self._noise.open(gen), matcher, plain)
-            if state is None:
-                row.prompt = job.prompt_ids
-            new.append(row)
+        prompt = job.prompt_ids if state is None else None
+        new = [
+            self._batch.add(
+                job.options,
+                job.seed,
+                i,
+                job._deliver,
+                max_tokens=job.max_tokens,
+                logprobs=job.logprobs,
+                score=job.score,
+                prompt=prompt,
+                owner=job,
+            )  # fmt: skip
+            for i in range(job.n)
+        ]
         if state is None:
             stack = self._stack
             state = np.zeros((stack.num_layers, self._state_size, 1, stack.units), np.float32)
@@ -493,64 +334,21 @@ class Scheduler:
         else:
             self._stack.state = fork
         logits = np.concatenate([logits, np.repeat(last, job.n, axis=0)])
-        self._plan = None
         return rows + new, logits
 
     def _release(self, count: int) -> None:
         with self._cond:
             self._reserved -= count
 
-    def _emit(self, rows: list[_Row], ids: np.ndarray, logits: np.ndarray) -> None:
-        """Hand each row's new character to its job; mark rows that finished."""
-        chars = self._chars
-        now = time.monotonic()
-        logp = None
-        for r, (row, char_id) in enumerate(zip(rows, ids.tolist())):
-            job = row.job
-            if job.cancelled or (job.deadline is not None and now > job.deadline):
-                self._finish(row, "length")
-                continue
-            char = chars[char_id]
-            row.produced += 1
-            if row.plain:  # most rows: the character goes straight out
-                if row.produced >= job.max_tokens:
-                    self._finish(row, "length", char)
-                else:
-                    job._deliver(Piece(row.index, char))
-                continue
-            if logp is None and (job.logprobs is not None or job.score):
-                logp = log_softmax(logits)
-            if job.score:
-                row.total += float(logp[r, char_id])
-            if job.logprobs is not None:
-                top = np.argsort(-logp[r])[: job.logprobs]
-                alternatives = {chars[t]: float(logp[r, t]) for t in top.tolist()}
-                row.held.append((char, float(logp[r, char_id]), alternatives))
-            if row.matcher is None:
-                text = char
-            else:
-                text = row.matcher.feed(char)
-                if row.matcher.done:
-                    self._finish(row, "stop", text)
-                    continue
-            if row.produced >= job.max_tokens:
-                self._finish(row, "length", text)
-            elif text:
-                job._deliver(Piece(row.index, text, None, self._logprobs_for(row, text)))
 
-    def _finish(self, row: _Row, reason: str, text: str = "") -> None:
-        if reason == "length" and row.matcher is not None:
-            text += row.matcher.flush()
-        row.done = True
-        score = None
-        if row.job.score:
-            score = row.total / row.produced if row.produced else 0.0
-        row.job._deliver(Piece(row.index, text, reason, self._logprobs_for(row, text), score))
-
-    @staticmethod
-    def _logprobs_for(row: _Row, text: str):
-        if row.job.logprobs is None:
-            return None
-        # One entry per character: released text takes the oldest held entries.
-        entries, row.held = row.held[: len(text)], row.held[len(text) :]
-        return entries
+def _end_expired(rows: list[Row]) -> None:
+    """End, as ``"length"``, the rows of jobs cancelled or past their deadline."""
+    now = None
+    for row in rows:
+        job = row.owner
+        if row.done or not (job.cancelled or job.deadline is not None):
+            continue
+        if now is None:
+            now = time.monotonic()
+        if job.cancelled or now > job.deadline:
+            Batch.finish(row, "length")
