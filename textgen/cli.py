@@ -261,7 +261,7 @@ def _default(name: str) -> str:
     "--init-from",
     metavar="SOURCE",
     help="Start from a trained run directory or a shipped model (base), with its shape and a "
-    "vocabulary merged from both; fine-tuning defaults apply.",
+    "vocabulary merged from both.",
 )
 @click.option("--resume", is_flag=True, help="Continue the run in the run directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")

@@ -34,8 +34,6 @@ SHAPE_SETTINGS = {  # training setting -> ModelConfig field the source fixes
 }
 _FLAGS = {"cell": "--cell", "num_layers": "--layers", "units": "--units"}
 _FLAGS["embedding_dim"] = "--embedding-dim"
-# Fine-tuning settings that differ from training from nothing (measured: docs/fine-tuning.md).
-FINETUNE_DEFAULTS = {"learning_rate": 2e-3}
 _NORMALISER_CHARS = 2000  # characters of the new text read to estimate log Z
 
 

@@ -159,8 +159,7 @@ def train(
             0 writes ``run_dir``.
         device: ``auto``, ``cpu`` or ``gpu``: which recurrent path trains (``choose_path``).
         init_from: start a new run from this trained run directory or shipped model (such as
-            ``base``), with its shape and a vocabulary merged from both (``textgen.finetune``);
-            the fine-tuning defaults (``FINETUNE_DEFAULTS``) fill the settings not given.
+            ``base``), with its shape and a vocabulary merged from both (``textgen.finetune``).
         **settings: fields of ``TrainConfig``; on resume, the saved values fill the rest.
 
     Returns:
@@ -173,12 +172,12 @@ def train(
     run_dir = Path(run_dir)
     source = None
     if init_from is not None:
-        from textgen.finetune import FINETUNE_DEFAULTS, open_source, shape_settings
+        from textgen.finetune import open_source, shape_settings
 
         if resume:
             raise OptionsError("--init-from starts a new run; it cannot be used with --resume")
         source = open_source(init_from)
-        settings = {**FINETUNE_DEFAULTS, **settings, **shape_settings(source, settings)}
+        settings = {**settings, **shape_settings(source, settings)}
     config = None if resume else TrainConfig.from_settings(settings)
     if config is not None:
         config.validate()  # bad settings fail before any file is made
