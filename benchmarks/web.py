@@ -52,7 +52,7 @@ from textgen.sampler import Sampler  # noqa: E402
 from textgen.tokenizer import Tokenizer  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
-FLAGS = [  # as tests/test_serve_page.py launches it
+FLAGS = [  # as the tests launch it (tests/conftest.py)
     "--headless",
     "--no-sandbox",
     "--disable-gpu",

@@ -68,6 +68,20 @@ def trained_run(tmp_path_factory) -> Path:
 
 API_KEY = "test-key"
 
+# Debian's Chromium, launched by every browser test with these flags: headless, and nothing
+# that reaches for the network on its own.
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
 
 def free_ports(n: int) -> list[int]:
     """``n`` distinct free TCP ports on 127.0.0.1 (all held open until every one is found)."""

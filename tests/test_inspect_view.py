@@ -13,23 +13,12 @@ import urllib.request
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import API_KEY
+from conftest import API_KEY, CHROMIUM, FLAGS
 
 from textgen.cli import main
 from textgen.inspect_report import report_data
 from textgen.inspection import Inspector
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TEXT = "The quick fox jumps over a lazy dog.\nWhile cats nap on warm mats.\n"  # the run's alphabet
 
 

@@ -11,19 +11,7 @@ import sys
 import threading
 
 import pytest
-from conftest import API_KEY, free_ports, start_server, stop_server
-
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from conftest import API_KEY, CHROMIUM, FLAGS, free_ports, start_server, stop_server
 
 if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
     if os.environ.get("CI") == "true" and sys.platform.startswith("linux"):
