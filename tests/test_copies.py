@@ -32,8 +32,10 @@ def test_longest_copy_matches_brute_force_on_random_texts():
             "".join(map(chr, text + 97)), "".join(map(chr, corpus + 97))
         )
         assert CopyIndex.build(corpus.astype(np.uint8)).longest_copy(text) == expected
-        wide = CopyIndex.build((corpus + 400).astype(np.uint16))  # a vocabulary over 256
-        assert wide.longest_copy(text + 400) == expected
+        # A vocabulary over 256: ids whose low and high bytes order them differently.
+        ids = np.array([255, 256, 511, 770])
+        wide = CopyIndex.build(ids[corpus].astype(np.uint16))
+        assert wide.longest_copy(ids[text]) == expected
     index = CopyIndex.build(np.array([1, 2, 3, 1, 2], np.uint8))
     assert index.longest_copy(np.array([1, 2, -1, 2, 3, 1])) == 3  # -1 never matches
 
