@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 from pathlib import Path
 
@@ -152,3 +153,27 @@ def live_server(trained_run):
         yield base, trained_run.name
     finally:
         stop_server(proc)
+
+
+@contextlib.contextmanager
+def chromium():
+    """Debian's Chromium driven by Playwright, closed on exit (skips without Playwright)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, timeout=30000)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def watched_page(browser, timeout_ms: int = 15000, **options):
+    """A new page that records its console errors in ``page.errors`` and every request's URL
+    in ``page.urls``, for the no-error and no-network checks."""
+    page = browser.new_page(**options)
+    page.set_default_timeout(timeout_ms)
+    page.errors, page.urls = [], []
+    page.on("console", lambda m: m.type == "error" and page.errors.append(m.text))
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+    page.on("request", lambda r: page.urls.append(r.url))
+    return page

@@ -13,7 +13,7 @@ import urllib.request
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import API_KEY, CHROMIUM, FLAGS
+from conftest import API_KEY, CHROMIUM, chromium, watched_page
 
 from textgen.cli import main
 from textgen.inspect_report import report_data
@@ -94,23 +94,12 @@ needs_chromium = pytest.mark.skipif(
 
 @pytest.fixture
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, timeout=30000)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with chromium() as launched:
+        yield launched
 
 
 def watched(browser):
-    page = browser.new_page(viewport={"width": 1200, "height": 800})
-    page.set_default_timeout(15000)
-    page.errors, page.urls = [], []
-    page.on("console", lambda m: m.type == "error" and page.errors.append(m.text))
-    page.on("pageerror", lambda e: page.errors.append(str(e)))
-    page.on("request", lambda r: page.urls.append(r.url))
-    return page
+    return watched_page(browser, viewport={"width": 1200, "height": 800})
 
 
 def background(page, index: int, root: str) -> str:

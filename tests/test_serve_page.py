@@ -11,7 +11,15 @@ import sys
 import threading
 
 import pytest
-from conftest import API_KEY, CHROMIUM, FLAGS, free_ports, start_server, stop_server
+from conftest import (
+    API_KEY,
+    CHROMIUM,
+    chromium,
+    free_ports,
+    start_server,
+    stop_server,
+    watched_page,
+)
 
 if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
     if os.environ.get("CI") == "true" and sys.platform.startswith("linux"):
@@ -30,20 +38,11 @@ def page(live_server):
 @contextlib.contextmanager
 def _page(base: str):
     """The page at ``base``/ in a fresh browser, with the API key stored."""
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, timeout=30000)
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(15000)
-            page.errors, page.urls = [], []
-            page.on("console", lambda m: m.type == "error" and page.errors.append(m.text))
-            page.on("pageerror", lambda e: page.errors.append(str(e)))
-            page.on("request", lambda r: page.urls.append(r.url))
-            page.add_init_script(f"localStorage.setItem('textgen-api-key', '{API_KEY}')")
-            page.goto(base + "/")
-            yield page
-        finally:
-            browser.close()
+    with chromium() as browser:
+        page = watched_page(browser)
+        page.add_init_script(f"localStorage.setItem('textgen-api-key', '{API_KEY}')")
+        page.goto(base + "/")
+        yield page
 
 
 def _local_only(page, base: str) -> None:
@@ -242,16 +241,12 @@ def test_chat_stop_ends_a_long_reply(other_server, trained_run):
 def test_a_page_from_an_allowed_origin_may_call_the_api(
     live_server, other_server, app_site, trained_run
 ):
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, timeout=30000)
-        try:
-            page = browser.new_page()
-            page.goto(app_site + "/")
-            model = trained_run.name
-            # Its Authorization header makes the browser ask first: a real preflight.
-            text = page.evaluate(FETCH, [other_server, API_KEY, model])
-            assert isinstance(text, str) and len(text) == 5, text
-            # The same call to a server without --allow-origin is refused by the browser.
-            assert page.evaluate(FETCH, [live_server[0], API_KEY, model]) == "failed: TypeError"
-        finally:
-            browser.close()
+    with chromium() as browser:
+        page = browser.new_page()
+        page.goto(app_site + "/")
+        model = trained_run.name
+        # Its Authorization header makes the browser ask first: a real preflight.
+        text = page.evaluate(FETCH, [other_server, API_KEY, model])
+        assert isinstance(text, str) and len(text) == 5, text
+        # The same call to a server without --allow-origin is refused by the browser.
+        assert page.evaluate(FETCH, [live_server[0], API_KEY, model]) == "failed: TypeError"

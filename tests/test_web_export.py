@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import chromium, watched_page
 from test_export import make_run
 
 from textgen.checkpoint import Checkpoint, save_checkpoint
@@ -273,24 +274,13 @@ def test_node_loads_the_folders_own_model(node, pages, greedy):
 
 @pytest.fixture(scope="module")
 def browser():
-    from test_serve_page import CHROMIUM, FLAGS, sync_api
-
-    with sync_api.sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, timeout=30000)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with chromium() as launched:
+        yield launched
 
 
 def open_page(browser, folder: Path):
     """The folder's index.html from disk, recording console errors and every request."""
-    page = browser.new_page()
-    page.set_default_timeout(20000)
-    page.errors, page.urls = [], []
-    page.on("console", lambda m: m.type == "error" and page.errors.append(m.text))
-    page.on("pageerror", lambda e: page.errors.append(str(e)))
-    page.on("request", lambda r: page.urls.append(r.url))
+    page = watched_page(browser, 20000)
     page.goto((folder / PAGE).resolve().as_uri())
     page.wait_for_function("document.getElementById('status').textContent === 'ready'")
     return page
