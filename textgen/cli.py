@@ -285,7 +285,7 @@ def train(corpus, checkpoint_dir, resume, quiet, distribute, device, init_from, 
     best = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.4f} nats"
     click.echo(
         f"{result.stopped.replace('_', ' ')} after {result.epochs_done:.2f} epochs "
-        f"({result.precision}); "
+        f"({result.plan}); "
         f"best loss {best}; run saved in {result.run_dir}"
     )
 

@@ -37,7 +37,7 @@ from textgen.errors import CheckpointError, OptionsError, TextgenError, Vocabula
 from textgen.evaluation import LN2, build_eval_step, describe_loss, evaluate_ids
 from textgen.files import remove_stale_temporaries
 from textgen.model import build_model, get_weights, named_variables, set_weights
-from textgen.precision import resolve_precision
+from textgen.step_plan import StepPlan, plan_for_this_machine
 from textgen.tokenizer import Tokenizer
 from textgen.windows import (
     epoch_starts,
@@ -70,7 +70,12 @@ class TrainResult:
     epochs_done: float
     best_val_loss: float | None
     stopped: str  # one of STOPS, or the reason a callback gave
-    precision: str = "float32"  # of the large matrix products, as ``auto`` resolved
+    plan: StepPlan = field(default_factory=StepPlan)  # how the step ran on this machine
+
+    @property
+    def precision(self) -> str:
+        """The large products' arithmetic, as ``auto`` resolved it."""
+        return self.plan.precision
 
 
 class TrainingInterrupted(TextgenError):
@@ -369,7 +374,7 @@ def build_train_step(
     optimizer,
     noise: Noise = NO_NOISE,
     grad_norm=None,
-    matmul_dtype=None,
+    plan: StepPlan | None = None,
     stock: bool = False,
     weight_decay: float = 0.0,
 ):
@@ -378,14 +383,14 @@ def build_train_step(
     ``seed`` (int32 [2]) fixes the masks of ``noise`` and ``lr`` is assigned before the update,
     so a step is a pure function of the model, optimizer state and its arguments. When given,
     the float variable ``grad_norm`` receives the gradient's global norm (before clipping).
-    ``matmul_dtype`` is the operand type of the large products and ``stock`` trains LSTM layers
+    ``plan`` is how the LSTM layers run (``textgen.step_plan``) and ``stock`` trains them
     through ``keras.layers.LSTM`` (see ``textgen.forward.make_forward``). ``weight_decay`` is
     as in ``decay_matrices``.
     """
     from textgen.backend import tf
     from textgen.forward import make_forward
 
-    forward = make_forward(model, noise, matmul_dtype, stock=stock)
+    forward = make_forward(model, noise, plan, stock=stock)
     variables = model.trainable_variables
     ids = tf.TensorSpec([None, None], tf.int32)
     signature = [ids, ids, tf.TensorSpec([2], tf.int32), tf.TensorSpec([], tf.float32)]
@@ -416,7 +421,7 @@ def build_replica_train_step(
     clip_norm,
     grad_norm,
     stock: bool = False,
-    matmul_dtype=None,
+    plan: StepPlan | None = None,
     weight_decay: float = 0.0,
 ):
     """The training step of a cluster: ``(x, y, offset, rows, seed, lr, votes) -> (loss, votes)``.
@@ -432,7 +437,7 @@ def build_replica_train_step(
     from textgen.backend import tf
     from textgen.forward import make_forward
 
-    forward = make_forward(model, noise, matmul_dtype, stock=stock)
+    forward = make_forward(model, noise, plan, stock=stock)
     variables = model.trainable_variables
     strategy = cluster.strategy
 
@@ -555,8 +560,7 @@ class Trainer:
         self.optimizer.build(model.trainable_variables)
         self.state = TrainState()
         self.grad_norm = tf.Variable(0.0, trainable=False, name="grad_norm")  # of the last step
-        self.precision = resolve_precision(config.precision)
-        matmul_dtype = tf.bfloat16 if self.precision == "bfloat16" else None
+        self.plan = plan_for_this_machine(config.precision)
         stock = path == "stock"
         if cluster is None:
             self.train_step = build_train_step(
@@ -564,7 +568,7 @@ class Trainer:
                 self.optimizer,
                 config.noise(),
                 self.grad_norm,
-                matmul_dtype,
+                self.plan,
                 stock=stock,
                 weight_decay=config.weight_decay,
             )
@@ -577,7 +581,7 @@ class Trainer:
                 config.clip_norm,
                 self.grad_norm,
                 stock,
-                matmul_dtype,
+                self.plan,
                 config.weight_decay,
             )
         self.eval_step = build_eval_step(model, cluster, stock)
@@ -873,7 +877,7 @@ class Trainer:
         elif stopped != "completed":
             self.save()
         epochs_done = state.epoch + state.batch / self.steps
-        return TrainResult(self.run_dir, epochs_done, state.best_val_loss, stopped, self.precision)
+        return TrainResult(self.run_dir, epochs_done, state.best_val_loss, stopped, self.plan)
 
 
 def _first_reason(reasons) -> str | None:
