@@ -72,9 +72,45 @@ def test_timing_stops_at_the_first_size_that_fits() -> None:
         ({"max_time": 600, "cell": "gru"}, False, None, False),
         ({"max_time": 600, "epochs": 3}, False, None, False),
         ({}, False, None, False),
+        ({"max_time": 60}, False, None, False),
         ({"max_time": 600}, True, None, False),
         ({"max_time": 600}, False, "base", False),
     ],
 )
 def test_only_a_budget_run_of_no_given_shape_is_sized(settings, resume, init_from, expected):
     assert sizing_applies(settings, resume=resume, init_from=init_from) is expected
+
+
+def test_a_budget_run_trains_the_size_its_timing_chose(tmp_path, corpus, monkeypatch) -> None:
+    pytest.importorskip("tensorflow")
+    import json
+
+    import textgen.sizing
+    from textgen.checkpoint import load_checkpoint
+    from textgen.training import train
+
+    # Two tiny candidates; the rule asks more characters of the larger than it can train.
+    monkeypatch.setattr(textgen.sizing, "CANDIDATE_UNITS", (24, 8))
+    monkeypatch.setattr(textgen.sizing, "MEASURE_SECONDS", 0.2)
+    monkeypatch.setattr(textgen.sizing, "MIN_BUDGET", 1.0)
+    large = weight_count(ModelConfig(40, embedding_dim=4, units=24))
+    monkeypatch.setattr(textgen.sizing, "CHARS_PER_WEIGHT", 1e6 / large)
+    lines: list[str] = []
+    settings = dict(batch_size=8, seq_length=16, embedding_dim=4, max_time=4.0)
+    settings.update(tensorboard=False, sample_every=0)
+    # embedding_dim is a shape setting: given, it turns the choice off.
+    train(corpus, run_dir=tmp_path / "given", progress=False, echo=lines.append, **settings)
+    assert not any(line.startswith("size for a") for line in lines)
+    del settings["embedding_dim"]
+    lines.clear()
+    result = train(
+        corpus, run_dir=tmp_path / "sized", progress=False, echo=lines.append, **settings
+    )
+    sized = [line for line in lines if line.startswith("size for a 4 s budget: 8 units")]
+    assert sized and "24 units" in sized[0], lines
+    saved = json.loads((tmp_path / "sized" / "config.json").read_text())
+    assert saved["model"]["units"] == 8 and saved["training"]["units"] == 8
+    # The timing was part of the budget: the run's clock began with it.
+    timing = float(sized[0].split("timed in ")[1].split(" s")[0])
+    seconds = load_checkpoint(result.run_dir / "latest.npz").state.seconds
+    assert timing - 1 <= seconds <= max(4.0, timing + 1) + 2.0

@@ -202,7 +202,8 @@ def _default(name: str) -> str:
     "--max-time",
     type=Duration(),
     help="Wall-clock budget, e.g. 10m. Without --epochs it is the plan: the schedule spans it "
-    "and training goes on until it is spent; with --epochs, whichever ends first.",
+    "and training goes on until it is spent, and with no shape given the LSTM's size is chosen "
+    "for it (docs/training.md); with --epochs, whichever ends first.",
 )
 @click.option(
     "--patience",

@@ -37,6 +37,7 @@ from textgen.errors import CheckpointError, OptionsError, TextgenError, Vocabula
 from textgen.evaluation import LN2, build_eval_step, describe_loss, evaluate_ids
 from textgen.files import remove_stale_temporaries
 from textgen.model import build_model, get_weights, named_variables, set_weights
+from textgen.sizing import size_for_budget, sizing_applies
 from textgen.step_plan import StepPlan, plan_for_this_machine
 from textgen.tokenizer import Tokenizer
 from textgen.windows import (
@@ -274,6 +275,21 @@ def _train_locked(
     if saved is not None:
         run_config = replace(saved, training=config)
     else:
+        sized = None
+        if cluster is None and sizing_applies(settings, resume=False, init_from=source):
+            from textgen.distribute import visible_gpus
+
+            if choose_path(device, visible_gpus()) == "fast":
+                plan = plan_for_this_machine(config.precision)
+
+                def build_step(shape):
+                    model = build_model(shape)
+                    return build_train_step(
+                        model, make_optimizer(config), config.noise(), plan=plan
+                    )
+
+                config, sized = size_for_budget(config, tokenizer.vocab_size, build_step)
+                echo(sized.describe())
         init_record = source.record() if source is not None else None
         model = config.model(tokenizer.vocab_size)
         run_config = RunConfig(model, config, corpus_record, init_record)
@@ -301,6 +317,8 @@ def _train_locked(
             trainer.start_from(transfer_weights(source, tokenizer, split.train))
             if cluster is not None:
                 trainer.share_checkpoint()
+        if sized is not None:
+            trainer.state.seconds = sized.seconds  # timing the sizes spent part of the budget
         tokenizer.save(run_dir / rundir.TOKENIZER)
         # A step-0 checkpoint before the config: a run directory with a config always has a
         # checkpoint to resume from, even if the process is killed before the first save.
