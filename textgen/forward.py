@@ -95,7 +95,7 @@ def make_forward(
     layers = recurrent_layers(model)
     embedding = model.get_layer("embedding")
     dense = model.get_layer("dense")
-    fast = cell_of_layer(layers[0]).name == "lstm" and not stock
+    fast = cell_of_layer(layers[0]).fast_path and not stock
     chains = lstm_chains()
 
     def between_layers(x, k: int, training: bool, seed, rows, batch_axis: int):
