@@ -44,10 +44,10 @@ import numpy as np
 from textgen.cells import get_cell
 from textgen.errors import TextgenError
 from textgen.files import atomic_write
-from textgen.model import RNN_PARTS, rnn_name
 from textgen.run import TOKENIZER, WHICH, Run, open_run
 from textgen.tokenizer import UNKNOWN_CHAR
 from textgen.web import WEIGHT_TYPES, export_web, is_web_export
+from textgen.weights import RNN_PARTS, rnn_name
 
 FORMATS = ("keras", "savedmodel", "onnx", "web")
 _SUFFIXES = {".keras": "keras", ".onnx": "onnx"}

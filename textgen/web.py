@@ -11,7 +11,7 @@ The weights travel inside a script, not a file the page fetches, because browser
 ``fetch`` of local files: a page opened from disk (``file://``) must get its data through a
 ``<script src>``, which they allow. The same folder works from any static file server.
 
-Each weight is the run's own array, by the stable names of ``textgen.model`` (``embedding``,
+Each weight is the run's own array, by the stable names of ``textgen.weights`` (``embedding``,
 ``rnn_0/kernel``, ``rnn_0/recurrent_kernel``, ``rnn_0/bias``, ..., ``dense/kernel``,
 ``dense/bias``), stored little-endian as float16 (the default: half the size) or float32
 (exact), then base64. Only numpy is needed: no TensorFlow, no onnx.
@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from textgen.errors import TextgenError
-from textgen.model import RNN_PARTS, rnn_name
 from textgen.run import TOKENIZER, Run, read_history
+from textgen.weights import RNN_PARTS, rnn_name
 
 WEIGHT_TYPES = ("float16", "float32")
 FORMAT = 1  # the layout of model.js; textgen.js checks it
