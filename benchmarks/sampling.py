@@ -11,6 +11,8 @@ Rows, for a model with vocabulary 65, embedding 64 and LSTM layers of 512 units 
    (total characters). Both include decoding the ids to text.
 5. The bare numpy recurrence (``h @ U``, one tanh over the gates, the cell update; no embedding,
    bias, output layer or sampling) in the engine's layout: the ceiling for 3 (5a) and 4 (5b).
+6. numpy's own ``(streams, units) @ (units, 4 units)`` product alone, per layer: the lower ceiling
+   for 3 (6a) and 4 (6b). Rows 3 and 4 show their share of both.
 
 After the tables: ``textgen sample`` as a whole process against ``import tensorflow``, and the
 thread-choice rows: ``textgen sample --num-samples 64`` (whole processes, start-up included) with
@@ -129,6 +131,21 @@ def bare_recurrence(units: int, layers: int, streams: int) -> Runner:
                 np.add(c_out, i_gate, out=c_out)
                 np.tanh(c_out, out=i_gate)
                 np.multiply(o_gate, i_gate, out=h_out)
+        return n * streams
+
+    return run
+
+
+def bare_product(units: int, layers: int, streams: int) -> Runner:
+    """numpy's ``(streams, units) @ (units, 4 units)`` product, once per layer: nothing else."""
+    rng = np.random.default_rng(0)
+    h = np.zeros((streams, units), np.float32)
+    mat = (rng.standard_normal((units, 4 * units)) * 0.02).astype(np.float32)
+    out = np.empty((streams, 4 * units), np.float32)
+
+    def run(n: int) -> int:
+        for _ in range(n * layers):
+            np.matmul(h, mat, out=out)
         return n * streams
 
     return run
@@ -266,6 +283,8 @@ def table(layers: int, args: argparse.Namespace) -> None:
         "4": f"textgen, {streams} streams",
         "5a": "bare recurrence, 1 stream",
         "5b": f"bare recurrence, {streams} streams",
+        "6a": "bare product, 1 stream",
+        "6b": f"bare product, {streams} streams",
     }
     rates = best_rates(
         {
@@ -273,6 +292,8 @@ def table(layers: int, args: argparse.Namespace) -> None:
             "4": textgen_streams(Sampler(weights, tokenizer, cell="lstm"), streams),
             "5a": bare_recurrence(units, layers, 1),
             "5b": bare_recurrence(units, layers, streams),
+            "6a": bare_product(units, layers, 1),
+            "6b": bare_product(units, layers, streams),
             "1b": window_runner(model, use_predict=False),
             "2": tf_one_step(model, 1),
             "2b": tf_one_step(model, streams),
@@ -285,13 +306,13 @@ def table(layers: int, args: argparse.Namespace) -> None:
     start = time.perf_counter()
     rates["1"] = predict(args.window_chars) / (time.perf_counter() - start)
 
-    ceilings = {"3": "5a", "4": "5b"}
+    ceilings = {"3": ("5a", "6a"), "4": ("5b", "6b")}
     print(f"\n{layers} x LSTM {units}, vocab {VOCAB}, embedding {EMBEDDING}")
-    print(f"{'':44s} {'chars/s':>10s} {'x vs 2':>8s} {'of ceiling':>11s}")
+    print(f"{'':44s} {'chars/s':>10s} {'x vs 2':>8s} {'of 5':>6s} {'of 6':>6s}")
     for key, label in labels.items():
-        share = f"{rates[key] / rates[ceilings[key]]:.0%}" if key in ceilings else ""
+        shares = [f"{rates[key] / rates[c]:.2f}x" for c in ceilings.get(key, ())] or ["", ""]
         line = f"{key + '. ' + label:44s} {rates[key]:10,.0f} {rates[key] / rates['2']:8.2f}"
-        print(f"{line} {share:>11s}")
+        print(f"{line} {shares[0]:>6s} {shares[1]:>6s}")
 
 
 def _saved_run(folder: Path) -> Path:
