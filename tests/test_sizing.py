@@ -110,7 +110,39 @@ def test_a_budget_run_trains_the_size_its_timing_chose(tmp_path, corpus, monkeyp
     assert sized and "24 units" in sized[0], lines
     saved = json.loads((tmp_path / "sized" / "config.json").read_text())
     assert saved["model"]["units"] == 8 and saved["training"]["units"] == 8
+    # Smaller than the default size, so the smaller dropout, as the line says.
+    assert saved["training"]["dropout"] == textgen.sizing.SMALLER_DROPOUT
+    assert sized[0].endswith(f"dropout {textgen.sizing.SMALLER_DROPOUT:g}")
     # The timing was part of the budget: the run's clock began with it.
     timing = float(sized[0].split("timed in ")[1].split(" s")[0])
     seconds = load_checkpoint(result.run_dir / "latest.npz").state.seconds
     assert timing - 1 <= seconds <= max(4.0, timing + 1) + 2.0
+
+
+def test_a_given_dropout_is_kept_when_the_size_shrinks(monkeypatch) -> None:
+    pytest.importorskip("tensorflow")
+    import textgen.sizing
+    from textgen.config import TrainConfig
+    from textgen.sizing import SMALLER_DROPOUT, size_for_budget
+
+    monkeypatch.setattr(textgen.sizing, "MEASURE_SECONDS", 0.4)
+    config = TrainConfig(max_time=600.0, dropout=0.45)
+
+    def slow_step(shape):
+        def step(x, y, seed, lr):
+            import time
+
+            time.sleep(0.05 * shape.units / 128)  # the larger, the slower
+            return _Loss()
+
+        return step
+
+    for keep, dropout in ((True, 0.45), (False, SMALLER_DROPOUT)):
+        sized, choice = size_for_budget(config, 65, slow_step, keep_dropout=keep)
+        assert choice.units < CANDIDATE_UNITS[0] and sized.units == choice.units
+        assert sized.dropout == dropout and config.dropout == 0.45
+
+
+class _Loss:
+    def numpy(self) -> float:
+        return 0.0

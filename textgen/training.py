@@ -288,8 +288,9 @@ def _train_locked(
                         model, make_optimizer(config), config.noise(), plan=plan
                     )
 
-                config, sized = size_for_budget(config, tokenizer.vocab_size, build_step)
-                echo(sized.describe())
+                keep = "dropout" in settings
+                config, sized = size_for_budget(config, tokenizer.vocab_size, build_step, keep)
+                echo(f"{sized.describe()}, dropout {config.dropout:g}")
         init_record = source.record() if source is not None else None
         model = config.model(tokenizer.vocab_size)
         run_config = RunConfig(model, config, corpus_record, init_record)
