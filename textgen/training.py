@@ -30,7 +30,7 @@ from textgen import run as rundir
 from textgen.averaging import WeightAverage
 from textgen.callbacks import Callback, EpochEnd
 from textgen.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from textgen.config import LOCKED_ON_RESUME, NO_NOISE, Noise, RunConfig, TrainConfig, TrainState
+from textgen.config import LOCKED_ON_RESUME, RunConfig, TrainConfig, TrainState
 from textgen.corpus import DEFAULT_CORPUS, check_exists, load_corpus
 from textgen.distribute import Cluster, choose_path, lost_worker_errors, make_cluster
 from textgen.errors import CheckpointError, OptionsError, TextgenError, VocabularyError
@@ -38,6 +38,7 @@ from textgen.evaluation import LN2, build_eval_step, describe_loss, evaluate_ids
 from textgen.files import remove_stale_temporaries
 from textgen.model import build_model, get_weights, named_variables, set_weights
 from textgen.precision import resolve_precision
+from textgen.steps import VOTES, build_replica_train_step, build_train_step, make_optimizer
 from textgen.tokenizer import Tokenizer
 from textgen.windows import (
     epoch_starts,
@@ -58,8 +59,6 @@ HISTORY_FIELDS = [
     "seconds",
 ]
 STOPS = ("completed", "early_stopping", "max_time", "interrupted")
-# What the workers of a cluster vote on with every step, so that all of them stop together.
-_VOTES = ("max_time", "interrupted", "callback")
 
 
 @dataclass
@@ -364,150 +363,6 @@ def _watchers(config: TrainConfig, tokenizer, run_dir: Path, echo) -> list[Callb
     return watchers
 
 
-def build_train_step(
-    model,
-    optimizer,
-    noise: Noise = NO_NOISE,
-    grad_norm=None,
-    matmul_dtype=None,
-    stock: bool = False,
-    weight_decay: float = 0.0,
-):
-    """The compiled training step ``(x, y, seed, lr) -> mean loss`` that ``train`` runs.
-
-    ``seed`` (int32 [2]) fixes the masks of ``noise`` and ``lr`` is assigned before the update,
-    so a step is a pure function of the model, optimizer state and its arguments. When given,
-    the float variable ``grad_norm`` receives the gradient's global norm (before clipping).
-    ``matmul_dtype`` is the operand type of the large products and ``stock`` trains LSTM layers
-    through ``keras.layers.LSTM`` (see ``textgen.forward.make_forward``). ``weight_decay`` is
-    as in ``decay_matrices``.
-    """
-    from textgen.backend import tf
-    from textgen.forward import make_forward
-
-    forward = make_forward(model, noise, matmul_dtype, stock=stock)
-    variables = model.trainable_variables
-    ids = tf.TensorSpec([None, None], tf.int32)
-    signature = [ids, ids, tf.TensorSpec([2], tf.int32), tf.TensorSpec([], tf.float32)]
-
-    @tf.function(input_signature=signature)
-    def train_step(x, y, seed, lr):
-        with tf.GradientTape() as tape:
-            logits = forward(x, training=True, seed=seed)  # (B, T, vocab)
-            loss = tf.reduce_mean(
-                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
-            )
-        grads = tape.gradient(loss, variables)
-        if grad_norm is not None:
-            grad_norm.assign(tf.linalg.global_norm(grads))
-        optimizer.learning_rate.assign(lr)
-        decay_matrices(variables, lr, weight_decay)
-        optimizer.apply_gradients(zip(grads, variables))
-        return loss
-
-    return train_step
-
-
-def build_replica_train_step(
-    cluster: Cluster,
-    model,
-    optimizer,
-    noise: Noise,
-    clip_norm,
-    grad_norm,
-    stock: bool = False,
-    matmul_dtype=None,
-    weight_decay: float = 0.0,
-):
-    """The training step of a cluster: ``(x, y, offset, rows, seed, lr, votes) -> (loss, votes)``.
-
-    ``x``, ``y`` and ``offset`` are distributed values (``Cluster.per_replica``): each replica's
-    block of a global batch of ``rows`` rows and where the block starts. Each replica divides
-    its summed loss by the whole batch's size, so the all-reduced sum of the replicas' gradients
-    is the gradient of the batch's mean loss, as in ``build_train_step``. Clipping then uses the
-    global norm of that sum, once (Keras's ``global_clipnorm`` would clip each replica's part
-    before the sum), and the update is applied outside the replicas, so the optimizer does not
-    sum again. ``votes`` (float [3]) are summed over workers with the gradients and returned.
-    """
-    from textgen.backend import tf
-    from textgen.forward import make_forward
-
-    forward = make_forward(model, noise, matmul_dtype, stock=stock)
-    variables = model.trainable_variables
-    strategy = cluster.strategy
-
-    def replica_step(x, y, offset, rows, seed, votes):
-        with tf.GradientTape() as tape:
-            logits = forward(x, training=True, seed=seed, rows=(offset, rows))  # (b, T, vocab)
-            losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
-            size = tf.cast(rows * tf.shape(x)[1], losses.dtype)
-            loss = tf.reduce_sum(losses) / size
-        grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
-        votes = tf.identity(votes)  # placed on the replica's device, as all_reduce needs
-        return _all_reduce_packed([*grads, loss, votes])
-
-    def train_step(x, y, offset, rows, seed, lr, votes):
-        with strategy.scope():
-            summed = strategy.run(replica_step, args=(x, y, offset, rows, seed, votes))
-            *grads, loss, votes = [strategy.experimental_local_results(v)[0] for v in summed]
-            norm = tf.linalg.global_norm(grads)
-            grad_norm.assign(norm)
-            if clip_norm is not None:
-                grads, _ = tf.clip_by_global_norm(grads, clip_norm, use_norm=norm)
-            optimizer.learning_rate.assign(lr)
-            # What ``apply_gradients`` does outside a strategy, one update per variable;
-            # called here, outside the replicas, it would need the merge_call of a replica.
-            rate = optimizer.learning_rate
-            decay_matrices(variables, lr, weight_decay)
-            for grad, var in zip(grads, variables, strict=True):
-                strategy.extended.update(
-                    var.value, lambda v, g: optimizer.update_step(g, v, rate), args=(grad,)
-                )
-            optimizer.iterations.assign_add(1)
-        return loss, votes
-
-    ids, scalar = tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([], tf.int32)
-    signature = [ids, ids, scalar, scalar, tf.TensorSpec([2], tf.int32)]
-    signature += [tf.TensorSpec([], tf.float32), tf.TensorSpec([len(_VOTES)], tf.float32)]
-    return cluster.compile(train_step, signature)
-
-
-def decay_matrices(variables, lr, rate: float) -> None:
-    """Decoupled weight decay (as AdamW's): shrink every matrix by ``lr * rate``, before the update.
-
-    Biases are left alone. The steps call this themselves because the cluster's step applies
-    Adam's ``update_step`` directly, which would skip the decay of Keras's ``weight_decay``.
-    """
-    if rate == 0:
-        return
-    for var in variables:
-        if len(var.shape) >= 2:
-            var.assign_sub(var * (lr * rate))
-
-
-def _all_reduce_packed(tensors: list) -> list:
-    """The replicas' sums of ``tensors``, through one all-reduce of all of them end to end.
-
-    One collective per tensor costs a round of messages each; packed, the gradients' all-reduce
-    between two pinned workers took about 17 ms a step instead of 23.
-    """
-    from textgen.backend import tf
-
-    context = tf.distribute.get_replica_context()
-    flat = tf.concat([tf.reshape(t, [-1]) for t in tensors], axis=0)
-    flat = context.all_reduce(tf.distribute.ReduceOp.SUM, flat)
-    pieces = tf.split(flat, [t.shape.num_elements() for t in tensors])
-    return [tf.reshape(p, t.shape) for p, t in zip(pieces, tensors, strict=True)]
-
-
-def make_optimizer(config: TrainConfig, clip: bool = True):
-    """Adam with the run's peak learning rate and (unless ``clip`` is off) gradient clipping."""
-    from textgen.backend import keras
-
-    clip_norm = config.clip_norm if clip else None
-    return keras.optimizers.Adam(learning_rate=config.learning_rate, global_clipnorm=clip_norm)
-
-
 @dataclass
 class _Clock:
     """This invocation's wall clock, for the budget, the schedule and mid-epoch checkpoints."""
@@ -551,7 +406,7 @@ class Trainer:
         self.train_ids = split.train
         self.valid_ids = split.valid if len(split.valid) else None
         self.steps = steps_per_epoch(len(split.train), config.seq_length, config.batch_size)
-        self.optimizer = make_optimizer(config, clip=cluster is None)
+        self.optimizer = make_optimizer(config)
         self.optimizer.build(model.trainable_variables)
         self.state = TrainState()
         self.grad_norm = tf.Variable(0.0, trainable=False, name="grad_norm")  # of the last step
@@ -574,7 +429,6 @@ class Trainer:
                 model,
                 self.optimizer,
                 config.noise(),
-                config.clip_norm,
                 self.grad_norm,
                 stock,
                 matmul_dtype,
@@ -707,7 +561,7 @@ class Trainer:
         """The stop condition that holds before the next batch, if any.
 
         A cluster's workers must stop at the same batch, so there the budget, Ctrl-C and the
-        callbacks are voted on with each step (``_VOTES``) and act after it.
+        callbacks are voted on with each step (``VOTES``) and act after it.
         """
         limit = self.config.epoch_limit
         completed = limit is not None and self.state.epoch >= limit
@@ -797,7 +651,7 @@ class Trainer:
         lr_t = tf.constant(lr, tf.float32)
         loss, votes = self.train_step(x, y, offset, tf.constant(rows, tf.int32), seed, lr_t, votes)
         # Every worker sees the same sums, so every worker picks the same reason.
-        agreed = [name for name, v in zip(_VOTES, votes.numpy(), strict=True) if v > 0]
+        agreed = [name for name, v in zip(VOTES, votes.numpy(), strict=True) if v > 0]
         if "interrupted" in agreed:
             self._agreed_stop = "interrupted"
         elif "callback" in agreed:
