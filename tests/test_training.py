@@ -406,3 +406,17 @@ def test_the_one_process_step_updates_as_apply_gradients_did_to_the_last_bit(cli
         np.testing.assert_array_equal(new_weights[name], value, err_msg=name)
     for a, b in zip(moments, new_moments, strict=True):
         np.testing.assert_array_equal(b, a)
+
+
+def test_resume_checks_the_run_as_open_run_does(tmp_path, trained_run, corpus):
+    import shutil
+
+    from textgen.tokenizer import Tokenizer
+
+    run = tmp_path / "copy"
+    shutil.copytree(trained_run, run)
+    Tokenizer.from_text("ab").save(run / "tokenizer.json")
+    with pytest.raises(CheckpointError, match=r"the tokenizer has \d+ ids"):
+        open_run(run, "latest")
+    with pytest.raises(CheckpointError, match=r"the tokenizer has \d+ ids"):
+        train(corpus, run_dir=run, resume=True, **_quiet(epochs=3))

@@ -29,13 +29,12 @@ import numpy as np
 from textgen import run as rundir
 from textgen.averaging import WeightAverage
 from textgen.callbacks import Callback, EpochEnd
-from textgen.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from textgen.config import LOCKED_ON_RESUME, RunConfig, TrainConfig, TrainState
+from textgen.checkpoint import Checkpoint, save_checkpoint
+from textgen.config import RunConfig, TrainConfig, TrainState
 from textgen.corpus import DEFAULT_CORPUS, check_exists, load_corpus
 from textgen.distribute import Cluster, choose_path, lost_worker_errors, make_cluster
 from textgen.errors import CheckpointError, OptionsError, TextgenError, VocabularyError
 from textgen.evaluation import LN2, build_eval_step, describe_loss, evaluate_ids
-from textgen.files import remove_stale_temporaries
 from textgen.model import build_model, get_weights, named_variables, set_weights
 from textgen.precision import resolve_precision
 from textgen.steps import VOTES, build_replica_train_step, build_train_step, make_optimizer
@@ -95,18 +94,6 @@ def learning_rate_at(config: TrainConfig, progress: float) -> float:
     floor = 0.1
     cosine = 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
     return config.learning_rate * (floor + (1.0 - floor) * cosine)
-
-
-def _resumed_config(saved: TrainConfig, settings: dict, run_dir: Path) -> TrainConfig:
-    """The saved settings with this invocation's changes, refusing shape and order changes."""
-    TrainConfig.from_settings(settings)  # unknown keys fail here
-    for key in LOCKED_ON_RESUME:
-        if key in settings and settings[key] != getattr(saved, key):
-            raise CheckpointError(
-                f"cannot resume {run_dir} with {key}={settings[key]!r}: the run was trained with "
-                f"{key}={getattr(saved, key)!r}"
-            )
-    return replace(saved, **settings)
 
 
 @contextlib.contextmanager
@@ -187,17 +174,8 @@ def train(
     if cluster is not None and not cluster.is_chief:
         with _lost_workers(cluster, run_dir):
             return _train_locked(*args)
-    created = not run_dir.exists()
-    rundir.ensure_writable(run_dir)
-    try:
-        with rundir.writer_lock(run_dir), _lost_workers(cluster, run_dir):
-            return _train_locked(*args)
-    finally:
-        if created and not (run_dir / rundir.CONFIG).exists():
-            # leave no empty run behind for a corpus or setting that failed
-            rundir.remove_lock_files(run_dir)
-            with contextlib.suppress(OSError):
-                run_dir.rmdir()
+    with rundir.writing(run_dir), _lost_workers(cluster, run_dir):
+        return _train_locked(*args)
 
 
 @contextlib.contextmanager
@@ -227,23 +205,14 @@ def _train_locked(
     ``source`` is the ``textgen.finetune.Source`` a new run starts from, if any."""
     if cluster is not None and not cluster.is_chief:
         return _train_follower(corpus, run_dir, progress, echo, callbacks, cluster, device)
-    resume = config is None
-    has_run = (run_dir / rundir.CONFIG).exists()
-    if has_run and not resume:
-        raise CheckpointError(
-            f"{run_dir} already holds a run; add --resume to continue it, or choose another "
-            "--checkpoint-dir"
-        )
-    if resume and not has_run:
-        raise CheckpointError(f"nothing to resume: {run_dir} holds no run")
-    saved = rundir.read_config(run_dir) if resume else None
-    if saved is not None:
-        config = _resumed_config(saved.training, settings, run_dir)
-        corpus = corpus or saved.corpus.get("source")
-        config.validate()
+    resumed = rundir.resume_run(run_dir, settings) if config is None else None
+    if resumed is None:
+        rundir.check_new_run(run_dir)
+    else:
+        config = resumed.config.training
+        corpus = corpus or resumed.config.corpus.get("source")
     corpus = str(corpus or DEFAULT_CORPUS)
 
-    saved_tokenizer = Tokenizer.load(run_dir / rundir.TOKENIZER) if resume else None
     try:
         prepared = load_corpus(
             corpus,
@@ -251,12 +220,12 @@ def _train_locked(
             encoding=config.encoding,
             errors=config.errors,
             max_vocab=config.max_vocab,
-            tokenizer=saved_tokenizer,
+            tokenizer=resumed.tokenizer if resumed is not None else None,
             base=source.run.tokenizer if source is not None else None,
         )
         split = split_ids(prepared.ids, config.validation_split, config.seq_length)
     except VocabularyError as err:
-        if resume:
+        if resumed is not None:
             raise CheckpointError(f"cannot resume {run_dir}: {err}") from None
         raise
     tokenizer = prepared.tokenizer
@@ -265,26 +234,22 @@ def _train_locked(
         "characters": int(len(prepared.ids)),
         "sha256": prepared.sha256,
     }
-    if saved is not None:
-        run_config = replace(saved, training=config)
+    if resumed is not None:
+        run_config = resumed.config
     else:
         init_record = source.record() if source is not None else None
         model = config.model(tokenizer.vocab_size)
         run_config = RunConfig(model, config, corpus_record, init_record)
     if cluster is not None:
         shared = {"run": run_config.to_json(), "tokenizer": tokenizer.to_json()}
-        shared.update(sha256=prepared.sha256, resume=saved is not None, init=source is not None)
+        shared.update(sha256=prepared.sha256, resume=resumed is not None, init=source is not None)
         cluster.broadcast_text(json.dumps(shared))
 
     watchers = _watchers(config, tokenizer, run_dir, echo)
     trainer = _make_trainer(config, tokenizer, split, run_dir, echo, progress, cluster, device)
     trainer.callbacks = [*watchers, *callbacks]
-    if saved is not None:
-        remove_stale_temporaries(run_dir)
-        trainer.restore(load_checkpoint(run_dir / rundir.LATEST))
-        if config.budget_is_plan and "max_time" in settings:
-            # A new budget for a run planned by its budget: this much more training time.
-            config.max_time = trainer.state.seconds + settings["max_time"]
+    if resumed is not None:
+        trainer.restore(resumed.checkpoint)
         if cluster is not None:
             trainer.share_checkpoint()
         rundir.write_config(run_dir, run_config)
@@ -295,11 +260,7 @@ def _train_locked(
             trainer.start_from(transfer_weights(source, tokenizer, split.train))
             if cluster is not None:
                 trainer.share_checkpoint()
-        tokenizer.save(run_dir / rundir.TOKENIZER)
-        # A step-0 checkpoint before the config: a run directory with a config always has a
-        # checkpoint to resume from, even if the process is killed before the first save.
-        trainer.save(with_best=True)
-        rundir.write_config(run_dir, run_config)
+        rundir.create_run(run_dir, run_config, tokenizer, lambda: trainer.save(with_best=True))
     return trainer.run()
 
 
