@@ -420,3 +420,19 @@ def test_resume_checks_the_run_as_open_run_does(tmp_path, trained_run, corpus):
         open_run(run, "latest")
     with pytest.raises(CheckpointError, match=r"the tokenizer has \d+ ids"):
         train(corpus, run_dir=run, resume=True, **_quiet(epochs=3))
+
+
+def test_patience_stops_a_run_that_no_longer_improves(tmp_path, corpus):
+    from textgen.callbacks import EarlyStopping
+    from textgen.config import TrainState
+
+    stop = EarlyStopping(2)
+    state = TrainState(epochs_without_improvement=1)
+    assert stop.on_epoch_end(state, None) is None
+    state.epochs_without_improvement = 2
+    assert stop.on_epoch_end(state, None) == "early_stopping"
+    # A rate too small to move a float32 weight: the first epoch sets the best, no later one
+    # beats it.
+    settings = {**TINY, "epochs": 10, "learning_rate": 1e-12, "patience": 2}
+    result = train(corpus, run_dir=tmp_path / "run", **_quiet(**settings))
+    assert result.stopped == "early_stopping" and result.epochs_done == 3

@@ -6,9 +6,9 @@ records the epoch, the batch inside it and the optimizer state, so a run stopped
 and resumed ends with the same weights as one that never stopped.
 
 The loop is flat: each turn either ends an epoch or trains one batch, after asking the stop
-conditions (``STOPS``: epochs, patience, budget, interrupt). Callbacks observe it, and may stop
-it, through ``on_batch_end`` and ``on_epoch_end``; that is where logging and other features plug
-in without touching the loop.
+conditions (``STOPS``: epochs, budget, interrupt, and a callback's reason, such as
+``EarlyStopping``'s). Callbacks observe it, and may stop it, through ``on_batch_end`` and
+``on_epoch_end``; that is where logging and other features plug in without touching the loop.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 
 from textgen import run as rundir
 from textgen.averaging import WeightAverage
-from textgen.callbacks import Callback, EpochEnd
+from textgen.callbacks import Callback, EarlyStopping, EpochEnd
 from textgen.checkpoint import Checkpoint, save_checkpoint
 from textgen.config import RunConfig, TrainConfig, TrainState
 from textgen.corpus import DEFAULT_CORPUS, check_exists, load_corpus
@@ -247,7 +247,7 @@ def _train_locked(
 
     watchers = _watchers(config, tokenizer, run_dir, echo)
     trainer = _make_trainer(config, tokenizer, split, run_dir, echo, progress, cluster, device)
-    trainer.callbacks = [*watchers, *callbacks]
+    trainer.callbacks = [*watchers, *callbacks, *_stops(config)]
     if resumed is not None:
         trainer.restore(resumed.checkpoint)
         if cluster is not None:
@@ -303,10 +303,16 @@ def _train_follower(corpus, run_dir: Path, progress, echo, callbacks, cluster: C
         )
     split = split_ids(prepared.ids, config.validation_split, config.seq_length)
     trainer = _make_trainer(config, tokenizer, split, run_dir, echo, progress, cluster, device)
-    trainer.callbacks = list(callbacks)
+    trainer.callbacks = [*callbacks, *_stops(config)]
     if shared["resume"] or shared.get("init"):
         trainer.share_checkpoint()
     return trainer.run()
+
+
+def _stops(config: TrainConfig) -> list[Callback]:
+    """The callbacks that stop a run by its settings, last, so that a reason of the caller's
+    own callbacks comes first."""
+    return [EarlyStopping(config.patience)] if config.patience else []
 
 
 def _watchers(config: TrainConfig, tokenizer, run_dir: Path, echo) -> list[Callback]:
@@ -622,8 +628,9 @@ class Trainer:
         return float(loss)
 
     def _end_epoch(self, clock: _Clock) -> str | None:
-        """Validate, log and checkpoint a finished (or budget-cut) epoch; patience counts here."""
-        state, cfg = self.state, self.config
+        """Validate, log and checkpoint a finished (or budget-cut) epoch; the callbacks (among
+        them ``EarlyStopping``) may stop the run here."""
+        state = self.state
         state.seconds = clock.seconds_before + clock.elapsed()
         done = state.batch >= self.steps
         batches = max(state.batch, 1)
@@ -651,10 +658,7 @@ class Trainer:
             + (" *best*" if improved and val_loss is not None else "")
         )
         epoch = EpochEnd(label, train_loss, val_loss, improved, lr)
-        reason = _first_reason(cb.on_epoch_end(state, epoch) for cb in self.callbacks)
-        if reason is None and cfg.patience and state.epochs_without_improvement >= cfg.patience:
-            reason = "early_stopping"
-        return reason
+        return _first_reason(cb.on_epoch_end(state, epoch) for cb in self.callbacks)
 
     def _append_history(self, label: float, train_loss, val_loss, lr: float) -> None:
         """Add the epoch's row, first dropping rows at or past its step (left by a crash)."""
