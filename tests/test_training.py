@@ -408,20 +408,6 @@ def test_the_one_process_step_updates_as_apply_gradients_did_to_the_last_bit(cli
         np.testing.assert_array_equal(b, a)
 
 
-def test_resume_checks_the_run_as_open_run_does(tmp_path, trained_run, corpus):
-    import shutil
-
-    from textgen.tokenizer import Tokenizer
-
-    run = tmp_path / "copy"
-    shutil.copytree(trained_run, run)
-    Tokenizer.from_text("ab").save(run / "tokenizer.json")
-    with pytest.raises(CheckpointError, match=r"the tokenizer has \d+ ids"):
-        open_run(run, "latest")
-    with pytest.raises(CheckpointError, match=r"the tokenizer has \d+ ids"):
-        train(corpus, run_dir=run, resume=True, **_quiet(epochs=3))
-
-
 def test_patience_stops_a_run_that_no_longer_improves(tmp_path, corpus):
     from textgen.callbacks import EarlyStopping
     from textgen.config import TrainState
@@ -436,3 +422,34 @@ def test_patience_stops_a_run_that_no_longer_improves(tmp_path, corpus):
     settings = {**TINY, "epochs": 10, "learning_rate": 1e-12, "patience": 2}
     result = train(corpus, run_dir=tmp_path / "run", **_quiet(**settings))
     assert result.stopped == "early_stopping" and result.epochs_done == 3
+
+
+def test_resume_checks_the_run_as_open_run_does(tmp_path, trained_run, corpus):
+    import shutil
+
+    from textgen.tokenizer import Tokenizer
+
+    run = tmp_path / "copy"
+    shutil.copytree(trained_run, run)
+    Tokenizer.from_text("ab").save(run / "tokenizer.json")
+    with pytest.raises(CheckpointError, match=r"the tokenizer has \d+ ids"):
+        open_run(run, "latest")
+    with pytest.raises(CheckpointError, match=r"the tokenizer has \d+ ids"):
+        train(corpus, run_dir=run, resume=True, **_quiet(epochs=3))
+
+
+def test_one_process_is_a_cluster_of_one_that_adds_nothing():
+    from textgen.distribute import LOCAL, make_cluster
+
+    assert make_cluster("none") is LOCAL
+    assert LOCAL.is_chief and (LOCAL.worker, LOCAL.workers) == (0, 1)
+    arrays = [np.arange(3.0), np.ones(2, np.int32)]
+    assert all(a is b for a, b in zip(LOCAL.sum(arrays), arrays, strict=True))
+    assert all(a is b for a, b in zip(LOCAL.broadcast_arrays(arrays), arrays, strict=True))
+    assert LOCAL.broadcast_text("chief's") == "chief's"
+    assert LOCAL.local_rows(7) == [(0, 7)]
+
+    def step(*args):
+        return args
+
+    assert LOCAL.summed_over_replicas(step, []) is step

@@ -1,6 +1,6 @@
 """The training loop's hooks: what a callback is told, and when.
 
-``textgen.training`` calls these; ``EarlyStopping`` below, ``textgen.watch`` (samples,
+``textgen.trainer`` calls these; ``EarlyStopping`` below, ``textgen.watch`` (samples,
 TensorBoard) and user code implement them.
 """
 
@@ -27,7 +27,7 @@ class Callback:
 
     A callback may end training by returning a reason string (for example ``"early_stopping"``)
     from ``on_batch_end`` or ``on_epoch_end``; the loop saves a checkpoint and stops with that
-    reason. ``trainer`` is set to the running ``textgen.training.Trainer`` before
+    reason. ``trainer`` is set to the running ``textgen.trainer.Trainer`` before
     ``on_train_begin`` (its ``model``, ``optimizer``, ``config`` and ``grad_norm``).
     """
 

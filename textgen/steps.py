@@ -196,3 +196,90 @@ def _all_reduce_packed(tensors: list) -> list:
     flat = context.all_reduce(tf.distribute.ReduceOp.SUM, flat)
     pieces = tf.split(flat, [t.shape.num_elements() for t in tensors])
     return [tf.reshape(p, t.shape) for p, t in zip(pieces, tensors, strict=True)]
+
+
+class LocalSteps:
+    """One process's training steps: each batch whole, through ``build_train_step``.
+
+    Stop conditions act before the batch they would cut (``voted`` is False).
+    """
+
+    voted = False
+
+    def __init__(self, cluster, model, optimizer, config: TrainConfig, grad_norm, dtype, stock):
+        self.step = build_train_step(
+            model,
+            optimizer,
+            config.noise(),
+            grad_norm,
+            dtype,
+            stock=stock,
+            weight_decay=config.weight_decay,
+        )
+
+    def batches(self, ids, starts, seq_length: int, batch_size: int):
+        """The batches ``(x, y)`` of windows starting at ``starts``."""
+        from textgen.windows import window_dataset
+
+        return window_dataset(ids, starts, seq_length, batch_size)
+
+    def __call__(self, batch, seed, lr, votes: list[bool]) -> tuple[float, list[bool]]:
+        """Train one batch; the votes are this process's alone, returned as they are."""
+        from textgen.backend import tf
+
+        x, y = batch
+        return float(self.step(x, y, seed, tf.constant(lr, tf.float32))), votes
+
+
+class ReplicaSteps:
+    """A cluster's training steps: each replica its rows of the batch (``Cluster.local_rows``).
+
+    The workers vote on stopping with every step (``VOTES``, ``voted`` is True), so that all of
+    them stop after the same batch.
+    """
+
+    voted = True
+
+    def __init__(self, cluster, model, optimizer, config: TrainConfig, grad_norm, dtype, stock):
+        self.cluster = cluster
+        self.step = build_replica_train_step(
+            cluster,
+            model,
+            optimizer,
+            config.noise(),
+            grad_norm,
+            stock,
+            dtype,
+            config.weight_decay,
+        )
+
+    def batches(self, ids, starts, seq_length: int, batch_size: int):
+        """This process's parts ``((x, y) per local replica, rows)`` of each batch."""
+        from textgen.windows import replica_windows
+
+        return replica_windows(ids, starts, seq_length, batch_size, self.cluster.local_rows)
+
+    def __call__(self, batch, seed, lr, votes: list[bool]) -> tuple[float, list[bool]]:
+        """Train one batch; returns the loss and, for each of ``VOTES``, whether any worker
+        voted for it (every worker sees the same sums)."""
+        from textgen.backend import tf
+
+        cluster = self.cluster
+        parts, rows = batch
+        blocks = cluster.local_rows(rows)
+        x = cluster.per_replica([tf.constant(px) for px, _ in parts])
+        y = cluster.per_replica([tf.constant(py) for _, py in parts])
+        offset = cluster.per_replica([tf.constant(lo, tf.int32) for lo, _ in blocks])
+        lr_t = tf.constant(lr, tf.float32)
+        mine = tf.constant(votes, tf.float32)
+        loss, summed = self.step(x, y, offset, tf.constant(rows, tf.int32), seed, lr_t, mine)
+        return float(loss), [bool(v > 0) for v in summed.numpy()]
+
+
+def make_steps(cluster, model, optimizer, config: TrainConfig, grad_norm, precision: str, stock):
+    """The training steps for ``cluster``: ``LocalSteps`` for one process on its own."""
+    from textgen.backend import tf
+
+    dtype = tf.bfloat16 if precision == "bfloat16" else None
+    kind = ReplicaSteps if cluster.replicated else LocalSteps
+    return kind(cluster, model, optimizer, config, grad_norm, dtype, stock)
