@@ -194,7 +194,7 @@ def build_torch(args: argparse.Namespace, batches: np.ndarray, vocab: int) -> Ca
 
 
 def build_fast(
-    args: argparse.Namespace, batches: np.ndarray, vocab: int, matmul_dtype=None
+    args: argparse.Namespace, batches: np.ndarray, vocab: int, precision: str = "float32"
 ) -> Callable:
     """textgen's own training step (``textgen.training.build_train_step``), default optimizer
     and weight decay."""
@@ -202,6 +202,7 @@ def build_fast(
 
     from textgen.config import Noise
     from textgen.model import build_model
+    from textgen.step_plan import plan_for_this_machine
     from textgen.training import TrainConfig, build_train_step, make_optimizer
 
     model = build_model(
@@ -217,7 +218,7 @@ def build_fast(
         model,
         optimizer,
         Noise(args.dropout),
-        matmul_dtype=matmul_dtype,
+        plan=plan_for_this_machine(precision),
         weight_decay=TrainConfig().weight_decay,
     )
     data = [(tf.constant(b[0]), tf.constant(b[1])) for b in batches]
@@ -232,9 +233,7 @@ def build_fast(
 
 def build_bf16(args: argparse.Namespace, batches: np.ndarray, vocab: int) -> Callable:
     """textgen's training step with bfloat16 products, as ``--precision bfloat16`` runs it."""
-    import tensorflow as tf
-
-    return build_fast(args, batches, vocab, tf.bfloat16)
+    return build_fast(args, batches, vocab, "bfloat16")
 
 
 def flops_per_char(args: argparse.Namespace, vocab: int) -> float:
@@ -339,6 +338,16 @@ def main(argv: list[str] | None = None) -> None:
         f"{threading.get_inter_op_parallelism_threads()} inter-op threads"
     )
 
+    from textgen.precision import cpu_class, machine_flags
+    from textgen.step_plan import plan_for_this_machine
+
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    print(
+        f"CPU class {cpu_class(machine_flags())}"
+        + (f" (oneDNN held to {cap} by ONEDNN_MAX_CPU_ISA)" if cap else "")
+        + f"; textgen's step: {plan_for_this_machine('float32')} (float32 rows), "
+        f"{plan_for_this_machine('bfloat16')} (bfloat16 rows)"
+    )
     batches, vocab, source = make_batches(args)
     print(
         f"config: embedding {args.embedding}, LSTM {args.units} x {args.layers}, "

@@ -49,6 +49,10 @@ def test_train_sample_info_eval(tmp_path, corpus):
     result = run("train", corpus, "--checkpoint-dir", run_dir, *TRAIN_ARGS)
     assert result.exit_code == 0, result.output
     assert "epoch 1:" in result.output and "bpc" in result.output
+    from textgen.step_plan import plan_for_this_machine
+
+    # The last line says how the step ran on this machine, as the plan chose it.
+    assert f"({plan_for_this_machine('auto')}); best loss" in result.output.splitlines()[-1]
     result = run("sample", "--checkpoint", run_dir, "--length", 30, "--seed", 1, "--prime", "The")
     assert result.exit_code == 0, result.output
     assert result.output.startswith("The") and len(result.output) == 3 + 30 + 1

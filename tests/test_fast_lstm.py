@@ -8,6 +8,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
+from textgen import TextgenError  # noqa: E402
 from textgen.config import Noise  # noqa: E402
 from textgen.fast_lstm import lstm_sequence, lstm_sequence_from_ids  # noqa: E402
 from textgen.forward import make_forward  # noqa: E402
@@ -50,11 +51,11 @@ def _assert_all_close(got, want, tol):
         )
 
 
-@pytest.mark.parametrize("chains", [1, 2, 3])
+@pytest.mark.parametrize(("chains", "backward"), [(1, "blocks"), (2, "whole"), (3, "blocks")])
 @pytest.mark.parametrize("with_state", [False, True])
 @pytest.mark.parametrize("dtype, tol", [("float64", 1e-10), ("float32", 1e-5)])
 def test_forward_and_gradients_match_stock_lstm(
-    with_state: bool, dtype: str, tol: float, chains: int
+    with_state: bool, dtype: str, tol: float, chains: int, backward: str
 ) -> None:
     layer = _stock_layer(dtype)
     cell = layer.cell
@@ -70,7 +71,13 @@ def test_forward_and_gradients_match_stock_lstm(
         expected = layer(x, initial_state=list(state)) if state else layer(x)
         expected_loss = loss(*expected)
         outputs, (h_last, c_last) = lstm_sequence(
-            x, cell.kernel, cell.recurrent_kernel, cell.bias, initial_state=state, chains=chains
+            x,
+            cell.kernel,
+            cell.recurrent_kernel,
+            cell.bias,
+            initial_state=state,
+            chains=chains,
+            backward=backward,
         )
         actual_loss = loss(outputs, h_last, c_last)
 
@@ -381,7 +388,29 @@ def test_other_cells_run_through_their_keras_layers(cell: str) -> None:
 @pytest.mark.parametrize(("cores", "chains"), [(1, 1), (2, 2), (8, 2)])
 def test_one_chain_on_one_core(monkeypatch, cores: int, chains: int) -> None:
     import textgen.cores
-    from textgen.forward import lstm_chains
+    from textgen.step_plan import plan_for_this_machine
 
     monkeypatch.setattr(textgen.cores, "usable_cores", lambda: cores)
-    assert lstm_chains() == chains
+    assert plan_for_this_machine("float32").chains == chains
+
+
+@pytest.mark.parametrize("backward", ["whole", "blocks"])
+def test_the_backward_product_forms_agree_from_ids(backward: str) -> None:
+    rng = np.random.default_rng(5)
+    table = tf.constant(rng.normal(size=(9, D)))
+    weights = [tf.constant(rng.normal(scale=0.5, size=s)) for s in ((D, 4 * H), (H, 4 * H))]
+    weights.append(tf.constant(rng.normal(scale=0.5, size=4 * H)))
+    ids = tf.constant(rng.integers(0, 9, size=(B, T)), tf.int32)
+
+    def gradients(form):
+        with tf.GradientTape() as tape:
+            tape.watch([table, *weights])
+            outputs, _ = lstm_sequence_from_ids(ids, table, *weights, backward=form)
+            loss = tf.reduce_sum(tf.sin(outputs))
+        return tape.gradient(loss, [table, *weights])
+
+    _assert_all_close(
+        gradients(backward), gradients("blocks" if backward == "whole" else "whole"), 1e-10
+    )
+    with pytest.raises(TextgenError, match="backward product must be one of"):
+        gradients("diagonal")

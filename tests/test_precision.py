@@ -13,7 +13,14 @@ from textgen import CheckpointError, TextgenError
 from textgen.checkpoint import load_checkpoint
 from textgen.cli import main
 from textgen.config import RunConfig, TrainConfig
-from textgen.precision import choose_precision, cpu_flags, onednn_enabled
+from textgen.precision import (
+    choose_precision,
+    cpu_class,
+    cpu_flags,
+    machine_flags,
+    onednn_enabled,
+)
+from textgen.step_plan import StepPlan, choose_plan
 from textgen.training import Callback, train
 
 SAPPHIRE_RAPIDS = "fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile"
@@ -53,6 +60,38 @@ def test_an_explicit_precision_is_kept_whatever_the_hardware() -> None:
     assert choose_precision("bfloat16", cpu_flags(_cpuinfo(HASWELL))) == "bfloat16"
     with pytest.raises(ValueError, match="precision must be one of"):
         choose_precision("float16")
+
+
+@pytest.mark.parametrize(
+    "flags, setting, cores, expected",
+    [
+        (HASWELL, "auto", 2, StepPlan("float32", 2, "whole")),
+        (HASWELL, "bfloat16", 2, StepPlan("bfloat16", 2, "blocks")),
+        (SKYLAKE, "auto", 2, StepPlan("float32", 2, "blocks")),
+        (ZEN4, "auto", 2, StepPlan("bfloat16", 2, "blocks")),
+        (ZEN4, "float32", 8, StepPlan("float32", 2, "blocks")),
+        (HASWELL, "auto", 1, StepPlan("float32", 1, "whole")),
+    ],
+)
+def test_the_step_plan_follows_the_cpu(flags, setting, cores, expected) -> None:
+    plan = choose_plan(setting, cpu_flags(_cpuinfo(flags)), cores=cores)
+    assert plan == expected
+    assert str(plan).startswith(expected.precision) and expected.backward in str(plan)
+
+
+@pytest.mark.parametrize(
+    "cap, expected",
+    [(None, "AVX512-BF16"), ("avx2", "AVX2"), ("AVX512_CORE", "AVX-512"), ("SSE41", "pre-AVX2")],
+)
+def test_a_onednn_isa_cap_hides_the_flags_above_it(tmp_path, cap, expected) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(_cpuinfo(ZEN4))
+    flags = machine_flags({} if cap is None else {"ONEDNN_MAX_CPU_ISA": cap}, cpuinfo)
+    assert cpu_class(flags) == expected
+    # Held to AVX2, a bfloat16 CPU gets the AVX2 plan: float32 and the whole backward product.
+    if expected == "AVX2":
+        assert choose_plan("auto", flags) == StepPlan("float32", 2, "whole")
+    assert machine_flags({}, tmp_path / "missing") == frozenset()
 
 
 def test_cpu_flags_reads_only_the_flags_lines() -> None:

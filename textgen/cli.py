@@ -202,7 +202,8 @@ def _default(name: str) -> str:
     "--max-time",
     type=Duration(),
     help="Wall-clock budget, e.g. 10m. Without --epochs it is the plan: the schedule spans it "
-    "and training goes on until it is spent; with --epochs, whichever ends first.",
+    "and training goes on until it is spent, and with no shape given the LSTM's size is chosen "
+    "for it (docs/training.md); with --epochs, whichever ends first.",
 )
 @click.option(
     "--patience",
@@ -285,7 +286,7 @@ def train(corpus, checkpoint_dir, resume, quiet, distribute, device, init_from, 
     best = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.4f} nats"
     click.echo(
         f"{result.stopped.replace('_', ' ')} after {result.epochs_done:.2f} epochs "
-        f"({result.precision}); "
+        f"({result.plan}); "
         f"best loss {best}; run saved in {result.run_dir}"
     )
 

@@ -30,6 +30,20 @@ def _f32(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
+def _product(mat: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
+    """``out = mat @ x`` for ``(features, batch)`` operands; one stream as a matrix-vector product.
+
+    OpenBLAS runs ``(2048, 512) @ (512, 1)`` as a general product of one column, about 1.45x
+    slower than the matrix-vector product that ``np.dot`` makes of the same numbers seen as a
+    vector (AMD Zen 3, one thread: 109 against 75 us). A single column of a C-ordered
+    ``(features, 1)`` buffer is contiguous, so the vector views copy nothing.
+    """
+    if x.shape[1] == 1:
+        np.dot(mat, x[:, 0], out=out[:, 0])
+    else:
+        np.matmul(mat, x, out=out)
+
+
 @dataclass
 class _LayerWeights:
     """One layer's weights in the engine's order and scale, not yet transposed."""
@@ -72,7 +86,7 @@ class _LSTM:
         sigmoids = g[: 3 * stack.units]
         for layer in stack._layers:
             c = layer.c
-            np.matmul(layer.mats[0], layer.inp, out=g)
+            _product(layer.mats[0], layer.inp, g)
             np.add(g, layer.bias, out=g)
             np.tanh(g, out=g)
             np.multiply(sigmoids, 0.5, out=sigmoids)
@@ -106,9 +120,9 @@ class _GRU:
         for layer in stack._layers:
             h = layer.h
             if len(layer.mats) == 2:  # deeper layer: input projection from the layer below
-                np.matmul(layer.mats[0], layer.inp, out=x)
+                _product(layer.mats[0], layer.inp, x)
                 np.add(x, layer.bias, out=x)
-            np.matmul(layer.mats[-1], h, out=g)
+            _product(layer.mats[-1], h, g)
             np.add(zr, x_zr, out=zr)
             np.tanh(zr, out=zr)
             np.multiply(zr, 0.5, out=zr)
@@ -136,7 +150,7 @@ class _Simple:
     def advance(stack: RecurrentStack) -> None:
         g = stack._g
         for layer in stack._layers:
-            np.matmul(layer.mats[0], layer.inp, out=g)
+            _product(layer.mats[0], layer.inp, g)
             np.add(g, layer.bias, out=g)
             np.tanh(g, out=layer.h)
 
@@ -317,7 +331,7 @@ class RecurrentStack:
         np.take(table, ids, axis=axis, out=out, mode="wrap")
         self._kind.advance(self)
         logits_t = self._logits_t
-        np.matmul(self._dense_kernel_t, self._h_top, out=logits_t)
+        _product(self._dense_kernel_t, self._h_top, logits_t)
         np.add(logits_t, self._dense_bias_t, out=logits_t)
         np.copyto(self._logits, logits_t.T)
         return self._logits

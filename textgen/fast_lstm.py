@@ -128,15 +128,25 @@ def _forward(step_input, steps, recurrent_kernel_t, h0, c0, batch_dim, dtype):
     return (*tas, c)
 
 
-def _gate_blocks_product(recurrent_kernel):
-    """Return ``product(dz)``: ``U dz`` for U (H, 4H) and dz (4H, B), summed over gate blocks.
+BACKWARD_PRODUCTS = ("blocks", "whole")
 
-    The one product of depth 4H ran at half the speed of the forward loop's products of depth H
-    with oneDNN's bfloat16 kernel at 16 rows (a 1x512 LSTM on one core: 204 against 97 us); as
-    four (H, H) @ (H, B) blocks of one batched product, summed in the states' type, it took
-    102 us, and a training step at batch 32 ran about 1.2x faster (1.07x in float32).
-    ``recurrent_kernel`` is already in the operands' type.
+
+def _recurrent_backward_product(recurrent_kernel, form: str):
+    """Return ``product(dz)``: ``U dz`` for U (H, 4H) and dz (4H, B), in the given ``form``.
+
+    ``"whole"`` is one product of depth 4H. ``"blocks"`` sums four (H, H) @ (H, B) blocks of
+    one batched product, in the states' type: oneDNN's bfloat16 kernel ran the depth-4H product
+    at half the speed of the forward loop's depth-H one at 16 rows (a 1x512 LSTM on one core of
+    an AVX512-BF16 EPYC: 204 against 97 us; as blocks 102 us), and a training step at batch 32
+    there ran about 1.2x faster with blocks (1.07x in float32). On an AVX2 CPU (Zen 3) the
+    batched product is the slow one: 2.5 against 1.2 ms at 32 rows, and whole training steps
+    ran 1.18x faster at batch 64 and 1.27x at batch 32 with ``"whole"``. ``textgen.step_plan``
+    chooses. ``recurrent_kernel`` is already in the operands' type.
     """
+    if form == "whole":
+        return lambda dz: _product(recurrent_kernel, dz, recurrent_kernel.dtype)
+    if form != "blocks":
+        raise TextgenError(f"backward product must be one of {', '.join(BACKWARD_PRODUCTS)}")
     units = recurrent_kernel.shape[0]
     blocks = tf.transpose(tf.reshape(recurrent_kernel, [units, 4, units]), [1, 0, 2])  # (4, H, H)
 
@@ -147,13 +157,14 @@ def _gate_blocks_product(recurrent_kernel):
     return product
 
 
-def _backward(d_outputs, d_h_last, d_c_last, p_ta, q_ta, f_ta, recurrent_kernel, need_state):
+def _backward(d_outputs, d_h_last, d_c_last, p_ta, q_ta, f_ta, recurrent_kernel, need_state, form):
     """Back-propagate through the recurrence, in the transposed layout of ``_forward``.
 
     With dc_t the gradient reaching c_t, the pre-activation gradient is
     ``dZ_t = [dc, dc, dc, dh] * p_t`` and ``dc_{t-1} = dc_t * f_t`` where
     ``dc_t = dc_t' + dh_t * q_t``, so the loop is a handful of element-wise ops and one product,
-    ``U dZ_t``, again with the large matrix first (see ``_gate_blocks_product``). The candidate
+    ``U dZ_t``, again with the large matrix first, in ``form`` (see
+    ``_recurrent_backward_product``). The candidate
     rows of dZ come out a quarter of their true value; ``recurrent_kernel`` (U, H x 4H) must have
     those columns scaled by 4 to compensate. Its dtype is that of the products' operands.
     ``d_outputs`` is (T, B, H) and ``d_h_last``, ``d_c_last`` are (H, B).
@@ -162,7 +173,7 @@ def _backward(d_outputs, d_h_last, d_c_last, p_ta, q_ta, f_ta, recurrent_kernel,
     c0, both (H, B).
     """
     steps = tf.shape(d_outputs)[0]
-    recurrent_product = _gate_blocks_product(recurrent_kernel)
+    recurrent_product = _recurrent_backward_product(recurrent_kernel, form)
     batch_dim = d_outputs.shape[1]
     dz_ta = tf.TensorArray(
         d_outputs.dtype, size=steps, element_shape=[batch_dim, p_ta.element_shape[0]]
@@ -192,14 +203,14 @@ def _backward(d_outputs, d_h_last, d_c_last, p_ta, q_ta, f_ta, recurrent_kernel,
     return dz_ta.stack(), dh0, dc0
 
 
-def _lstm_chain(x, w, u, b, state, ids=None, matmul_dtype=None):
+def _lstm_chain(x, w, u, b, state, ids=None, matmul_dtype=None, backward="blocks"):
     """One LSTM over time-major inputs with the hand-written gradient attached.
 
     The inputs are ``x`` (T, B, D), or, when ``ids`` (T, B) is given, rows of the embedding
     table ``x`` (V, D). The latter projects the small table instead of every timestep
     (``x[ids] @ W == (x @ W)[ids]``), which saves the input projection, the input gradient and
     the kernel gradient their large matrix products. ``matmul_dtype`` is the operand type of the
-    large products (None: ``x``'s own).
+    large products (None: ``x``'s own); ``backward`` the form of the backward loop's product.
     """
     dtype = x.dtype
     mm = matmul_dtype or dtype
@@ -243,7 +254,15 @@ def _lstm_chain(x, w, u, b, state, ids=None, matmul_dtype=None):
             quad = _gate_scale(units, dtype, 4.0)
             w_t = tf.transpose(w) * quad[:, tf.newaxis]
             dz, dh0, dc0 = _backward(
-                d_outputs, d_h_last, d_c_last, p_ta, q_ta, f_ta, tf.cast(u * quad, mm), need_state
+                d_outputs,
+                d_h_last,
+                d_c_last,
+                p_ta,
+                q_ta,
+                f_ta,
+                tf.cast(u * quad, mm),
+                need_state,
+                backward,
             )
             h0_rows = h0c0[0] if need_state else None  # the caller's (B, H) layout
             dh0 = tf.transpose(dh0) if need_state else None
@@ -284,7 +303,7 @@ def _lstm_chain(x, w, u, b, state, ids=None, matmul_dtype=None):
     return run(x, w, u, b, *(state or ()))
 
 
-def _run_chains(source, weights, initial_state, ids, chains, matmul_dtype):
+def _run_chains(source, weights, initial_state, ids, chains, matmul_dtype, backward):
     """Run ``_lstm_chain`` on ``chains`` slices of the batch; time-major in and out."""
     dtype = source.dtype
     if matmul_dtype is not None:
@@ -296,7 +315,7 @@ def _run_chains(source, weights, initial_state, ids, chains, matmul_dtype):
     if chains < 1:
         raise TextgenError(f"chains must be at least 1, got {chains}")
     if chains == 1:
-        return _lstm_chain(source, *weights, state, ids, matmul_dtype)
+        return _lstm_chain(source, *weights, state, ids, matmul_dtype, backward)
     # The batch rows are independent, so split them into chains with their own time loops. TF
     # runs the loops concurrently: one chain's element-wise ops fill the gaps between the other
     # chain's matrix products, where a single chain leaves cores waiting at every step.
@@ -310,7 +329,7 @@ def _run_chains(source, weights, initial_state, ids, chains, matmul_dtype):
     if state is not None:
         states = list(zip(*(tf.split(s, sizes, axis=0) for s in state), strict=True))
     results = [
-        _lstm_chain(x, *weights, list(s) if s else None, part_ids, matmul_dtype)
+        _lstm_chain(x, *weights, list(s) if s else None, part_ids, matmul_dtype, backward)
         for (x, part_ids), s in zip(runs, states, strict=True)
     ]
     outputs, h_last, c_last = zip(*results, strict=True)
@@ -327,6 +346,7 @@ def lstm_sequence(
     time_major: bool = False,
     chains: int = 2,
     matmul_dtype: tf.DType | str | None = None,
+    backward: str = "blocks",
 ) -> tuple[tf.Tensor, tuple[tf.Tensor, tf.Tensor]]:
     """Run a Keras-compatible LSTM over a whole sequence with a fast custom gradient.
 
@@ -345,6 +365,8 @@ def lstm_sequence(
             gives the same result up to rounding.
         matmul_dtype: operand type of the large matrix products, e.g. ``tf.bfloat16`` (see the
             module docstring); None keeps the inputs' type, so the maths is exact to it.
+        backward: the form of the backward loop's product, ``"blocks"`` or ``"whole"`` (see
+            ``_recurrent_backward_product``); both give the same result up to rounding.
 
     Returns:
         ``(outputs, (h_last, c_last))`` with outputs (batch, time, units), or (time, batch, units)
@@ -355,7 +377,7 @@ def lstm_sequence(
         inputs = tf.transpose(inputs, [1, 0, 2])
     weights = (kernel, recurrent_kernel, bias)
     outputs, h_last, c_last = _run_chains(
-        inputs, weights, initial_state, None, chains, matmul_dtype
+        inputs, weights, initial_state, None, chains, matmul_dtype, backward
     )
     if not time_major:
         outputs = tf.transpose(outputs, [1, 0, 2])
@@ -373,6 +395,7 @@ def lstm_sequence_from_ids(
     time_major: bool = False,
     chains: int = 2,
     matmul_dtype: tf.DType | str | None = None,
+    backward: str = "blocks",
 ) -> tuple[tf.Tensor, tuple[tf.Tensor, tf.Tensor]]:
     """``lstm_sequence`` over ``embeddings[ids]``, faster than looking the rows up first.
 
@@ -381,8 +404,8 @@ def lstm_sequence_from_ids(
     Args:
         ids: int (batch, time) ids, or (time, batch) if ``time_major``.
         embeddings: (vocab, input_dim) float table.
-        kernel, recurrent_kernel, bias, initial_state, time_major, chains, matmul_dtype: as
-            ``lstm_sequence``.
+        kernel, recurrent_kernel, bias, initial_state, time_major, chains, matmul_dtype,
+            backward: as ``lstm_sequence``.
 
     Returns:
         As ``lstm_sequence``.
@@ -393,7 +416,7 @@ def lstm_sequence_from_ids(
     embeddings = tf.convert_to_tensor(embeddings)
     weights = (kernel, recurrent_kernel, bias)
     outputs, h_last, c_last = _run_chains(
-        embeddings, weights, initial_state, ids, chains, matmul_dtype
+        embeddings, weights, initial_state, ids, chains, matmul_dtype, backward
     )
     if not time_major:
         outputs = tf.transpose(outputs, [1, 0, 2])

@@ -17,6 +17,7 @@ from textgen.backend import tf
 from textgen.cells import cell_of_layer
 from textgen.config import NO_NOISE, Noise
 from textgen.model import recurrent_layers
+from textgen.step_plan import StepPlan, plan_for_this_machine
 
 
 def stateless_dropout(x, rate: float, seed, rows=None, batch_axis: int = 0):
@@ -68,35 +69,29 @@ def _fold(seed, k: int):
     return tf.random.experimental.stateless_fold_in(seed, k)
 
 
-def lstm_chains() -> int:
-    """How many chains ``textgen.fast_lstm`` splits the batch into on this process's cores.
-
-    Two chains let one chain's element-wise ops fill the other's matrix-product gaps on two or
-    more cores. On a single core they only take turns and each streams the recurrent weights
-    again: one chain measured faster there (a 1x512 LSTM step with bfloat16 products, pinned to
-    one core: 164 ms against 207 ms for 32 rows, 111 against 163 ms for 16).
-    """
-    from textgen.cores import usable_cores
-
-    return 1 if usable_cores() == 1 else 2
-
-
 def make_forward(
-    model, noise: Noise = NO_NOISE, matmul_dtype=None, stock: bool = False
+    model, noise: Noise = NO_NOISE, plan: StepPlan | None = None, stock: bool = False
 ) -> Callable:
     """Return ``forward(ids, training, seed, rows=None) -> logits`` (batch, time, vocab).
 
     ``seed`` (int32 [2]) fixes the masks of ``noise``, applied only when ``training``; ``rows``
-    is as in ``stateless_dropout``. ``matmul_dtype`` (e.g. ``tf.bfloat16``) is the operand type
-    of the LSTM layers' large matrix products (see ``textgen.fast_lstm``); None keeps float32.
-    Other cells ignore it. ``stock`` runs LSTM layers as Keras layers too (on a GPU, Keras's
-    cuDNN kernel) instead of ``textgen.fast_lstm``; weight drop is then ignored.
+    is as in ``stateless_dropout``. ``plan`` says how the LSTM layers run (their products'
+    operand type, chains and backward product; see ``textgen.step_plan``); None is this
+    machine's float32 plan. Other cells ignore it. ``stock`` runs LSTM layers as Keras layers
+    too (on a GPU, Keras's cuDNN kernel) instead of ``textgen.fast_lstm``; weight drop is then
+    ignored.
     """
     layers = recurrent_layers(model)
     embedding = model.get_layer("embedding")
     dense = model.get_layer("dense")
     fast = cell_of_layer(layers[0]).name == "lstm" and not stock
-    chains = lstm_chains()
+    plan = plan or plan_for_this_machine()
+    lstm_options = {
+        "time_major": True,
+        "chains": plan.chains,
+        "matmul_dtype": plan.matmul_dtype(),
+        "backward": plan.backward,
+    }
 
     def between_layers(x, k: int, training: bool, seed, rows, batch_axis: int):
         """Dropout on the outputs of layer ``k`` (not the last) as the next layer's input."""
@@ -123,13 +118,9 @@ def make_forward(
                 table = tf.convert_to_tensor(embedding.embeddings)
                 if training and noise.embedding_dropout > 0:
                     table = table * character_mask(seed)
-                x, _ = lstm_sequence_from_ids(
-                    x, table, *weights, time_major=True, chains=chains, matmul_dtype=matmul_dtype
-                )  # (T, B, H)
+                x, _ = lstm_sequence_from_ids(x, table, *weights, **lstm_options)  # (T, B, H)
             else:
-                x, _ = lstm_sequence(
-                    x, *weights, time_major=True, chains=chains, matmul_dtype=matmul_dtype
-                )
+                x, _ = lstm_sequence(x, *weights, **lstm_options)
             x = between_layers(x, k, training, seed, rows, batch_axis=1)
         return x
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # /proc/cpuinfo names
+CPUINFO = Path("/proc/cpuinfo")
 
 
 def cpu_flags(cpuinfo: str) -> frozenset[str]:
@@ -30,6 +31,48 @@ def cpu_flags(cpuinfo: str) -> frozenset[str]:
         if key.strip() == "flags":
             flags.update(value.split())
     return frozenset(flags)
+
+
+# What oneDNN may use under each ONEDNN_MAX_CPU_ISA cap, as the /proc/cpuinfo flags it hides.
+_AVX512 = frozenset({"avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile"})
+_ISA_CAPS = {
+    "SSE41": _AVX512 | {"avx2"},
+    "AVX": _AVX512 | {"avx2"},
+    "AVX2": _AVX512,
+    "AVX2_VNNI": _AVX512,
+    "AVX2_VNNI_2": _AVX512,
+    "AVX512_CORE": frozenset({"avx512_bf16", "amx_bf16", "amx_tile"}),
+    "AVX512_CORE_VNNI": frozenset({"avx512_bf16", "amx_bf16", "amx_tile"}),
+    "AVX512_CORE_BF16": frozenset({"amx_bf16", "amx_tile"}),
+    "AVX512_CORE_FP16": frozenset({"amx_bf16", "amx_tile"}),
+}
+
+
+def machine_flags(
+    environ: dict[str, str] | os._Environ = os.environ, cpuinfo: Path = CPUINFO
+) -> frozenset[str]:
+    """This machine's CPU feature flags as oneDNN sees them (empty without ``/proc/cpuinfo``).
+
+    ``ONEDNN_MAX_CPU_ISA`` (for example ``AVX2``) holds oneDNN's kernels to an older
+    instruction set, so the flags above that cap are left out: the choices made from them then
+    fit the kernels that will actually run.
+    """
+    try:
+        flags = cpu_flags(cpuinfo.read_text(encoding="utf-8", errors="replace"))
+    except OSError:  # no /proc outside Linux
+        return frozenset()
+    return flags - _ISA_CAPS.get(environ.get("ONEDNN_MAX_CPU_ISA", "").upper(), frozenset())
+
+
+def cpu_class(flags: Iterable[str]) -> str:
+    """The CPU class the speed figures are grouped by: AMX, AVX512-BF16, AVX-512, AVX2 or older."""
+    flags = frozenset(flags)
+    for name, flag in (("AMX", "amx_bf16"), ("AVX512-BF16", "avx512_bf16")):
+        if flag in flags:
+            return name
+    if "avx512f" in flags:
+        return "AVX-512"
+    return "AVX2" if "avx2" in flags else "pre-AVX2"
 
 
 def onednn_enabled(environ: dict[str, str] | os._Environ = os.environ) -> bool:
@@ -57,10 +100,7 @@ def resolve_precision(setting: str) -> str:
     """``choose_precision`` for this machine: its CPU flags, its GPUs and its environment."""
     if setting != "auto":
         return choose_precision(setting)
-    try:
-        flags = cpu_flags(Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace"))
-    except OSError:  # no /proc outside Linux
-        flags = frozenset()
+    flags = machine_flags()
     from textgen.backend import tf
 
     gpu = bool(tf.config.list_physical_devices("GPU"))

@@ -15,7 +15,12 @@ variable through the strategy (the default one for a single process).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from textgen.config import NO_NOISE, Noise, TrainConfig
+
+if TYPE_CHECKING:
+    from textgen.step_plan import StepPlan
 
 # What the workers of a cluster vote on with every step, so that all of them stop together.
 VOTES = ("max_time", "interrupted", "callback")
@@ -94,7 +99,7 @@ def build_train_step(
     optimizer,
     noise: Noise = NO_NOISE,
     grad_norm=None,
-    matmul_dtype=None,
+    plan: StepPlan | None = None,
     stock: bool = False,
     weight_decay: float = 0.0,
 ):
@@ -102,14 +107,14 @@ def build_train_step(
 
     ``seed`` (int32 [2]) fixes the masks of ``noise`` and ``lr`` is assigned before the update.
     When given, the float variable ``grad_norm`` receives the gradient's global norm (before
-    clipping). ``matmul_dtype`` is the operand type of the large products and ``stock`` trains
-    LSTM layers through ``keras.layers.LSTM`` (see ``textgen.forward.make_forward``).
+    clipping). ``plan`` is how the LSTM layers run (``textgen.step_plan``) and ``stock`` trains
+    them through ``keras.layers.LSTM`` (see ``textgen.forward.make_forward``).
     ``weight_decay`` is as in ``decay_matrices``.
     """
     from textgen.backend import tf
     from textgen.forward import make_forward
 
-    forward = make_forward(model, noise, matmul_dtype, stock=stock)
+    forward = make_forward(model, noise, plan, stock=stock)
     variables = model.trainable_variables
     _build(optimizer, variables)
     ids = tf.TensorSpec([None, None], tf.int32)
@@ -138,7 +143,7 @@ def build_replica_train_step(
     noise: Noise,
     grad_norm,
     stock: bool = False,
-    matmul_dtype=None,
+    plan: StepPlan | None = None,
     weight_decay: float = 0.0,
 ):
     """The training step of a cluster: ``(x, y, offset, rows, seed, lr, votes) -> (loss, votes)``.
@@ -154,7 +159,7 @@ def build_replica_train_step(
     from textgen.backend import tf
     from textgen.forward import make_forward
 
-    forward = make_forward(model, noise, matmul_dtype, stock=stock)
+    forward = make_forward(model, noise, plan, stock=stock)
     variables = model.trainable_variables
     _build(optimizer, variables)
     strategy = cluster.strategy
@@ -206,13 +211,13 @@ class LocalSteps:
 
     voted = False
 
-    def __init__(self, cluster, model, optimizer, config: TrainConfig, grad_norm, dtype, stock):
+    def __init__(self, cluster, model, optimizer, config: TrainConfig, grad_norm, plan, stock):
         self.step = build_train_step(
             model,
             optimizer,
             config.noise(),
             grad_norm,
-            dtype,
+            plan,
             stock=stock,
             weight_decay=config.weight_decay,
         )
@@ -240,7 +245,7 @@ class ReplicaSteps:
 
     voted = True
 
-    def __init__(self, cluster, model, optimizer, config: TrainConfig, grad_norm, dtype, stock):
+    def __init__(self, cluster, model, optimizer, config: TrainConfig, grad_norm, plan, stock):
         self.cluster = cluster
         self.step = build_replica_train_step(
             cluster,
@@ -249,7 +254,7 @@ class ReplicaSteps:
             config.noise(),
             grad_norm,
             stock,
-            dtype,
+            plan,
             config.weight_decay,
         )
 
@@ -276,10 +281,7 @@ class ReplicaSteps:
         return float(loss), [bool(v > 0) for v in summed.numpy()]
 
 
-def make_steps(cluster, model, optimizer, config: TrainConfig, grad_norm, precision: str, stock):
+def make_steps(cluster, model, optimizer, config: TrainConfig, grad_norm, plan: StepPlan, stock):
     """The training steps for ``cluster``: ``LocalSteps`` for one process on its own."""
-    from textgen.backend import tf
-
-    dtype = tf.bfloat16 if precision == "bfloat16" else None
     kind = ReplicaSteps if cluster.replicated else LocalSteps
-    return kind(cluster, model, optimizer, config, grad_norm, dtype, stock)
+    return kind(cluster, model, optimizer, config, grad_norm, plan, stock)

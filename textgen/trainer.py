@@ -37,7 +37,7 @@ from textgen.distribute import LOCAL
 from textgen.errors import CheckpointError, TextgenError
 from textgen.evaluation import LN2, build_eval_step, describe_loss, evaluate_ids
 from textgen.model import get_weights, named_variables, set_weights
-from textgen.precision import resolve_precision
+from textgen.step_plan import StepPlan, plan_for_this_machine
 from textgen.steps import VOTES, make_optimizer, make_steps
 from textgen.windows import epoch_starts, steps_per_epoch
 
@@ -62,7 +62,12 @@ class TrainResult:
     epochs_done: float
     best_val_loss: float | None
     stopped: str  # one of STOPS, or the reason a callback gave
-    precision: str = "float32"  # of the large matrix products, as ``auto`` resolved
+    plan: StepPlan = field(default_factory=StepPlan)  # how the step ran on this machine
+
+    @property
+    def precision(self) -> str:
+        """The large products' arithmetic, as ``auto`` resolved it."""
+        return self.plan.precision
 
 
 class TrainingInterrupted(TextgenError):
@@ -154,10 +159,10 @@ class Trainer:
         self.optimizer.build(model.trainable_variables)
         self.state = TrainState()
         self.grad_norm = tf.Variable(0.0, trainable=False, name="grad_norm")  # of the last step
-        self.precision = resolve_precision(config.precision)
+        self.plan = plan_for_this_machine(config.precision)
         stock = path == "stock"
         self.train_step = make_steps(
-            cluster, model, self.optimizer, config, self.grad_norm, self.precision, stock
+            cluster, model, self.optimizer, config, self.grad_norm, self.plan, stock
         )
         self.eval_step = build_eval_step(model, cluster, stock)
         self._interrupt = {"stop": False}
@@ -441,7 +446,7 @@ class Trainer:
         elif stopped != "completed":
             self.save()
         epochs_done = state.epoch + state.batch / self.steps
-        return TrainResult(self.run_dir, epochs_done, state.best_val_loss, stopped, self.precision)
+        return TrainResult(self.run_dir, epochs_done, state.best_val_loss, stopped, self.plan)
 
 
 def _first_reason(reasons) -> str | None:

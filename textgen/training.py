@@ -26,6 +26,7 @@ from textgen.corpus import DEFAULT_CORPUS, check_exists, load_corpus
 from textgen.distribute import choose_path, make_cluster
 from textgen.errors import CheckpointError, OptionsError, TextgenError, VocabularyError
 from textgen.model import build_model
+from textgen.sizing import size_for_budget, sizing_applies
 from textgen.steps import build_replica_train_step, build_train_step, make_optimizer
 from textgen.tokenizer import Tokenizer
 from textgen.trainer import (
@@ -87,6 +88,7 @@ class _Start:
     init: bool  # a new run from a trained model's weights
     checkpoint: Checkpoint | None = None  # the chief's, when resuming
     source: Any = None  # the chief's textgen.finetune.Source, when init
+    sized: Any = None  # the chief's textgen.sizing answer, when its budget chose the shape
 
 
 def train(
@@ -150,7 +152,7 @@ def train(
 def _train(job: _Job, cluster) -> TrainResult:
     """Train on this worker, its place in the cluster given; the chief holds the lock."""
     if cluster.is_chief:
-        start, shared = _chief_start(job)
+        start, shared = _chief_start(job, cluster)
         cluster.broadcast_text(json.dumps(shared))
     else:
         start = _worker_start(job, json.loads(cluster.broadcast_text(None)), cluster.worker)
@@ -166,6 +168,8 @@ def _train(job: _Job, cluster) -> TrainResult:
         trainer.start_from(transfer_weights(start.source, start.tokenizer, start.split.train))
     if start.resumed or start.init:
         trainer.share_checkpoint()  # the other workers start where the chief starts
+    if start.sized is not None:
+        trainer.state.seconds = start.sized.seconds  # timing the sizes spent part of the budget
     if cluster.is_chief:
         if start.resumed:
             rundir.write_config(job.run_dir, start.run)
@@ -176,7 +180,7 @@ def _train(job: _Job, cluster) -> TrainResult:
     return trainer.run()
 
 
-def _chief_start(job: _Job) -> tuple[_Start, dict]:
+def _chief_start(job: _Job, cluster) -> tuple[_Start, dict]:
     """The run to train, new or resumed (``textgen.run``'s checks), with its corpus read; and
     what the other workers of a cluster need of it."""
     run_dir = job.run_dir
@@ -206,18 +210,40 @@ def _chief_start(job: _Job) -> tuple[_Start, dict]:
             raise CheckpointError(f"cannot resume {run_dir}: {err}") from None
         raise
     tokenizer = prepared.tokenizer
+    sized = None
     if resumed is not None:
         run_config = resumed.config
     else:
+        if not cluster.replicated and sizing_applies(job.settings, resume=False, init_from=source):
+            config, sized = _sized(config, tokenizer, job)
         record = {"source": corpus, "characters": int(len(prepared.ids)), "sha256": prepared.sha256}
         init_record = source.record() if source is not None else None
         run_config = RunConfig(config.model(tokenizer.vocab_size), config, record, init_record)
     checkpoint = resumed.checkpoint if resumed is not None else None
     start = _Start(run_config, tokenizer, split, resumed is not None, source is not None)
-    start.checkpoint, start.source = checkpoint, source
+    start.checkpoint, start.source, start.sized = checkpoint, source, sized
     shared = {"run": run_config.to_json(), "tokenizer": tokenizer.to_json()}
     shared.update(sha256=prepared.sha256, resume=resumed is not None, init=source is not None)
     return start, shared
+
+
+def _sized(config: TrainConfig, tokenizer: Tokenizer, job: _Job):
+    """The settings with the shape that a budget with no shape given suits on this machine,
+    and the sizing's answer; the settings as they are on the stock (GPU) path."""
+    from textgen.distribute import visible_gpus
+    from textgen.step_plan import plan_for_this_machine
+
+    if choose_path(job.device, visible_gpus()) != "fast":
+        return config, None
+    plan = plan_for_this_machine(config.precision)
+
+    def build_step(shape):
+        model = build_model(shape)
+        return build_train_step(model, make_optimizer(config), config.noise(), plan=plan)
+
+    config, sized = size_for_budget(config, tokenizer.vocab_size, build_step)
+    job.echo(sized.describe())
+    return config, sized
 
 
 def _worker_start(job: _Job, shared: dict, worker: int) -> _Start:

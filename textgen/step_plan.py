@@ -1,0 +1,75 @@
+"""How the training step runs on this machine: its arithmetic, its chains and its backward product.
+
+Chosen once per process from what the CPU offers, as ``--precision auto`` chooses the arithmetic
+(``textgen.precision``), and said in the last line of ``textgen train``. Each choice follows a
+measurement on the hardware it applies to (``docs/speed.md`` has the figures and commands):
+
+- precision: bfloat16 products where the CPU (AVX512-BF16, AMX) or a GPU multiplies them
+  natively, else float32.
+- chains: the batch splits into two chains whose time loops run concurrently on two or more
+  cores; on one core a single chain was faster.
+- backward: the backward loop's product ``U dZ`` runs as four gate blocks of one batched product
+  with bfloat16 operands or on AVX-512 CPUs, where oneDNN's kernel for the one deep product was
+  slow, and as that one product elsewhere: on an AVX2 CPU (AMD Zen 3) the batched form was about
+  twice as slow and whole training steps 1.18-1.27x slower with it.
+
+The transposed recurrent layout of ``textgen.fast_lstm`` and TensorFlow's thread pools
+(``textgen.backend``) were measured on AVX2 too and won there as well, so they are not choices.
+
+This module imports neither numpy nor TensorFlow until a GPU question forces it (``auto``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from textgen.precision import choose_precision, machine_flags, onednn_enabled, resolve_precision
+
+WIDE_CPU_FLAGS = frozenset({"avx512f"})  # /proc/cpuinfo's name for AVX-512
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """The training step's choices for one machine; see the module docstring."""
+
+    precision: str = "float32"  # operand type of the LSTM's large products
+    chains: int = 2  # batch slices whose time loops run concurrently
+    backward: str = "whole"  # the backward loop's product: "whole" or "blocks"
+
+    def matmul_dtype(self):
+        """The TensorFlow operand type for ``textgen.fast_lstm`` (None: float32, the states')."""
+        if self.precision == "float32":
+            return None
+        from textgen.backend import tf
+
+        return tf.as_dtype(self.precision)
+
+    def __str__(self) -> str:
+        chains = "1 chain" if self.chains == 1 else f"{self.chains} chains"
+        return f"{self.precision}, {chains}, {self.backward} backward product"
+
+
+def choose_plan(
+    setting: str,
+    flags: Iterable[str] = (),
+    *,
+    cores: int = 2,
+    gpu: bool = False,
+    onednn: bool = True,
+) -> StepPlan:
+    """The plan for a ``--precision`` setting on the described hardware."""
+    flags = frozenset(flags)
+    precision = choose_precision(setting, flags, gpu=gpu, onednn=onednn)
+    wide = not WIDE_CPU_FLAGS.isdisjoint(flags)
+    backward = "blocks" if precision == "bfloat16" or wide else "whole"
+    return StepPlan(precision, 1 if cores == 1 else 2, backward)
+
+
+def plan_for_this_machine(setting: str = "float32") -> StepPlan:
+    """``choose_plan`` for this process: its CPU flags, usable cores, GPUs and environment."""
+    from textgen.cores import usable_cores
+
+    flags = machine_flags()
+    precision = resolve_precision(setting)  # the same flags, and the GPUs
+    return choose_plan(precision, flags, cores=usable_cores(), onednn=onednn_enabled())
