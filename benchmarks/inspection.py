@@ -44,8 +44,8 @@ def child(row: str, chars: int) -> dict:
     from textgen.config import ModelConfig
     from textgen.inspect_report import write_jsonl, write_report
     from textgen.inspection import Inspector, inspect_text
-    from textgen.model import weight_shapes
     from textgen.tokenizer import Tokenizer
+    from textgen.weights import weight_shapes
 
     alphabet = [chr(c) for c in range(32, 127)] + ["\n", "\t", "é", "—", "“"]
     tokenizer = Tokenizer(alphabet)

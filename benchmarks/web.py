@@ -46,10 +46,10 @@ sys.path.insert(0, str(REPO))
 from textgen.checkpoint import Checkpoint, save_checkpoint  # noqa: E402
 from textgen.config import ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from textgen.export import export_run  # noqa: E402
-from textgen.model import weight_shapes  # noqa: E402
 from textgen.run import BEST, TOKENIZER, write_config  # noqa: E402
 from textgen.sampler import Sampler  # noqa: E402
 from textgen.tokenizer import Tokenizer  # noqa: E402
+from textgen.weights import weight_shapes  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [  # as the tests launch it (tests/conftest.py)

@@ -433,3 +433,28 @@ def test_a_different_vocabulary_beside_the_output_is_kept_without_force(runs, tm
     assert not (tmp_path / "b.onnx").exists()
     export_run(runs["simple_unk"], tmp_path / "b.onnx", force=True)
     assert (tmp_path / "tokenizer.json").read_text() != vocab
+
+
+def test_a_cell_without_equations_is_refused_not_exported_as_another(monkeypatch, tmp_path):
+    from textgen import cells
+    from textgen.config import ModelConfig, RunConfig, TrainConfig
+    from textgen.engine import RecurrentStack
+    from textgen.export import _build_module, onnx_model
+    from textgen.run import Run
+    from textgen.web import model_data
+    from textgen.weights import weight_shapes
+
+    # A cell shaped like SimpleRNN that no backend has equations for.
+    monkeypatch.setitem(cells.CELLS, "fake", cells.Cell("fake", "SimpleRNN", "SimpleRNNCell", 1))
+    tokenizer = Tokenizer.from_text("abc")
+    shape = ModelConfig(tokenizer.vocab_size, 2, 3, cell="fake")
+    weights = {k: np.zeros(s, np.float32) for k, s in weight_shapes(shape).items()}
+    run = Run(tmp_path, RunConfig(shape, TrainConfig()), tokenizer, Checkpoint(weights), "best")
+    with pytest.raises(TextgenError, match="the ONNX export cannot step the fake cell"):
+        onnx_model(run)
+    with pytest.raises(TextgenError, match="the SavedModel export cannot step the fake cell"):
+        _build_module(None, run)  # refused before TensorFlow is touched
+    with pytest.raises(TextgenError, match="the web export cannot step the fake cell"):
+        model_data(run)
+    with pytest.raises(TextgenError, match="the numpy engine cannot step the fake cell"):
+        RecurrentStack(weights, shape)

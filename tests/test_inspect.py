@@ -20,8 +20,8 @@ from textgen.inspection import (
     inspect_text,
     parse_feature,
 )
-from textgen.model import rnn_name, weight_shapes
 from textgen.tokenizer import Tokenizer
+from textgen.weights import rnn_name, weight_shapes
 
 TEXT = 'def f(x):\n    return "a" + [x, (1)]\n\n"q" (b)\n  x\n' * 3
 

@@ -1,4 +1,5 @@
-"""The package's shape: no import cycles, TensorFlow behind one door, a light command line."""
+"""The package's shape: no import cycles, TensorFlow behind one door, a light command line, and
+the weights and the numpy engine without TensorFlow."""
 
 from __future__ import annotations
 
@@ -84,6 +85,19 @@ def test_importing_the_command_line_loads_nothing_heavy():
         "heavy = ('numpy', 'tensorflow', 'keras', 'textgen.training', 'textgen.corpus', "
         "'textgen.windows', 'textgen.run', 'textgen.sampler', 'textgen.engine')\n"
         "print(' '.join(sorted(m for m in sys.modules if m.startswith(heavy))))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""
+
+
+def test_the_weights_and_the_engine_load_without_tensorflow():
+    code = (
+        "import sys, textgen.weights, textgen.engine\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith(('tensorflow', 'keras')))))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(

@@ -31,10 +31,10 @@ from textgen.config import ModelConfig, RunConfig, TrainConfig
 from textgen.engine import RecurrentStack
 from textgen.errors import TextgenError
 from textgen.export import export_run
-from textgen.model import weight_shapes
 from textgen.run import BEST, TOKENIZER, open_run, write_config
 from textgen.tokenizer import Tokenizer
-from textgen.web import FILES, MODEL, PAGE, weight_names
+from textgen.web import FILES, MODEL, PAGE
+from textgen.weights import weight_names, weight_shapes
 
 PRIME = "the "
 LENGTH = 120

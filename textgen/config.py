@@ -7,8 +7,9 @@ its defaults for ``--help`` for free.
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from textgen.cells import get_cell
@@ -28,23 +29,37 @@ that a 512-unit LSTM's loss no longer depends on where the window starts."""
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The network's shape: everything ``textgen.model.build_model`` needs."""
+    """The network's shape: everything ``textgen.model.build_model`` needs.
 
-    vocab_size: int
+    A training run's settings hold one without its vocabulary (``vocab_size`` None), which the
+    corpus decides: ``for_vocab`` completes it.
+    """
+
+    vocab_size: int | None = None  # characters in and logits out; None until the corpus is read
     embedding_dim: int = 64
     units: int = 512  # per recurrent layer
     num_layers: int = 1
     cell: str = "lstm"  # a key of textgen.cells.CELLS
-    dropout: float = 0.0  # on every recurrent layer's output, while training
+    dropout: float = 0.3  # on every recurrent layer's output, while training
 
     def __post_init__(self) -> None:
         get_cell(self.cell)
-        if self.vocab_size < 2:
+        if self.vocab_size is not None and self.vocab_size < 2:
             raise TextgenError("the vocabulary needs at least 2 distinct characters")
         if min(self.embedding_dim, self.units, self.num_layers) < 1:
             raise TextgenError("embedding_dim, units and num_layers must be at least 1")
         if not 0.0 <= self.dropout < 1.0:
             raise TextgenError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def for_vocab(self, vocab_size: int) -> ModelConfig:
+        """This shape on a vocabulary of ``vocab_size`` characters."""
+        return replace(self, vocab_size=vocab_size)
+
+
+MODEL_SETTINGS = ("embedding_dim", "units", "num_layers", "cell", "dropout")
+"""The training settings that are ``ModelConfig``'s fields (all but the vocabulary): a
+``TrainConfig`` holds them as its ``shape``, and takes and reads them flat too (``units=256``,
+``config.units``), as ``config.json``, ``train()`` and the command line spell them."""
 
 
 @dataclass(frozen=True)
@@ -73,18 +88,19 @@ NO_NOISE = Noise()  # the forward pass of evaluation and of steps that train wit
 
 @dataclass
 class TrainConfig:
-    """Every setting of a training run; saved in ``config.json``."""
+    """Every setting of a training run; saved in ``config.json``.
+
+    The network's shape is ``shape``, whose vocabulary the corpus decides (``model`` completes
+    it). Its fields are also taken and read flat (``TrainConfig(units=256)``, ``config.units``;
+    see ``MODEL_SETTINGS``), and ``to_json`` writes them flat.
+    """
 
     # Epochs to reach in total (a resumed run continues up to this). None: DEFAULT_EPOCHS, or,
     # with max_time, as many as the budget allows, the budget then being the run's plan.
     epochs: int | None = None
     batch_size: int = 32  # more, smaller steps learn faster per minute than 64 on a CPU
     seq_length: int = 100  # characters per training window
-    embedding_dim: int = 64
-    units: int = 512  # recurrent units per layer
-    num_layers: int = 1
-    cell: str = "lstm"  # "lstm", "gru" or "simple"
-    dropout: float = 0.3  # on every recurrent layer's output
+    shape: ModelConfig = field(default_factory=ModelConfig)  # the network, its vocabulary aside
     weight_drop: float = 0.0  # DropConnect on the LSTM recurrent kernels, a new mask each step
     embedding_dropout: float = 0.0  # share of characters dropped from the embedding each step
     weight_decay: float = 0.2  # decoupled (AdamW-style) decay of the weight matrices, x lr
@@ -137,7 +153,6 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise TextgenError(message)
-        get_cell(self.cell)
 
     @property
     def budget_is_plan(self) -> bool:
@@ -153,26 +168,54 @@ class TrainConfig:
 
     def model(self, vocab_size: int) -> ModelConfig:
         """The shape of the network these settings train on a vocabulary of ``vocab_size``."""
-        return ModelConfig(
-            vocab_size,
-            embedding_dim=self.embedding_dim,
-            units=self.units,
-            num_layers=self.num_layers,
-            cell=self.cell,
-            dropout=self.dropout,
-        )
+        return self.shape.for_vocab(vocab_size)
 
     def noise(self) -> Noise:
         """The training-time noise these settings ask of the forward pass."""
-        return Noise(self.dropout, self.weight_drop, self.embedding_dropout)
+        return Noise(self.shape.dropout, self.weight_drop, self.embedding_dropout)
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as ``config.json`` keeps them: flat, the shape's among the others."""
+        data: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name == "shape":
+                data.update((name, getattr(self.shape, name)) for name in MODEL_SETTINGS)
+            else:
+                data[f.name] = getattr(self, f.name)
+        return data
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> TrainConfig:
-        """Build from a dict of field values; an unknown key is a TextgenError."""
-        unknown = set(settings) - {f.name for f in fields(cls)}
+        """Build from a dict of flat settings; an unknown key is a TextgenError."""
+        unknown = set(settings) - set(SETTINGS)
         if unknown:
             raise TextgenError(f"unknown training settings: {', '.join(sorted(unknown))}")
         return cls(**settings)
+
+
+def _flat_shape(init):
+    """Let ``TrainConfig`` take the shape's fields flat, over the ``shape`` it is given."""
+
+    @functools.wraps(init)
+    def __init__(self, *args, **settings) -> None:
+        flat = {name: settings.pop(name) for name in MODEL_SETTINGS if name in settings}
+        init(self, *args, **settings)
+        if flat:
+            self.shape = replace(self.shape, **flat)
+
+    return __init__
+
+
+def _read_flat(name: str) -> property:
+    return property(lambda self: getattr(self.shape, name), doc=f"``shape.{name}``")
+
+
+TrainConfig.__init__ = _flat_shape(TrainConfig.__init__)
+for _name in MODEL_SETTINGS:
+    setattr(TrainConfig, _name, _read_flat(_name))
+
+SETTINGS = tuple(TrainConfig().to_json())
+"""Every training setting's name, as ``config.json`` and ``train()`` spell them."""
 
 
 # Settings that fix the network's shape or the data order: a resumed run must keep them.
@@ -227,7 +270,7 @@ class RunConfig:
         """The config as a JSON-ready dict (the layout of ``config.json``)."""
         data = {
             "model": asdict(self.model),
-            "training": asdict(self.training),
+            "training": self.training.to_json(),
             "corpus": self.corpus,
         }
         if self.init_from is not None:
@@ -245,8 +288,7 @@ class RunConfig:
             saved.setdefault("precision", "float32")
             # And without weight decay.
             saved.setdefault("weight_decay", 0.0)
-            names = {f.name for f in fields(TrainConfig)}
-            training = TrainConfig(**{k: v for k, v in saved.items() if k in names})
+            training = TrainConfig(**{k: v for k, v in saved.items() if k in SETTINGS})
             init_from = data.get("init_from")
             corpus = dict(data.get("corpus", {}))
             return cls(ModelConfig(**data["model"]), training, corpus, init_from)

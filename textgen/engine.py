@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from textgen.cells import get_cell
-from textgen.model import RNN_PARTS, config_from_weights, rnn_name
+from textgen.config import ModelConfig
+from textgen.weights import RNN_PARTS, check_weights, rnn_name, shape_of
 
 __all__ = ["RecurrentStack"]
 
@@ -162,9 +163,10 @@ class RecurrentStack:
     """Embedding -> recurrent layers -> Dense, stepped one id per stream per call.
 
     Args:
-        weights: name -> array dict as produced by ``textgen.model.get_weights``; the number of
-            layers is the number of consecutive ``rnn_{i}/kernel`` entries.
-        cell: ``"lstm"``, ``"gru"`` or ``"simple"``, as given to ``build_model``.
+        weights: name -> array dict as produced by ``textgen.model.get_weights``.
+        cell: the network's shape, a ``ModelConfig`` the weights were checked against (as a
+            run's is when it is opened); or only its cell, ``"lstm"``, ``"gru"`` or
+            ``"simple"``, and the shape is read from the weights and checked.
 
     Raises:
         TextgenError: unknown cell, or weights missing or shaped inconsistently.
@@ -172,14 +174,18 @@ class RecurrentStack:
     The stack starts with one stream in the zero state; call :meth:`reset` to change that.
     """
 
-    def __init__(self, weights: Mapping[str, np.ndarray], cell: str = "lstm") -> None:
-        self.cell = get_cell(cell).name
-        config = config_from_weights(weights, self.cell)
+    def __init__(self, weights: Mapping[str, np.ndarray], cell: ModelConfig | str = "lstm") -> None:
+        if isinstance(cell, ModelConfig):
+            config = cell
+        else:
+            config = shape_of(weights, cell)
+            check_weights(weights, config)
+        self.cell = config.cell
         self.num_layers = config.num_layers
         self.units = config.units
         self.vocab_size = config.vocab_size
         self.embedding_dim = config.embedding_dim
-        self._kind = _KINDS[self.cell]
+        self._kind = get_cell(self.cell).equations(_KINDS, "the numpy engine")
         self._gates = get_cell(self.cell).gates
         self._state_size = get_cell(self.cell).state_size
         self._prepare({name: np.asarray(w, np.float64) for name, w in weights.items()})

@@ -44,20 +44,19 @@ import numpy as np
 from textgen.cells import get_cell
 from textgen.errors import TextgenError
 from textgen.files import atomic_write
-from textgen.model import RNN_PARTS, rnn_name
 from textgen.run import TOKENIZER, WHICH, Run, open_run
 from textgen.tokenizer import UNKNOWN_CHAR
 from textgen.web import WEIGHT_TYPES, export_web, is_web_export
+from textgen.weights import RNN_PARTS, rnn_name
 
 FORMATS = ("keras", "savedmodel", "onnx", "web")
 _SUFFIXES = {".keras": "keras", ".onnx": "onnx"}
-_STATE_PREFIXES = ("h", "c")  # a layer's states in Keras's order: LSTMs have h and c
 ONNX_OPSET = 17
 
 
 def state_names(cell: str, num_layers: int) -> list[str]:
     """The state inputs of the step graphs, in order: ``h_0``, ``c_0`` (LSTM), ``h_1``, ..."""
-    per_layer = _STATE_PREFIXES[: get_cell(cell).state_size]
+    per_layer = get_cell(cell).states
     return [f"{s}_{i}" for i in range(num_layers) for s in per_layer]
 
 
@@ -208,19 +207,53 @@ def export_savedmodel(run: Run, out: Path) -> None:
     )
 
 
+# Keras's cell equations, term by term (activation tanh, recurrent activation sigmoid): one
+# layer's step from its input x and states to its new states, h first.
+
+
+def _tf_lstm(tf, x, states, kernel, recurrent, bias):
+    h, c = states
+    i_gate, f_gate, candidate, o_gate = tf.split(
+        tf.matmul(x, kernel) + tf.matmul(h, recurrent) + bias, 4, axis=1
+    )
+    c = tf.sigmoid(f_gate) * c + tf.sigmoid(i_gate) * tf.tanh(candidate)
+    h = tf.sigmoid(o_gate) * tf.tanh(c)
+    return [h, c]
+
+
+def _tf_gru(tf, x, states, kernel, recurrent, bias):
+    # reset_after=True: the reset gate scales the recurrent projection
+    (h,) = states
+    x_z, x_r, x_h = tf.split(tf.matmul(x, kernel) + bias[0], 3, axis=1)
+    h_z, h_r, h_h = tf.split(tf.matmul(h, recurrent) + bias[1], 3, axis=1)
+    z = tf.sigmoid(x_z + h_z)
+    r = tf.sigmoid(x_r + h_r)
+    candidate = tf.tanh(x_h + r * h_h)
+    return [z * h + (1.0 - z) * candidate]
+
+
+def _tf_simple(tf, x, states, kernel, recurrent, bias):
+    (h,) = states
+    return [tf.tanh(tf.matmul(x, kernel) + tf.matmul(h, recurrent) + bias)]
+
+
+_TF_STEPS = {"lstm": _tf_lstm, "gru": _tf_gru, "simple": _tf_simple}
+
+
 def _build_module(tf, run: Run):
     """A ``tf.Module`` holding the weights as variables and the three graph functions."""
     from textgen.sampler import Sampler
 
     shape, tokenizer, w = run.config.model, run.tokenizer, run.weights
     cell, layers, units, vocab = shape.cell, shape.num_layers, shape.units, shape.vocab_size
+    cell_step = get_cell(cell).equations(_TF_STEPS, "the SavedModel export")
     names = state_names(cell, layers)
     per_layer = get_cell(cell).state_size
     known = np.array([ord(c) for c in tokenizer.chars], np.int32)
     decoded = np.append(known, np.int32(ord(UNKNOWN_CHAR))) if tokenizer.unknown else known
     unknown_id = tokenizer.unknown_id
     # With no prompt the model starts from the id textgen's sampler starts from.
-    start_id = int(Sampler(w, tokenizer, cell=cell).prime_ids("")[0])
+    start_id = int(Sampler.from_run(run).prime_ids("")[0])
 
     module = tf.Module(name="textgen")
     module.embedding = tf.Variable(w["embedding"], trainable=False, name="embedding")
@@ -235,34 +268,13 @@ def _build_module(tf, run: Run):
     module.dense_bias = tf.Variable(w["dense/bias"], trainable=False, name="dense_bias")
     module.tokenizer = tf.saved_model.Asset(str(run.run_dir / TOKENIZER))
 
-    def cell_step(x, states, kernel, recurrent, bias):
-        # Keras's cell equations, term by term (activation tanh, recurrent activation sigmoid).
-        if cell == "lstm":
-            h, c = states
-            i_gate, f_gate, candidate, o_gate = tf.split(
-                tf.matmul(x, kernel) + tf.matmul(h, recurrent) + bias, 4, axis=1
-            )
-            c = tf.sigmoid(f_gate) * c + tf.sigmoid(i_gate) * tf.tanh(candidate)
-            h = tf.sigmoid(o_gate) * tf.tanh(c)
-            return [h, c]
-        if cell == "gru":  # reset_after=True: the reset gate scales the recurrent projection
-            (h,) = states
-            x_z, x_r, x_h = tf.split(tf.matmul(x, kernel) + bias[0], 3, axis=1)
-            h_z, h_r, h_h = tf.split(tf.matmul(h, recurrent) + bias[1], 3, axis=1)
-            z = tf.sigmoid(x_z + h_z)
-            r = tf.sigmoid(x_r + h_r)
-            candidate = tf.tanh(x_h + r * h_h)
-            return [z * h + (1.0 - z) * candidate]
-        (h,) = states
-        return [tf.tanh(tf.matmul(x, kernel) + tf.matmul(h, recurrent) + bias)]
-
     def advance(ids, states):
         """One id per stream -> (logits (B, vocab), new flat states)."""
         x = tf.gather(module.embedding, ids)
         new = []
         for i, (kernel, recurrent, bias) in enumerate(module.cells):
             layer_states = cell_step(
-                x, states[i * per_layer : (i + 1) * per_layer], kernel, recurrent, bias
+                tf, x, states[i * per_layer : (i + 1) * per_layer], kernel, recurrent, bias
             )
             new += layer_states
             x = layer_states[0]
@@ -371,82 +383,125 @@ def export_onnx(run: Run, out: Path) -> None:
     out.write_bytes(model.SerializeToString())
 
 
-def onnx_model(run: Run):
-    """Build the one-step graph from the weights as an ``onnx.ModelProto``."""
-    from onnx import TensorProto, helper, numpy_helper
+class _Graph:
+    """The nodes and initializers of an ONNX graph, added as they are made."""
 
-    shape, w = run.config.model, run.weights
-    cell, units, vocab = shape.cell, shape.units, shape.vocab_size
-    names = state_names(cell, shape.num_layers)
-    nodes, inits = [], []
-    count = iter(range(1_000_000))
+    def __init__(self) -> None:
+        from onnx import helper, numpy_helper
 
-    def const(name: str, value: np.ndarray) -> str:
-        inits.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
+        self._helper, self._numpy_helper = helper, numpy_helper
+        self.nodes: list = []
+        self.inits: list = []
+        self._names: set[str] = set()
+        self._count = iter(range(1_000_000))
+
+    def const(self, name: str, value: np.ndarray, dtype=np.float32) -> str:
+        """An initializer (made once however often it is asked for), by its name."""
+        if name not in self._names:
+            self._names.add(name)
+            self.inits.append(self._numpy_helper.from_array(np.asarray(value, dtype), name))
         return name
 
-    def op(kind: str, *inputs: str, outputs: int = 1, out: str | None = None, **attrs):
-        made = [out] if out else [f"{kind.lower()}_{next(count)}" for _ in range(outputs)]
-        nodes.append(helper.make_node(kind, list(inputs), made, **attrs))
+    def op(self, kind: str, *inputs: str, outputs: int = 1, out: str | None = None, **attrs):
+        made = [out] if out else [f"{kind.lower()}_{next(self._count)}" for _ in range(outputs)]
+        self.nodes.append(self._helper.make_node(kind, list(inputs), made, **attrs))
         return made[0] if outputs == 1 else made
 
-    def linear(x: str, kernel: str, bias: str | None = None, out: str | None = None) -> str:
-        y = op("MatMul", x, kernel)
-        return op("Add", y, bias, out=out) if bias else y
+    def linear(self, x: str, kernel: str, bias: str | None = None, out: str | None = None) -> str:
+        y = self.op("MatMul", x, kernel)
+        return self.op("Add", y, bias, out=out) if bias else y
 
-    if cell != "simple":  # the sizes of the gate blocks, for Split
-        gates = get_cell(cell).gates
-        inits.append(numpy_helper.from_array(np.full(gates, units, np.int64), "gate_sizes"))
-    one = const("one", np.ones(1)) if cell == "gru" else ""
-    x = op("Gather", const("embedding", w["embedding"]), "ids", axis=0)
+    def gate_sizes(self, gates: int, units: int) -> str:
+        """The sizes of a layer's gate blocks, for Split."""
+        return self.const("gate_sizes", np.full(gates, units), np.int64)
+
+
+# Keras's cell equations as ONNX nodes: one layer's step from its input x and its states
+# (h_i, c_i) to its new states (new_h_i, new_c_i), returning new_h_i.
+
+
+def _kernels(g: _Graph, i: int, w) -> tuple[str, str]:
+    """Layer ``i``'s input and recurrent kernels as initializers."""
+    layer = rnn_name(i)
+    return (
+        g.const(f"{layer}/kernel", w[f"{layer}/kernel"]),
+        g.const(f"{layer}/recurrent_kernel", w[f"{layer}/recurrent_kernel"]),
+    )
+
+
+def _onnx_lstm(g: _Graph, i: int, x: str, w, units: int) -> str:
+    kernel, recurrent = _kernels(g, i, w)
+    bias = g.const(f"{rnn_name(i)}/bias", w[f"{rnn_name(i)}/bias"])
+    both = g.op("Add", g.linear(x, kernel), g.linear(f"h_{i}", recurrent, bias))
+    sizes = g.gate_sizes(4, units)
+    i_gate, f_gate, candidate, o_gate = g.op("Split", both, sizes, axis=1, outputs=4)
+    c = g.op(
+        "Add",
+        g.op("Mul", g.op("Sigmoid", f_gate), f"c_{i}"),
+        g.op("Mul", g.op("Sigmoid", i_gate), g.op("Tanh", candidate)),
+        out=f"new_c_{i}",
+    )
+    return g.op("Mul", g.op("Sigmoid", o_gate), g.op("Tanh", c), out=f"new_h_{i}")
+
+
+def _onnx_gru(g: _Graph, i: int, x: str, w, units: int) -> str:
+    # reset_after=True, as Keras's GRUCell
+    layer, h, bias = rnn_name(i), f"h_{i}", w[f"{rnn_name(i)}/bias"]
+    kernel, recurrent = _kernels(g, i, w)
+    from_x = g.linear(x, kernel, g.const(f"{layer}/input_bias", bias[0]))
+    from_h = g.linear(h, recurrent, g.const(f"{layer}/recurrent_bias", bias[1]))
+    sizes = g.gate_sizes(3, units)
+    x_z, x_r, x_h = g.op("Split", from_x, sizes, axis=1, outputs=3)
+    h_z, h_r, h_h = g.op("Split", from_h, sizes, axis=1, outputs=3)
+    z = g.op("Sigmoid", g.op("Add", x_z, h_z))
+    r = g.op("Sigmoid", g.op("Add", x_r, h_r))
+    candidate = g.op("Tanh", g.op("Add", x_h, g.op("Mul", r, h_h)))
+    one = g.const("one", np.ones(1))
+    return g.op(
+        "Add",
+        g.op("Mul", z, h),
+        g.op("Mul", g.op("Sub", one, z), candidate),
+        out=f"new_h_{i}",
+    )
+
+
+def _onnx_simple(g: _Graph, i: int, x: str, w, units: int) -> str:
+    kernel, recurrent = _kernels(g, i, w)
+    bias = g.const(f"{rnn_name(i)}/bias", w[f"{rnn_name(i)}/bias"])
+    both = g.op("Add", g.linear(x, kernel), g.linear(f"h_{i}", recurrent, bias))
+    return g.op("Tanh", both, out=f"new_h_{i}")
+
+
+_ONNX_STEPS = {"lstm": _onnx_lstm, "gru": _onnx_gru, "simple": _onnx_simple}
+
+
+def onnx_model(run: Run):
+    """Build the one-step graph from the weights as an ``onnx.ModelProto``."""
+    shape, w = run.config.model, run.weights
+    cell, units, vocab = shape.cell, shape.units, shape.vocab_size
+    layer_step = get_cell(cell).equations(_ONNX_STEPS, "the ONNX export")
+    from onnx import TensorProto, helper
+
+    names = state_names(cell, shape.num_layers)
+    g = _Graph()
+    x = g.op("Gather", g.const("embedding", w["embedding"]), "ids", axis=0)
     for i in range(shape.num_layers):
-        layer = rnn_name(i)
-        kernel = const(f"{layer}/kernel", w[f"{layer}/kernel"])
-        recurrent = const(f"{layer}/recurrent_kernel", w[f"{layer}/recurrent_kernel"])
-        bias = w[f"{layer}/bias"]
-        h = f"h_{i}"
-        if cell == "lstm":
-            both = op("Add", linear(x, kernel), linear(h, recurrent, const(f"{layer}/bias", bias)))
-            i_gate, f_gate, candidate, o_gate = op("Split", both, "gate_sizes", axis=1, outputs=4)
-            c = op(
-                "Add",
-                op("Mul", op("Sigmoid", f_gate), f"c_{i}"),
-                op("Mul", op("Sigmoid", i_gate), op("Tanh", candidate)),
-                out=f"new_c_{i}",
-            )
-            x = op("Mul", op("Sigmoid", o_gate), op("Tanh", c), out=f"new_h_{i}")
-        elif cell == "gru":  # reset_after=True, as Keras's GRUCell
-            from_x = linear(x, kernel, const(f"{layer}/input_bias", bias[0]))
-            from_h = linear(h, recurrent, const(f"{layer}/recurrent_bias", bias[1]))
-            x_z, x_r, x_h = op("Split", from_x, "gate_sizes", axis=1, outputs=3)
-            h_z, h_r, h_h = op("Split", from_h, "gate_sizes", axis=1, outputs=3)
-            z = op("Sigmoid", op("Add", x_z, h_z))
-            r = op("Sigmoid", op("Add", x_r, h_r))
-            candidate = op("Tanh", op("Add", x_h, op("Mul", r, h_h)))
-            x = op(
-                "Add",
-                op("Mul", z, h),
-                op("Mul", op("Sub", one, z), candidate),
-                out=f"new_h_{i}",
-            )
-        else:
-            both = op("Add", linear(x, kernel), linear(h, recurrent, const(f"{layer}/bias", bias)))
-            x = op("Tanh", both, out=f"new_h_{i}")
-    dense_kernel = const("dense/kernel", w["dense/kernel"])
-    linear(x, dense_kernel, const("dense/bias", w["dense/bias"]), out="logits")
+        x = layer_step(g, i, x, w, units)
+    dense_kernel = g.const("dense/kernel", w["dense/kernel"])
+    g.linear(x, dense_kernel, g.const("dense/bias", w["dense/bias"]), out="logits")
 
     def spec(name: str, dtype, *dims):
         return helper.make_tensor_value_info(name, dtype, ["batch", *dims])
 
     graph = helper.make_graph(
-        nodes,
+        g.nodes,
         f"textgen_{cell}_step",
         [spec("ids", TensorProto.INT64), *(spec(n, TensorProto.FLOAT, units) for n in names)],
         [
             spec("logits", TensorProto.FLOAT, vocab),
             *(spec(f"new_{n}", TensorProto.FLOAT, units) for n in names),
         ],
-        initializer=inits,
+        initializer=g.inits,
     )
     model = helper.make_model(
         graph,

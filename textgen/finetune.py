@@ -134,7 +134,7 @@ def _log_normaliser(source: Source, tokenizer: Tokenizer, ids: np.ndarray) -> fl
     head = head[head < len(run.tokenizer.chars)][:_NORMALISER_CHARS]  # the source's characters
     if len(head) == 0:
         return float(np.log(run.tokenizer.vocab_size))
-    sampler = Sampler(run.weights, run.tokenizer, cell=run.config.model.cell)
+    sampler = Sampler.from_run(run)
     sampler.reset(1)
     total = 0.0
     for char_id in head:

@@ -84,7 +84,7 @@ def make_forward(
     layers = recurrent_layers(model)
     embedding = model.get_layer("embedding")
     dense = model.get_layer("dense")
-    fast = cell_of_layer(layers[0]).name == "lstm" and not stock
+    fast = cell_of_layer(layers[0]).fast_path and not stock
     plan = plan or plan_for_this_machine()
     lstm_options = {
         "time_major": True,

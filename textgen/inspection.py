@@ -26,9 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from textgen.cells import get_cell
+from textgen.config import ModelConfig
 from textgen.engine import RecurrentStack
 from textgen.errors import TextgenError, VocabularyError
 from textgen.tokenizer import Tokenizer
+from textgen.weights import check_weights, shape_of
 
 __all__ = [
     "BUILTIN_FEATURES",
@@ -72,29 +75,32 @@ class Inspector:
     Args:
         weights: name -> array dict as from ``textgen.model.get_weights`` or ``Run.weights``.
         tokenizer: the run's vocabulary.
-        cell: ``"lstm"``, ``"gru"`` or ``"simple"``.
+        cell: the network's shape (a run's ``config.model``), or only its cell (``"lstm"``,
+            ``"gru"`` or ``"simple"``) and the rest is read from the weights.
 
     An inspector owns one engine and reads one text at a time: two readings interleaved in one
     thread, or run from two threads, would step the same state.
     """
 
-    def __init__(self, weights: Mapping[str, np.ndarray], tokenizer: Tokenizer, cell: str) -> None:
-        self.stack = RecurrentStack(weights, cell)
-        if self.stack.vocab_size != tokenizer.vocab_size:
-            raise TextgenError(
-                f"the model has {self.stack.vocab_size} outputs but the tokenizer "
-                f"{tokenizer.vocab_size} ids"
-            )
-        self.tokenizer = tokenizer
-        self.cell = self.stack.cell
+    def __init__(
+        self, weights: Mapping[str, np.ndarray], tokenizer: Tokenizer, cell: ModelConfig | str
+    ) -> None:
+        shape = cell if isinstance(cell, ModelConfig) else shape_of(weights, cell)
+        check_weights(weights, shape, tokenizer.vocab_size)
+        self._start(RecurrentStack(weights, shape), tokenizer)
+
+    def _start(self, stack: RecurrentStack, tokenizer: Tokenizer) -> None:
+        self.stack, self.tokenizer, self.cell = stack, tokenizer, stack.cell
 
     @classmethod
     def from_run(cls, run_dir: str | Path, which: str = "best") -> Inspector:
         """The inspector of a run directory's ``best`` or ``latest`` weights."""
         from textgen.run import open_run
 
-        run = open_run(run_dir, which)
-        return cls(run.weights, run.tokenizer, run.config.model.cell)
+        run = open_run(run_dir, which)  # checks the weights and the vocabulary
+        inspector = cls.__new__(cls)
+        inspector._start(RecurrentStack(run.weights, run.config.model), run.tokenizer)
+        return inspector
 
     @property
     def num_layers(self) -> int:
@@ -109,7 +115,7 @@ class Inspector:
     @property
     def states(self) -> tuple[str, ...]:
         """The state vectors of a layer: ``("h", "c")`` for LSTM, ``("h",)`` otherwise."""
-        return ("h", "c") if self.cell == "lstm" else ("h",)
+        return get_cell(self.cell).states
 
     def layer(self, layer: int | None) -> int:
         """``layer`` checked, counted from 0 at the input; None means the top layer.

@@ -45,8 +45,8 @@ from textgen.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from textgen.config import LOCKED_ON_RESUME, RunConfig, TrainConfig, TrainState
 from textgen.errors import CheckpointError, StorageError, TextgenError
 from textgen.files import remove_stale_temporaries, write_text
-from textgen.model import check_weights
 from textgen.tokenizer import Tokenizer
+from textgen.weights import check_weights
 
 CONFIG = "config.json"
 TOKENIZER = "tokenizer.json"
@@ -96,7 +96,7 @@ class Run:
 
     @property
     def weights(self) -> dict[str, np.ndarray]:
-        """The checkpoint's weights, by the stable names of ``textgen.model``."""
+        """The checkpoint's weights, by the stable names of ``textgen.weights``."""
         return self.checkpoint.weights
 
     @property
@@ -159,16 +159,9 @@ def _checked_run(run_dir: Path, config: RunConfig, checkpoint_file: Path, which:
     tokenizer = Tokenizer.load(run_dir / TOKENIZER)
     checkpoint = load_checkpoint(checkpoint_file)
     try:
-        check_weights(checkpoint.weights, config.model)
+        check_weights(checkpoint.weights, config.model, tokenizer.vocab_size)
     except TextgenError as err:
-        raise CheckpointError(
-            f"{run_dir} holds weights that do not fit its config: {err}"
-        ) from None
-    if tokenizer.vocab_size != config.model.vocab_size:
-        raise CheckpointError(
-            f"{run_dir}: the tokenizer has {tokenizer.vocab_size} ids but the model "
-            f"{config.model.vocab_size} outputs"
-        )
+        raise CheckpointError(f"{run_dir}: its files do not fit its config.json: {err}") from None
     return Run(run_dir, config, tokenizer, checkpoint, which)
 
 

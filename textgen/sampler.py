@@ -43,35 +43,35 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from textgen.cells import cell_of_layer, get_cell
-from textgen.errors import CheckpointError, TextgenError
+from textgen.cells import get_cell
+from textgen.config import ModelConfig
+from textgen.errors import TextgenError
 from textgen.generation import Batch, Piece, Row, ScoredText, resolve_seed
-from textgen.model import RNN_PARTS, num_layers_in, rnn_name
 from textgen.options import SamplingOptions, best_of_rows
 from textgen.tokenizer import Tokenizer
+from textgen.weights import check_weights, layer_arrays, shape_of
 
 if TYPE_CHECKING:
     from textgen.backend import keras
+    from textgen.run import Run
 
 
 class KerasCellEngine:
     """Steps Keras recurrent cells that hold copies of the trained weights."""
 
-    def __init__(self, weights: dict[str, np.ndarray], cell: str) -> None:
-        cell_class = get_cell(cell).cell_class()
+    def __init__(self, weights: dict[str, np.ndarray], shape: ModelConfig) -> None:
+        cell = get_cell(shape.cell)
         self.embedding = weights["embedding"]
         self.dense_kernel, self.dense_bias = weights["dense/kernel"], weights["dense/bias"]
         self.cells = []
-        input_dim = self.embedding.shape[1]
-        for i in range(num_layers_in(weights)):
-            name = rnn_name(i)
-            units = weights[f"{name}/recurrent_kernel"].shape[0]
-            layer = cell_class(units)
+        input_dim = shape.embedding_dim
+        for i in range(shape.num_layers):
+            layer = cell.cell_class()(shape.units)
             layer.build((None, input_dim))
-            layer.set_weights([weights[f"{name}/{part}"] for part in RNN_PARTS])
+            layer.set_weights(layer_arrays(weights, i))
             self.cells.append(layer)
-            input_dim = units
-        self.state_size = get_cell(cell).state_size
+            input_dim = shape.units
+        self.state_size = cell.state_size
         self.states: list = []
 
     def reset(self, batch_size: int) -> None:
@@ -92,13 +92,14 @@ class KerasCellEngine:
         return np.asarray(x) @ self.dense_kernel + self.dense_bias
 
 
-def _make_engine(weights: dict[str, np.ndarray], cell: str, engine: str):
+def _make_engine(weights: dict[str, np.ndarray], shape: ModelConfig, engine: str):
+    """The engine that steps ``weights``, which were checked against ``shape``."""
     if engine == "keras":
-        return KerasCellEngine(weights, cell)
+        return KerasCellEngine(weights, shape)
     if engine == "numpy":
         from textgen.engine import RecurrentStack
 
-        return RecurrentStack(weights, cell)
+        return RecurrentStack(weights, shape)
     raise TextgenError(f"unknown engine {engine!r}; choose numpy or keras")
 
 
@@ -108,8 +109,14 @@ class Sampler:
     Args:
         model: a Keras model from ``build_model``, or its weights as from ``get_weights``.
         tokenizer: the vocabulary the model was trained with.
-        cell: "lstm", "gru" or "simple"; inferred from a Keras model, required with weights.
+        cell: "lstm", "gru" or "simple", for weights without ``shape``: the rest of the shape
+            is read from the weights.
         engine: "numpy" (fast, the default) or "keras" (Keras cells, the reference).
+        shape: the network's shape (a run's ``config.model``), for weights; a Keras model
+            gives its own.
+
+    The weights and the vocabulary are checked against the shape once, here; a run's were
+    checked when it was opened, so ``from_run`` does not check them again.
 
     Generation methods take the fields of ``SamplingOptions`` as keywords (``temperature``,
     ``top_k``, ``top_p``, ``seed``, ``prime``, ``drop_unknown``, ``stop``), or one
@@ -123,26 +130,36 @@ class Sampler:
         *,
         cell: str | None = None,
         engine: str = "numpy",
+        shape: ModelConfig | None = None,
     ) -> None:
         if isinstance(model, dict):
             weights = model
-            if cell is None:
-                raise TextgenError("pass cell= when building a Sampler from weights")
+            if shape is None:
+                if cell is None:
+                    raise TextgenError("pass cell= when building a Sampler from weights")
+                shape = shape_of(weights, cell)
         else:
-            from textgen.model import get_weights, recurrent_layers
+            from textgen.model import config_of, get_weights
 
-            weights = get_weights(model)
-            cell = cell or cell_of_layer(recurrent_layers(model)[0]).name
-        vocab = weights["dense/bias"].shape[0]
-        if vocab != tokenizer.vocab_size:
-            raise CheckpointError(
-                f"the model has {vocab} outputs but the tokenizer {tokenizer.vocab_size} ids"
-            )
+            weights, shape = get_weights(model), config_of(model)
+        check_weights(weights, shape, tokenizer.vocab_size)
+        self._start_engine(weights, tokenizer, shape, engine)
+
+    def _start_engine(
+        self, weights: dict[str, np.ndarray], tokenizer: Tokenizer, shape: ModelConfig, engine: str
+    ) -> None:
         self.tokenizer = tokenizer
-        self.cell = cell
-        self.engine = _make_engine(weights, cell, engine)
+        self.cell = shape.cell
+        self.engine = _make_engine(weights, shape, engine)
         self.batch_size = 1
         self.reset()
+
+    @classmethod
+    def from_run(cls, run: Run, *, engine: str = "numpy") -> Sampler:
+        """The sampler of a loaded run (``textgen.open_run``), in the shape of its config."""
+        sampler = cls.__new__(cls)  # open_run has checked the weights and the vocabulary
+        sampler._start_engine(run.weights, run.tokenizer, run.config.model, engine)
+        return sampler
 
     @classmethod
     def from_checkpoint(
@@ -151,8 +168,7 @@ class Sampler:
         """Load a run directory's vocabulary and weights (``best`` or ``latest``)."""
         from textgen.run import open_run
 
-        run = open_run(run_dir, which)
-        return cls(run.weights, run.tokenizer, cell=run.config.model.cell, engine=engine)
+        return cls.from_run(open_run(run_dir, which), engine=engine)
 
     # -- stepping ---------------------------------------------------------------------------
     def reset(self, batch_size: int = 1) -> None:

@@ -11,7 +11,7 @@ The weights travel inside a script, not a file the page fetches, because browser
 ``fetch`` of local files: a page opened from disk (``file://``) must get its data through a
 ``<script src>``, which they allow. The same folder works from any static file server.
 
-Each weight is the run's own array, by the stable names of ``textgen.model`` (``embedding``,
+Each weight is the run's own array, by the stable names of ``textgen.weights`` (``embedding``,
 ``rnn_0/kernel``, ``rnn_0/recurrent_kernel``, ``rnn_0/bias``, ..., ``dense/kernel``,
 ``dense/bias``), stored little-endian as float16 (the default: half the size) or float32
 (exact), then base64. Only numpy is needed: no TensorFlow, no onnx.
@@ -26,31 +26,29 @@ from pathlib import Path
 
 import numpy as np
 
+from textgen.cells import get_cell
 from textgen.errors import TextgenError
-from textgen.model import RNN_PARTS, rnn_name
 from textgen.run import TOKENIZER, Run, read_history
+from textgen.weights import weight_names
 
 WEIGHT_TYPES = ("float16", "float32")
 FORMAT = 1  # the layout of model.js; textgen.js checks it
 PAGE, ENGINE, MODEL = "index.html", "textgen.js", "model.js"
 FILES = (PAGE, ENGINE, MODEL, TOKENIZER)
-
-
-def weight_names(num_layers: int) -> list[str]:
-    """The names of the arrays model.js holds, in the order it holds them."""
-    layers = [f"{rnn_name(i)}/{part}" for i in range(num_layers) for part in RNN_PARTS]
-    return ["embedding", *layers, "dense/kernel", "dense/bias"]
+# The cells textgen.js steps (its CELLS table), by the name model.js gives each.
+PAGE_CELLS = {"lstm": "lstm", "gru": "gru", "simple": "simple"}
 
 
 def model_data(run: Run, weights: str = "float16") -> dict:
     """What model.js holds: the model's shape, vocabulary, details and encoded weights.
 
     Raises:
-        TextgenError: an unknown weight type.
+        TextgenError: an unknown weight type, or a cell the page cannot step.
     """
     if weights not in WEIGHT_TYPES:
         raise TextgenError(f"unknown weight type {weights!r}; choose float16 or float32")
     shape = run.config.model
+    cell = get_cell(shape.cell).equations(PAGE_CELLS, "the web export")
     dtype = np.dtype(weights).newbyteorder("<")
     encoded = {}
     for name in weight_names(shape.num_layers):
@@ -61,7 +59,7 @@ def model_data(run: Run, weights: str = "float16") -> dict:
         }
     return {
         "format": FORMAT,
-        "cell": shape.cell,
+        "cell": cell,
         "num_layers": shape.num_layers,
         "units": shape.units,
         "embedding_dim": shape.embedding_dim,
