@@ -133,11 +133,11 @@ single = dict(loss=loss, norm=float(norm.numpy()), state=state(model, optimizer)
 keras.utils.set_random_seed(0)
 with cluster.strategy.scope():
     model = build_model(cfg.model(vocab))
-    optimizer = make_optimizer(cfg, clip=False)
+    optimizer = make_optimizer(cfg)
     optimizer.build(model.trainable_variables)
     norm = tf.Variable(0.0)
 step = build_replica_train_step(
-    cluster, model, optimizer, cfg.noise(), cfg.clip_norm, norm, weight_decay=cfg.weight_decay
+    cluster, model, optimizer, cfg.noise(), norm, weight_decay=cfg.weight_decay
 )
 blocks = cluster.local_rows(rows)
 px = cluster.per_replica([tf.constant(x[a:b]) for a, b in blocks])

@@ -334,3 +334,122 @@ def test_clip_norm_zero_turns_clipping_off_as_on_the_command_line(tmp_path, corp
     assert result.stopped == "completed"
     assert open_run(tmp_path / "run").config.training.clip_norm is None
     assert TrainConfig(clip_norm=0) == TrainConfig(clip_norm=None)
+
+
+def _reference_train_step(model, optimizer, noise, grad_norm, weight_decay):
+    """The one-process step as it was written before the steps shared one update: clipping
+    left to ``optimizer.apply_gradients`` and its ``global_clipnorm``."""
+    from textgen.backend import tf
+    from textgen.forward import make_forward
+    from textgen.steps import decay_matrices
+
+    forward = make_forward(model, noise)
+    variables = model.trainable_variables
+    ids = tf.TensorSpec([None, None], tf.int32)
+    signature = [ids, ids, tf.TensorSpec([2], tf.int32), tf.TensorSpec([], tf.float32)]
+
+    @tf.function(input_signature=signature)
+    def step(x, y, seed, lr):
+        with tf.GradientTape() as tape:
+            logits = forward(x, training=True, seed=seed)
+            loss = tf.reduce_mean(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+            )
+        grads = tape.gradient(loss, variables)
+        grad_norm.assign(tf.linalg.global_norm(grads))
+        optimizer.learning_rate.assign(lr)
+        decay_matrices(variables, lr, weight_decay)
+        optimizer.apply_gradients(zip(grads, variables))
+        return loss
+
+    return step
+
+
+@pytest.mark.parametrize("clip_norm", [0.05, None])
+def test_the_one_process_step_updates_as_apply_gradients_did_to_the_last_bit(clip_norm):
+    from textgen.backend import keras, tf
+    from textgen.model import get_weights
+    from textgen.steps import build_train_step, make_optimizer
+
+    config = TrainConfig(
+        units=16,
+        embedding_dim=4,
+        num_layers=2,
+        dropout=0.3,
+        weight_drop=0.2,
+        embedding_dropout=0.1,
+        clip_norm=clip_norm,  # 0.05 clips every step
+    )
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, 11, (2, 5, 7)).astype(np.int32) for _ in range(5)]
+    results = []
+    for build in (_reference_train_step, None):
+        keras.utils.set_random_seed(0)
+        model = build_model(config.model(11))
+        optimizer = make_optimizer(config)
+        optimizer.build(model.trainable_variables)
+        norm = tf.Variable(0.0)
+        noise, decay = config.noise(), config.weight_decay
+        if build is None:
+            step = build_train_step(model, optimizer, noise, norm, weight_decay=decay)
+        else:
+            step = build(model, optimizer, noise, norm, decay)
+        losses = [
+            float(step(x, y, tf.constant([0, i]), tf.constant(0.01 * (i + 1))))
+            for i, (x, y) in enumerate(batches)
+        ]
+        moments = [np.asarray(v.numpy()) for v in optimizer.variables]
+        results.append((losses, float(norm.numpy()), get_weights(model), moments))
+    (losses, norm, weights, moments), (new_losses, new_norm, new_weights, new_moments) = results
+    assert new_losses == losses and new_norm == norm
+    for name, value in weights.items():
+        np.testing.assert_array_equal(new_weights[name], value, err_msg=name)
+    for a, b in zip(moments, new_moments, strict=True):
+        np.testing.assert_array_equal(b, a)
+
+
+def test_patience_stops_a_run_that_no_longer_improves(tmp_path, corpus):
+    from textgen.callbacks import EarlyStopping
+    from textgen.config import TrainState
+
+    stop = EarlyStopping(2)
+    state = TrainState(epochs_without_improvement=1)
+    assert stop.on_epoch_end(state, None) is None
+    state.epochs_without_improvement = 2
+    assert stop.on_epoch_end(state, None) == "early_stopping"
+    # A rate too small to move a float32 weight: the first epoch sets the best, no later one
+    # beats it.
+    settings = {**TINY, "epochs": 10, "learning_rate": 1e-12, "patience": 2}
+    result = train(corpus, run_dir=tmp_path / "run", **_quiet(**settings))
+    assert result.stopped == "early_stopping" and result.epochs_done == 3
+
+
+def test_resume_checks_the_run_as_open_run_does(tmp_path, trained_run, corpus):
+    import shutil
+
+    from textgen.tokenizer import Tokenizer
+
+    run = tmp_path / "copy"
+    shutil.copytree(trained_run, run)
+    Tokenizer.from_text("ab").save(run / "tokenizer.json")
+    with pytest.raises(CheckpointError, match=r"the tokenizer has \d+ ids"):
+        open_run(run, "latest")
+    with pytest.raises(CheckpointError, match=r"the tokenizer has \d+ ids"):
+        train(corpus, run_dir=run, resume=True, **_quiet(epochs=3))
+
+
+def test_one_process_is_a_cluster_of_one_that_adds_nothing():
+    from textgen.distribute import LOCAL, make_cluster
+
+    assert make_cluster("none") is LOCAL
+    assert LOCAL.is_chief and (LOCAL.worker, LOCAL.workers) == (0, 1)
+    arrays = [np.arange(3.0), np.ones(2, np.int32)]
+    assert all(a is b for a, b in zip(LOCAL.sum(arrays), arrays, strict=True))
+    assert all(a is b for a, b in zip(LOCAL.broadcast_arrays(arrays), arrays, strict=True))
+    assert LOCAL.broadcast_text("chief's") == "chief's"
+    assert LOCAL.local_rows(7) == [(0, 7)]
+
+    def step(*args):
+        return args
+
+    assert LOCAL.summed_over_replicas(step, []) is step

@@ -1,7 +1,7 @@
 """The training loop's hooks: what a callback is told, and when.
 
-``textgen.training`` calls these; ``textgen.watch`` (samples, TensorBoard) and user code
-implement them.
+``textgen.trainer`` calls these; ``EarlyStopping`` below, ``textgen.watch`` (samples,
+TensorBoard) and user code implement them.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class Callback:
 
     A callback may end training by returning a reason string (for example ``"early_stopping"``)
     from ``on_batch_end`` or ``on_epoch_end``; the loop saves a checkpoint and stops with that
-    reason. ``trainer`` is set to the running ``textgen.training.Trainer`` before
+    reason. ``trainer`` is set to the running ``textgen.trainer.Trainer`` before
     ``on_train_begin`` (its ``model``, ``optimizer``, ``config`` and ``grad_norm``).
     """
 
@@ -46,3 +46,19 @@ class Callback:
 
     def on_train_end(self, state: TrainState) -> None:
         """When the loop ends, however it ends (also on an error)."""
+
+
+class EarlyStopping(Callback):
+    """Stops training once ``patience`` whole epochs in a row have not improved the best loss.
+
+    The count is the loop's (``TrainState.epochs_without_improvement``, kept in every
+    checkpoint), so a resumed run goes on counting where it stopped.
+    """
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+
+    def on_epoch_end(self, state: TrainState, epoch: EpochEnd) -> str | None:
+        if state.epochs_without_improvement >= self.patience:
+            return "early_stopping"
+        return None

@@ -5,7 +5,9 @@ recurrent path (``choose_path``). Both are choices of one invocation, not of the
 is written to the run directory, so a run trained on a cluster or a GPU resumes, samples and
 exports on one CPU.
 
-- ``none``: no strategy; the single-process loop of ``textgen.training`` runs unchanged.
+- ``none``: one process on its own, a ``LocalCluster``: one worker that is the chief, whose sums
+  and broadcasts return their input and whose strategy is TensorFlow's default one, as Keras
+  falls back to it; the loop needs no special case for it.
 - ``mirrored``: ``tf.distribute.MirroredStrategy`` over this machine's GPUs (or its logical CPU
   devices when it has no GPU: normally one, so one replica).
 - ``multi-worker``: ``tf.distribute.MultiWorkerMirroredStrategy`` configured by the standard
@@ -25,10 +27,13 @@ check, every 30 s, which aborts the collectives. Either way the waiting op raise
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from textgen.errors import TextgenError
@@ -100,6 +105,8 @@ class Cluster:
         """Whether this process writes the run directory."""
         return self.worker == 0
 
+    replicated = True  # steps run on the strategy's replicas, and stops are voted on
+
     @property
     def replicas(self) -> int:
         """Replicas over all workers (each computes its share of a global batch)."""
@@ -137,6 +144,53 @@ class Cluster:
         if len(self.local_replicas) == 1:
             return tf.function(fn, input_signature=signature)
         return tf.function(fn, reduce_retracing=True)
+
+    def scope(self):
+        """The strategy's scope, in which the model and optimizer are made (mirrored)."""
+        return self.strategy.scope()
+
+    @contextlib.contextmanager
+    def lost_contact(self, run_dir: Path) -> Iterator[None]:
+        """Turn the error a collective raises when a peer has gone into one clear TextgenError."""
+        try:
+            yield
+        except lost_worker_errors() as err:
+            lines = (getattr(err, "message", "") or str(err)).splitlines()
+            said = [re.sub(r"\{\{[^}]*\}\}", "", line).strip() for line in lines]
+            said = [line for line in said if line and not line.endswith("execution error:")]
+            reason = (said[0] if said else type(err).__name__)[:200]
+            raise TextgenError(
+                f"worker {self.worker} of {self.workers} lost contact with the cluster "
+                f"({reason}); once every worker has stopped, rerun each of them with --resume to "
+                f"continue from the last checkpoint in {run_dir}"
+            ) from None
+
+    def summed_over_replicas(self, step, signature: list):
+        """``step``, which returns sums, over this process's replicas: each replica gets its
+        block of the rows of the array arguments (scalars go to all of them whole), and their
+        results are added up."""
+        from textgen.backend import tf
+
+        strategy = self.strategy
+
+        def summed(*args):
+            with strategy.scope():
+                sums = strategy.run(step, args=args)
+                return [tf.add_n(strategy.experimental_local_results(v)) for v in sums]
+
+        compiled = self.compile(summed, signature)
+
+        def distributed_step(*args):
+            blocks = split_rows(len(args[0]), len(self.local_replicas))
+            parts = [
+                self.per_replica([tf.constant(a[lo:hi]) for lo, hi in blocks])
+                if spec.shape.rank
+                else tf.constant(a, spec.dtype)
+                for a, spec in zip(args, signature, strict=True)
+            ]
+            return compiled(*parts)
+
+        return distributed_step
 
     def sum(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The element-wise sums of ``arrays`` over the workers.
@@ -201,12 +255,65 @@ class Cluster:
         return fn
 
 
-def make_cluster(kind: str) -> Cluster | None:
-    """The strategy for ``--distribute kind`` (None for ``none``); call before any TF op."""
+class LocalCluster:
+    """One process on its own: the cluster of one worker, which is the chief.
+
+    Its sums and broadcasts return their input unchanged, adding no work; its strategy is
+    TensorFlow's default one (``tf.distribute.get_strategy()`` outside any scope), and its
+    steps are the single-process ones, each batch whole.
+    """
+
+    kind = "none"
+    worker = 0
+    workers = 1
+    is_chief = True
+    replicated = False  # steps take the whole batch, and stops act before the next batch
+
+    @property
+    def strategy(self):
+        """TensorFlow's default strategy: one replica, no scope."""
+        from textgen.backend import tf
+
+        return tf.distribute.get_strategy()
+
+    def local_rows(self, rows: int) -> list[tuple[int, int]]:
+        """The whole batch."""
+        return [(0, rows)]
+
+    def scope(self):
+        """Nothing to enter: variables are made as usual."""
+        return contextlib.nullcontext()
+
+    def lost_contact(self, run_dir: Path):
+        """No peers to lose."""
+        return contextlib.nullcontext()
+
+    def summed_over_replicas(self, step, signature: list):
+        """``step`` itself: the one replica computes the whole batch."""
+        return step
+
+    def sum(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """``arrays`` as given: there is no other worker to add."""
+        return list(arrays)
+
+    def broadcast_arrays(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """``arrays`` as given: this process is the chief."""
+        return list(arrays)
+
+    def broadcast_text(self, text: str | None) -> str:
+        """``text`` as given: this process is the chief."""
+        return text or ""
+
+
+LOCAL = LocalCluster()  # the one a single process trains and evaluates on
+
+
+def make_cluster(kind: str) -> Cluster | LocalCluster:
+    """The cluster for ``--distribute kind`` (``LOCAL`` for ``none``); call before any TF op."""
     if kind not in DISTRIBUTE:
         raise TextgenError(f"distribute must be one of {', '.join(DISTRIBUTE)}, got {kind!r}")
     if kind == "none":
-        return None
+        return LOCAL
     if kind == "multi-worker":
         worker, workers = worker_of(os.environ.get("TF_CONFIG"))
         from textgen.backend import tf

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from textgen.config import DEFAULT_CONTEXT, TrainConfig
-from textgen.distribute import split_rows
+from textgen.distribute import LOCAL
 from textgen.errors import CorpusError
 from textgen.tokenizer import Tokenizer
 
@@ -21,11 +21,11 @@ def describe_loss(loss: float | None) -> str:
     return "n/a" if loss is None else f"{loss:.4f} nats ({loss / LN2:.4f} bpc)"
 
 
-def build_eval_step(model, cluster=None, stock: bool = False) -> Callable:
+def build_eval_step(model, cluster=LOCAL, stock: bool = False) -> Callable:
     """The compiled step ``(x, y, first, scored) -> (summed loss, count)``.
 
     Row ``r`` scores ``scored`` positions from position ``first[r]`` (the batches of
-    ``textgen.windows.validation_dataset``); the positions before are context only. With a
+    ``textgen.windows.validation_dataset``); the positions before are context only. On a
     ``textgen.distribute.Cluster``, this process's replicas split the batch's rows among them
     and the step returns their sums; ``evaluate_ids`` adds up the workers. ``stock`` is as in
     ``textgen.forward.make_forward``.
@@ -46,25 +46,7 @@ def build_eval_step(model, cluster=None, stock: bool = False) -> Callable:
         mask = tf.cast((positions >= start) & (positions < start + scored), losses.dtype)
         return tf.reduce_sum(losses * mask), tf.reduce_sum(mask)
 
-    if cluster is None:
-        return eval_step
-    strategy = cluster.strategy
-
-    def summed(x, y, first, scored):
-        with strategy.scope():
-            sums = strategy.run(eval_step, args=(x, y, first, scored))
-            return [tf.add_n(strategy.experimental_local_results(v)) for v in sums]
-
-    summed_step = cluster.compile(summed, spec)
-
-    def distributed_step(x, y, first, scored):
-        blocks = split_rows(len(x), len(cluster.local_replicas))
-        parts = [
-            cluster.per_replica([tf.constant(a[lo:hi]) for lo, hi in blocks]) for a in (x, y, first)
-        ]
-        return summed_step(*parts, tf.constant(scored, tf.int32))
-
-    return distributed_step
+    return cluster.summed_over_replicas(eval_step, spec)
 
 
 def evaluate_ids(
@@ -73,13 +55,13 @@ def evaluate_ids(
     seq_length: int,
     batch_size: int = 64,
     context: int = DEFAULT_CONTEXT,
-    cluster=None,
+    cluster=LOCAL,
 ) -> float:
     """Mean next-character loss in nats over ``ids``, every character scored once.
 
     ``step`` comes from :func:`build_eval_step`. Windows of ``seq_length`` are scored after up
-    to ``context`` preceding characters (0: each window from a zero state). With a
-    ``textgen.distribute.Cluster`` (and its ``step``), worker k scores batches k, k + N, ... of
+    to ``context`` preceding characters (0: each window from a zero state). On a cluster of N
+    workers (``textgen.distribute``, with its ``step``), worker k scores batches k, k + N, ... of
     the N workers whole, and the sums are added over the workers at the end: a step's cost
     hardly depends on its rows, so whole batches per worker validate nearly twice as fast on two
     workers as every batch split between them.
@@ -89,16 +71,14 @@ def evaluate_ids(
     if len(ids) < 2:
         raise CorpusError("the text is too short to evaluate (it needs at least 2 characters)")
     seq_length = min(seq_length, len(ids) - 1)
-    worker, workers = (cluster.worker, cluster.workers) if cluster is not None else (0, 1)
     total, count = 0.0, 0.0
     for k, (x, y, first) in enumerate(validation_dataset(ids, seq_length, batch_size, context)):
-        if k % workers != worker:
+        if k % cluster.workers != cluster.worker:
             continue
         loss_sum, n = step(x, y, first, seq_length)
         total += float(loss_sum)
         count += float(n)
-    if cluster is not None:
-        total, count = cluster.sum([np.array([total, count])])[0]
+    total, count = cluster.sum([np.array([total, count])])[0]
     return float(total / count)
 
 

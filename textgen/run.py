@@ -27,9 +27,10 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,9 +42,9 @@ with warnings.catch_warnings():
     from filelock import FileLock, Timeout
 
 from textgen.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from textgen.config import RunConfig, TrainState
+from textgen.config import LOCKED_ON_RESUME, RunConfig, TrainConfig, TrainState
 from textgen.errors import CheckpointError, StorageError, TextgenError
-from textgen.files import write_text
+from textgen.files import remove_stale_temporaries, write_text
 from textgen.tokenizer import Tokenizer
 from textgen.weights import check_weights
 
@@ -150,14 +151,80 @@ def open_run(run_dir: str | os.PathLike, which: str = "best") -> Run:
     ``run_dir`` may also name a shipped model (``resolve_run``).
     """
     run_dir = resolve_run(run_dir)
-    config = read_config(run_dir)
+    return _checked_run(run_dir, read_config(run_dir), weights_file(run_dir, which), which)
+
+
+def _checked_run(run_dir: Path, config: RunConfig, checkpoint_file: Path, which: str) -> Run:
+    """The run's vocabulary and checkpoint with ``config``, refused if they do not fit."""
     tokenizer = Tokenizer.load(run_dir / TOKENIZER)
-    checkpoint = load_checkpoint(weights_file(run_dir, which))
+    checkpoint = load_checkpoint(checkpoint_file)
     try:
         check_weights(checkpoint.weights, config.model, tokenizer.vocab_size)
     except TextgenError as err:
         raise CheckpointError(f"{run_dir}: its files do not fit its config.json: {err}") from None
     return Run(run_dir, config, tokenizer, checkpoint, which)
+
+
+# -- starting and resuming a run: what ``textgen.training.train`` does to the directory -------
+
+
+def check_new_run(run_dir: Path) -> None:
+    """Refuse to start a run where one already is."""
+    if (Path(run_dir) / CONFIG).exists():
+        raise CheckpointError(
+            f"{run_dir} already holds a run; add --resume to continue it, or choose another "
+            "--checkpoint-dir"
+        )
+
+
+def create_run(
+    run_dir: Path, config: RunConfig, tokenizer: Tokenizer, first_checkpoint: Callable[[], None]
+) -> None:
+    """Write a new run's files in the order that keeps it resumable.
+
+    The vocabulary, then the step-0 checkpoint (``first_checkpoint`` writes it), then
+    ``config.json``: a directory with a config always has a checkpoint to resume from, even if
+    the process is killed before the first save.
+    """
+    tokenizer.save(Path(run_dir) / TOKENIZER)
+    first_checkpoint()
+    write_config(run_dir, config)
+
+
+def resume_run(run_dir: Path, settings: dict[str, Any]) -> Run:
+    """The run in ``run_dir`` to continue from its latest checkpoint, checked as ``open_run``
+    checks a run, with this invocation's ``settings`` (fields of ``TrainConfig``) merged into
+    its training settings.
+
+    A new ``max_time`` for a run planned by its budget is that much more training time.
+
+    Raises:
+        CheckpointError: there is no run; a setting that fixes the network's shape or the data
+            order differs (``LOCKED_ON_RESUME``); the files do not fit together.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).exists():
+        raise CheckpointError(f"nothing to resume: {run_dir} holds no run")
+    saved = read_config(run_dir)
+    training = _resumed_settings(saved.training, settings, run_dir)
+    training.validate()
+    remove_stale_temporaries(run_dir)
+    run = _checked_run(run_dir, replace(saved, training=training), run_dir / LATEST, "latest")
+    if training.budget_is_plan and "max_time" in settings:
+        training.max_time = run.state.seconds + settings["max_time"]
+    return run
+
+
+def _resumed_settings(saved: TrainConfig, settings: dict, run_dir: Path) -> TrainConfig:
+    """The saved settings with this invocation's changes, refusing shape and order changes."""
+    TrainConfig.from_settings(settings)  # unknown keys fail here
+    for key in LOCKED_ON_RESUME:
+        if key in settings and settings[key] != getattr(saved, key):
+            raise CheckpointError(
+                f"cannot resume {run_dir} with {key}={settings[key]!r}: the run was trained with "
+                f"{key}={getattr(saved, key)!r}"
+            )
+    return replace(saved, **settings)
 
 
 def is_run_dir(path: Path) -> bool:
@@ -242,6 +309,26 @@ def writer_lock(run_dir: Path) -> Iterator[None]:
         with contextlib.suppress(OSError):
             holder.unlink(missing_ok=True)
         lock.release()
+
+
+@contextlib.contextmanager
+def writing(run_dir: Path) -> Iterator[None]:
+    """Own ``run_dir`` to train it: made and proved writable, then locked (``writer_lock``).
+
+    A directory made here that holds no run when the block ends (a corpus or a setting failed)
+    is removed again, lock files and all.
+    """
+    run_dir = Path(run_dir)
+    created = not run_dir.exists()
+    ensure_writable(run_dir)
+    try:
+        with writer_lock(run_dir):
+            yield
+    finally:
+        if created and not (run_dir / CONFIG).exists():
+            remove_lock_files(run_dir)
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
 
 
 def lock_holder(run_dir: Path) -> str:

@@ -1,92 +1,58 @@
-"""Training loop: corpus in, self-contained run directory out.
+"""``train()``: a corpus in, a self-contained run directory out, on one process or a cluster.
 
-The loop is written out (rather than ``model.fit``) because resuming must be exact: the order
-of windows depends only on (seed, epoch), dropout masks only on (seed, step), and a checkpoint
-records the epoch, the batch inside it and the optimizer state, so a run stopped at any point
-and resumed ends with the same weights as one that never stopped.
-
-The loop is flat: each turn either ends an epoch or trains one batch, after asking the stop
-conditions (``STOPS``: epochs, patience, budget, interrupt). Callbacks observe it, and may stop
-it, through ``on_batch_end`` and ``on_epoch_end``; that is where logging and other features plug
-in without touching the loop.
+The pieces each have their own module: the run directory's protocol, new or resumed
+(``textgen.run``: ``check_new_run``, ``create_run``, ``resume_run``, ``writing``), the steps
+(``textgen.steps``) and the loop (``textgen.trainer``). This module puts them together: the
+settings, the corpus, the callbacks, and, on a cluster (``textgen.distribute``), the chief's
+settings, vocabulary and checkpoint handed to the other workers, which write nothing. One
+process on its own is a cluster of one whose broadcasts return their input.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
-import re
-import signal
 import tempfile
-import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import Any
 
 from textgen import run as rundir
-from textgen.averaging import WeightAverage
-from textgen.callbacks import Callback, EpochEnd
-from textgen.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from textgen.config import LOCKED_ON_RESUME, NO_NOISE, Noise, RunConfig, TrainConfig, TrainState
+from textgen.callbacks import Callback, EarlyStopping
+from textgen.checkpoint import Checkpoint
+from textgen.config import RunConfig, TrainConfig
 from textgen.corpus import DEFAULT_CORPUS, check_exists, load_corpus
-from textgen.distribute import Cluster, choose_path, lost_worker_errors, make_cluster
+from textgen.distribute import choose_path, make_cluster
 from textgen.errors import CheckpointError, OptionsError, TextgenError, VocabularyError
-from textgen.evaluation import LN2, build_eval_step, describe_loss, evaluate_ids
-from textgen.files import remove_stale_temporaries
-from textgen.model import build_model, get_weights, named_variables, set_weights
+from textgen.model import build_model
 from textgen.sizing import size_for_budget, sizing_applies
-from textgen.step_plan import StepPlan, plan_for_this_machine
+from textgen.steps import build_replica_train_step, build_train_step, make_optimizer
 from textgen.tokenizer import Tokenizer
-from textgen.windows import (
-    epoch_starts,
-    replica_windows,
-    split_ids,
-    steps_per_epoch,
-    window_dataset,
+from textgen.trainer import (
+    HISTORY_FIELDS,
+    STOPS,
+    Trainer,
+    TrainingInterrupted,
+    TrainResult,
+    learning_rate_at,
 )
+from textgen.windows import split_ids
 
-HISTORY_FIELDS = [
-    "epoch",
-    "step",
-    "train_loss",
-    "train_bpc",
-    "val_loss",
-    "val_bpc",
-    "learning_rate",
-    "seconds",
+__all__ = [
+    "HISTORY_FIELDS",
+    "STOPS",
+    "Callback",
+    "Trainer",
+    "TrainResult",
+    "TrainingInterrupted",
+    "build_replica_train_step",
+    "build_train_step",
+    "default_run_dir",
+    "learning_rate_at",
+    "make_optimizer",
+    "train",
 ]
-STOPS = ("completed", "early_stopping", "max_time", "interrupted")
-# What the workers of a cluster vote on with every step, so that all of them stop together.
-_VOTES = ("max_time", "interrupted", "callback")
-
-
-@dataclass
-class TrainResult:
-    """What a training call achieved."""
-
-    run_dir: Path
-    epochs_done: float
-    best_val_loss: float | None
-    stopped: str  # one of STOPS, or the reason a callback gave
-    plan: StepPlan = field(default_factory=StepPlan)  # how the step ran on this machine
-
-    @property
-    def precision(self) -> str:
-        """The large products' arithmetic, as ``auto`` resolved it."""
-        return self.plan.precision
-
-
-class TrainingInterrupted(TextgenError):
-    """Ctrl-C stopped training; a checkpoint was saved first."""
-
-    interrupted = True  # the command line exits with 130 for this
-
-    def __init__(self, run_dir: Path) -> None:
-        super().__init__(f"interrupted; checkpoint saved in {run_dir} (continue with --resume)")
-        self.run_dir = run_dir
 
 
 def default_run_dir(corpus_name: str) -> Path:
@@ -95,46 +61,34 @@ def default_run_dir(corpus_name: str) -> Path:
     return rundir.DEFAULT_ROOT / stem
 
 
-def learning_rate_at(config: TrainConfig, progress: float) -> float:
-    """The learning rate at a fraction ``progress`` in [0, 1] of the run."""
-    if config.lr_schedule == "constant":
-        return config.learning_rate
-    floor = 0.1
-    cosine = 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
-    return config.learning_rate * (floor + (1.0 - floor) * cosine)
+@dataclass
+class _Job:
+    """What one call of ``train`` asks for, as every worker was given it."""
+
+    corpus: str | Path | None
+    run_dir: Path
+    settings: dict[str, Any]  # fields of TrainConfig
+    resume: bool
+    source: Any  # the textgen.finetune.Source a new run starts from, or None
+    device: str
+    callbacks: Sequence[Callback]
+    echo: Callable[[str], None]
+    progress: bool
 
 
-def _resumed_config(saved: TrainConfig, settings: dict, run_dir: Path) -> TrainConfig:
-    """The saved settings with this invocation's changes, refusing shape and order changes."""
-    TrainConfig.from_settings(settings)  # unknown keys fail here
-    for key in LOCKED_ON_RESUME:
-        if key in settings and settings[key] != getattr(saved, key):
-            raise CheckpointError(
-                f"cannot resume {run_dir} with {key}={settings[key]!r}: the run was trained with "
-                f"{key}={getattr(saved, key)!r}"
-            )
-    return replace(saved, **settings)
+@dataclass
+class _Start:
+    """Where a worker's training starts: the run's config, vocabulary and split corpus, and
+    (on the chief) the checkpoint it resumes from or the trained model it starts from."""
 
-
-@contextlib.contextmanager
-def _graceful_interrupts() -> Iterator[dict]:
-    """Turn the first Ctrl-C into a flag the loop checks; a second one aborts at once."""
-    flag = {"stop": False}
-
-    def handler(signum, frame):
-        if flag["stop"]:
-            raise KeyboardInterrupt
-        flag["stop"] = True
-
-    try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield flag
-        return
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    run: RunConfig
+    tokenizer: Tokenizer
+    split: Any  # textgen.windows.split_ids's answer
+    resumed: bool
+    init: bool  # a new run from a trained model's weights
+    checkpoint: Checkpoint | None = None  # the chief's, when resuming
+    source: Any = None  # the chief's textgen.finetune.Source, when init
+    sized: Any = None  # the chief's textgen.sizing answer, when its budget chose the shape
 
 
 def train(
@@ -184,73 +138,62 @@ def train(
             raise OptionsError("--init-from starts a new run; it cannot be used with --resume")
         source = open_source(init_from)
         settings = {**settings, **shape_settings(source, settings)}
-    config = None if resume else TrainConfig.from_settings(settings)
-    if config is not None:
-        config.validate()  # bad settings fail before any file is made
+    if not resume:
+        TrainConfig.from_settings(settings).validate()  # bad settings fail before any file
     if corpus is not None or not resume:
         check_exists(corpus or DEFAULT_CORPUS)  # so does a missing corpus
     cluster = make_cluster(distribute)  # before any other TensorFlow op
-    args = (corpus, run_dir, config, progress, echo, callbacks, settings, cluster, device, source)
-    if cluster is not None and not cluster.is_chief:
-        with _lost_workers(cluster, run_dir):
-            return _train_locked(*args)
-    created = not run_dir.exists()
-    rundir.ensure_writable(run_dir)
-    try:
-        with rundir.writer_lock(run_dir), _lost_workers(cluster, run_dir):
-            return _train_locked(*args)
-    finally:
-        if created and not (run_dir / rundir.CONFIG).exists():
-            # leave no empty run behind for a corpus or setting that failed
-            rundir.remove_lock_files(run_dir)
-            with contextlib.suppress(OSError):
-                run_dir.rmdir()
+    job = _Job(corpus, run_dir, settings, resume, source, device, callbacks, echo, progress)
+    owning = rundir.writing(run_dir) if cluster.is_chief else contextlib.nullcontext()
+    with owning, cluster.lost_contact(run_dir):
+        return _train(job, cluster)
 
 
-@contextlib.contextmanager
-def _lost_workers(cluster: Cluster | None, run_dir: Path) -> Iterator[None]:
-    """Turn the error a collective raises when a peer has gone into one clear TextgenError."""
-    if cluster is None:
-        yield
-        return
-    try:
-        yield
-    except lost_worker_errors() as err:
-        lines = (getattr(err, "message", "") or str(err)).splitlines()
-        said = [re.sub(r"\{\{[^}]*\}\}", "", line).strip() for line in lines]
-        said = [line for line in said if line and not line.endswith("execution error:")]
-        reason = (said[0] if said else type(err).__name__)[:200]
-        raise TextgenError(
-            f"worker {cluster.worker} of {cluster.workers} lost contact with the cluster "
-            f"({reason}); once every worker has stopped, rerun each of them with --resume to "
-            f"continue from the last checkpoint in {run_dir}"
-        ) from None
+def _train(job: _Job, cluster) -> TrainResult:
+    """Train on this worker, its place in the cluster given; the chief holds the lock."""
+    if cluster.is_chief:
+        start, shared = _chief_start(job, cluster)
+        cluster.broadcast_text(json.dumps(shared))
+    else:
+        start = _worker_start(job, json.loads(cluster.broadcast_text(None)), cluster.worker)
+    config = start.run.training
+    watchers = _watchers(config, start.tokenizer, job) if cluster.is_chief else []
+    stops = [EarlyStopping(config.patience)] if config.patience else []
+    trainer = _make_trainer(start, job, cluster, [*watchers, *job.callbacks, *stops])
+    if start.checkpoint is not None:
+        trainer.restore(start.checkpoint)
+    elif start.source is not None:
+        from textgen.finetune import transfer_weights
+
+        trainer.start_from(transfer_weights(start.source, start.tokenizer, start.split.train))
+    if start.resumed or start.init:
+        trainer.share_checkpoint()  # the other workers start where the chief starts
+    if start.sized is not None:
+        trainer.state.seconds = start.sized.seconds  # timing the sizes spent part of the budget
+    if cluster.is_chief:
+        if start.resumed:
+            rundir.write_config(job.run_dir, start.run)
+        else:
+            rundir.create_run(
+                job.run_dir, start.run, start.tokenizer, lambda: trainer.save(with_best=True)
+            )
+    return trainer.run()
 
 
-def _train_locked(
-    corpus, run_dir: Path, config, progress, echo, callbacks, settings, cluster, device, source
-):
-    """``train`` once the run directory's lock is held; ``config`` is None when resuming;
-    ``source`` is the ``textgen.finetune.Source`` a new run starts from, if any."""
-    if cluster is not None and not cluster.is_chief:
-        return _train_follower(corpus, run_dir, progress, echo, callbacks, cluster, device)
-    resume = config is None
-    has_run = (run_dir / rundir.CONFIG).exists()
-    if has_run and not resume:
-        raise CheckpointError(
-            f"{run_dir} already holds a run; add --resume to continue it, or choose another "
-            "--checkpoint-dir"
-        )
-    if resume and not has_run:
-        raise CheckpointError(f"nothing to resume: {run_dir} holds no run")
-    saved = rundir.read_config(run_dir) if resume else None
-    if saved is not None:
-        config = _resumed_config(saved.training, settings, run_dir)
-        corpus = corpus or saved.corpus.get("source")
-        config.validate()
+def _chief_start(job: _Job, cluster) -> tuple[_Start, dict]:
+    """The run to train, new or resumed (``textgen.run``'s checks), with its corpus read; and
+    what the other workers of a cluster need of it."""
+    run_dir = job.run_dir
+    resumed = rundir.resume_run(run_dir, job.settings) if job.resume else None
+    if resumed is None:
+        rundir.check_new_run(run_dir)
+        config = TrainConfig.from_settings(job.settings)
+        corpus = job.corpus
+    else:
+        config = resumed.config.training
+        corpus = job.corpus or resumed.config.corpus.get("source")
     corpus = str(corpus or DEFAULT_CORPUS)
-
-    saved_tokenizer = Tokenizer.load(run_dir / rundir.TOKENIZER) if resume else None
+    source = job.source
     try:
         prepared = load_corpus(
             corpus,
@@ -258,101 +201,64 @@ def _train_locked(
             encoding=config.encoding,
             errors=config.errors,
             max_vocab=config.max_vocab,
-            tokenizer=saved_tokenizer,
+            tokenizer=resumed.tokenizer if resumed is not None else None,
             base=source.run.tokenizer if source is not None else None,
         )
         split = split_ids(prepared.ids, config.validation_split, config.seq_length)
     except VocabularyError as err:
-        if resume:
+        if resumed is not None:
             raise CheckpointError(f"cannot resume {run_dir}: {err}") from None
         raise
     tokenizer = prepared.tokenizer
-    corpus_record = {
-        "source": corpus,
-        "characters": int(len(prepared.ids)),
-        "sha256": prepared.sha256,
-    }
-    if saved is not None:
-        run_config = replace(saved, training=config)
+    sized = None
+    if resumed is not None:
+        run_config = resumed.config
     else:
-        sized = None
-        if cluster is None and sizing_applies(settings, resume=False, init_from=source):
-            from textgen.distribute import visible_gpus
-
-            if choose_path(device, visible_gpus()) == "fast":
-                plan = plan_for_this_machine(config.precision)
-
-                def build_step(shape):
-                    model = build_model(shape)
-                    return build_train_step(
-                        model, make_optimizer(config), config.noise(), plan=plan
-                    )
-
-                keep = "dropout" in settings
-                config, sized = size_for_budget(config, tokenizer.vocab_size, build_step, keep)
-                echo(f"{sized.describe()}, dropout {config.dropout:g}")
+        if not cluster.replicated and sizing_applies(job.settings, resume=False, init_from=source):
+            config, sized = _sized(config, tokenizer, job)
+        record = {"source": corpus, "characters": int(len(prepared.ids)), "sha256": prepared.sha256}
         init_record = source.record() if source is not None else None
-        model = config.model(tokenizer.vocab_size)
-        run_config = RunConfig(model, config, corpus_record, init_record)
-    if cluster is not None:
-        shared = {"run": run_config.to_json(), "tokenizer": tokenizer.to_json()}
-        shared.update(sha256=prepared.sha256, resume=saved is not None, init=source is not None)
-        cluster.broadcast_text(json.dumps(shared))
-
-    watchers = _watchers(config, tokenizer, run_dir, echo)
-    trainer = _make_trainer(config, tokenizer, split, run_dir, echo, progress, cluster, device)
-    trainer.callbacks = [*watchers, *callbacks]
-    if saved is not None:
-        remove_stale_temporaries(run_dir)
-        trainer.restore(load_checkpoint(run_dir / rundir.LATEST))
-        if config.budget_is_plan and "max_time" in settings:
-            # A new budget for a run planned by its budget: this much more training time.
-            config.max_time = trainer.state.seconds + settings["max_time"]
-        if cluster is not None:
-            trainer.share_checkpoint()
-        rundir.write_config(run_dir, run_config)
-    else:
-        if source is not None:
-            from textgen.finetune import transfer_weights
-
-            trainer.start_from(transfer_weights(source, tokenizer, split.train))
-            if cluster is not None:
-                trainer.share_checkpoint()
-        if sized is not None:
-            trainer.state.seconds = sized.seconds  # timing the sizes spent part of the budget
-        tokenizer.save(run_dir / rundir.TOKENIZER)
-        # A step-0 checkpoint before the config: a run directory with a config always has a
-        # checkpoint to resume from, even if the process is killed before the first save.
-        trainer.save(with_best=True)
-        rundir.write_config(run_dir, run_config)
-    return trainer.run()
+        run_config = RunConfig(config.model(tokenizer.vocab_size), config, record, init_record)
+    checkpoint = resumed.checkpoint if resumed is not None else None
+    start = _Start(run_config, tokenizer, split, resumed is not None, source is not None)
+    start.checkpoint, start.source, start.sized = checkpoint, source, sized
+    shared = {"run": run_config.to_json(), "tokenizer": tokenizer.to_json()}
+    shared.update(sha256=prepared.sha256, resume=resumed is not None, init=source is not None)
+    return start, shared
 
 
-def _make_trainer(config, tokenizer, split, run_dir, echo, progress, cluster, device):
-    """The model and its Trainer, built in the cluster's scope so its variables are mirrored."""
-    from textgen.backend import keras
+def _sized(config: TrainConfig, tokenizer: Tokenizer, job: _Job):
+    """The settings with the shape that a budget with no shape given suits on this machine,
+    and the sizing's answer; the settings as they are on the stock (GPU) path."""
     from textgen.distribute import visible_gpus
+    from textgen.step_plan import plan_for_this_machine
 
-    path = choose_path(device, visible_gpus())
-    keras.utils.set_random_seed(config.seed)
-    scope = cluster.strategy.scope() if cluster is not None else contextlib.nullcontext()
-    with scope:
-        model = build_model(config.model(tokenizer.vocab_size))
-        return Trainer(model, config, split, run_dir, echo, progress, (), cluster, path)
+    if choose_path(job.device, visible_gpus()) != "fast":
+        return config, None
+    plan = plan_for_this_machine(config.precision)
+
+    def build_step(shape):
+        model = build_model(shape)
+        return build_train_step(model, make_optimizer(config), config.noise(), plan=plan)
+
+    keep = "dropout" in job.settings
+    config, sized = size_for_budget(config, tokenizer.vocab_size, build_step, keep)
+    job.echo(f"{sized.describe()}, dropout {config.dropout:g}")
+    return config, sized
 
 
-def _train_follower(corpus, run_dir: Path, progress, echo, callbacks, cluster: Cluster, device):
-    """A worker other than the chief: the chief's settings, vocabulary and checkpoint, no files.
+def _worker_start(job: _Job, shared: dict, worker: int) -> _Start:
+    """A worker other than the chief: the chief's settings and vocabulary, checked against its
+    own copy of the corpus.
 
     Its ids are cached in the system's temporary folder, not beside the run directory, which
     may be the chief's disk or storage that only the chief writes.
     """
-    shared = json.loads(cluster.broadcast_text(None))
     run_config = RunConfig.from_json(shared["run"], "the chief's run config")
     config = run_config.training
     tokenizer = Tokenizer.from_json(shared["tokenizer"])
     prepared = load_corpus(
-        str(corpus or run_config.corpus.get("source") or DEFAULT_CORPUS),
+        str(job.corpus or run_config.corpus.get("source") or DEFAULT_CORPUS),
         cache_dir=Path(tempfile.gettempdir()) / "textgen-cache",
         encoding=config.encoding,
         errors=config.errors,
@@ -361,545 +267,47 @@ def _train_follower(corpus, run_dir: Path, progress, echo, callbacks, cluster: C
     )
     if prepared.sha256 != shared["sha256"] or prepared.tokenizer != tokenizer:
         raise TextgenError(
-            f"worker {cluster.worker}'s corpus differs from the chief's (sha256 "
+            f"worker {worker}'s corpus differs from the chief's (sha256 "
             f"{prepared.sha256[:12]}... against {shared['sha256'][:12]}...); give every worker "
             "the same text"
         )
     split = split_ids(prepared.ids, config.validation_split, config.seq_length)
-    trainer = _make_trainer(config, tokenizer, split, run_dir, echo, progress, cluster, device)
-    trainer.callbacks = list(callbacks)
-    if shared["resume"] or shared.get("init"):
-        trainer.share_checkpoint()
-    return trainer.run()
+    return _Start(run_config, tokenizer, split, shared["resume"], bool(shared.get("init")))
 
 
-def _watchers(config: TrainConfig, tokenizer, run_dir: Path, echo) -> list[Callback]:
-    """The callbacks every run gets unless its settings turn them off."""
+def _make_trainer(start: _Start, job: _Job, cluster, callbacks: list[Callback]) -> Trainer:
+    """The model and its Trainer, built in the cluster's scope so its variables are mirrored."""
+    from textgen.backend import keras
+    from textgen.distribute import visible_gpus
+
+    config = start.run.training
+    path = choose_path(job.device, visible_gpus())
+    keras.utils.set_random_seed(config.seed)
+    with cluster.scope():
+        model = build_model(config.model(start.tokenizer.vocab_size))
+        return Trainer(
+            model,
+            config,
+            start.split,
+            job.run_dir,
+            cluster=cluster,
+            path=path,
+            callbacks=callbacks,
+            echo=job.echo,
+            progress=job.progress,
+        )
+
+
+def _watchers(config: TrainConfig, tokenizer: Tokenizer, job: _Job) -> list[Callback]:
+    """The callbacks the chief adds unless the run's settings turn them off."""
     from textgen.watch import EpochSample, TensorBoardLogger
 
     watchers: list[Callback] = []
     sample = None
     if config.sample_every:
-        sample = EpochSample(tokenizer, config.cell, config.seed, config.sample_every, echo)
+        sample = EpochSample(tokenizer, config.cell, config.seed, config.sample_every, job.echo)
         watchers.append(sample)
     if config.tensorboard:
         chars = config.batch_size * config.seq_length
-        watchers.append(TensorBoardLogger(run_dir / rundir.TENSORBOARD, chars, sample))
+        watchers.append(TensorBoardLogger(job.run_dir / rundir.TENSORBOARD, chars, sample))
     return watchers
-
-
-def build_train_step(
-    model,
-    optimizer,
-    noise: Noise = NO_NOISE,
-    grad_norm=None,
-    plan: StepPlan | None = None,
-    stock: bool = False,
-    weight_decay: float = 0.0,
-):
-    """The compiled training step ``(x, y, seed, lr) -> mean loss`` that ``train`` runs.
-
-    ``seed`` (int32 [2]) fixes the masks of ``noise`` and ``lr`` is assigned before the update,
-    so a step is a pure function of the model, optimizer state and its arguments. When given,
-    the float variable ``grad_norm`` receives the gradient's global norm (before clipping).
-    ``plan`` is how the LSTM layers run (``textgen.step_plan``) and ``stock`` trains them
-    through ``keras.layers.LSTM`` (see ``textgen.forward.make_forward``). ``weight_decay`` is
-    as in ``decay_matrices``.
-    """
-    from textgen.backend import tf
-    from textgen.forward import make_forward
-
-    forward = make_forward(model, noise, plan, stock=stock)
-    variables = model.trainable_variables
-    ids = tf.TensorSpec([None, None], tf.int32)
-    signature = [ids, ids, tf.TensorSpec([2], tf.int32), tf.TensorSpec([], tf.float32)]
-
-    @tf.function(input_signature=signature)
-    def train_step(x, y, seed, lr):
-        with tf.GradientTape() as tape:
-            logits = forward(x, training=True, seed=seed)  # (B, T, vocab)
-            loss = tf.reduce_mean(
-                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
-            )
-        grads = tape.gradient(loss, variables)
-        if grad_norm is not None:
-            grad_norm.assign(tf.linalg.global_norm(grads))
-        optimizer.learning_rate.assign(lr)
-        decay_matrices(variables, lr, weight_decay)
-        optimizer.apply_gradients(zip(grads, variables))
-        return loss
-
-    return train_step
-
-
-def build_replica_train_step(
-    cluster: Cluster,
-    model,
-    optimizer,
-    noise: Noise,
-    clip_norm,
-    grad_norm,
-    stock: bool = False,
-    plan: StepPlan | None = None,
-    weight_decay: float = 0.0,
-):
-    """The training step of a cluster: ``(x, y, offset, rows, seed, lr, votes) -> (loss, votes)``.
-
-    ``x``, ``y`` and ``offset`` are distributed values (``Cluster.per_replica``): each replica's
-    block of a global batch of ``rows`` rows and where the block starts. Each replica divides
-    its summed loss by the whole batch's size, so the all-reduced sum of the replicas' gradients
-    is the gradient of the batch's mean loss, as in ``build_train_step``. Clipping then uses the
-    global norm of that sum, once (Keras's ``global_clipnorm`` would clip each replica's part
-    before the sum), and the update is applied outside the replicas, so the optimizer does not
-    sum again. ``votes`` (float [3]) are summed over workers with the gradients and returned.
-    """
-    from textgen.backend import tf
-    from textgen.forward import make_forward
-
-    forward = make_forward(model, noise, plan, stock=stock)
-    variables = model.trainable_variables
-    strategy = cluster.strategy
-
-    def replica_step(x, y, offset, rows, seed, votes):
-        with tf.GradientTape() as tape:
-            logits = forward(x, training=True, seed=seed, rows=(offset, rows))  # (b, T, vocab)
-            losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
-            size = tf.cast(rows * tf.shape(x)[1], losses.dtype)
-            loss = tf.reduce_sum(losses) / size
-        grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
-        votes = tf.identity(votes)  # placed on the replica's device, as all_reduce needs
-        return _all_reduce_packed([*grads, loss, votes])
-
-    def train_step(x, y, offset, rows, seed, lr, votes):
-        with strategy.scope():
-            summed = strategy.run(replica_step, args=(x, y, offset, rows, seed, votes))
-            *grads, loss, votes = [strategy.experimental_local_results(v)[0] for v in summed]
-            norm = tf.linalg.global_norm(grads)
-            grad_norm.assign(norm)
-            if clip_norm is not None:
-                grads, _ = tf.clip_by_global_norm(grads, clip_norm, use_norm=norm)
-            optimizer.learning_rate.assign(lr)
-            # What ``apply_gradients`` does outside a strategy, one update per variable;
-            # called here, outside the replicas, it would need the merge_call of a replica.
-            rate = optimizer.learning_rate
-            decay_matrices(variables, lr, weight_decay)
-            for grad, var in zip(grads, variables, strict=True):
-                strategy.extended.update(
-                    var.value, lambda v, g: optimizer.update_step(g, v, rate), args=(grad,)
-                )
-            optimizer.iterations.assign_add(1)
-        return loss, votes
-
-    ids, scalar = tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([], tf.int32)
-    signature = [ids, ids, scalar, scalar, tf.TensorSpec([2], tf.int32)]
-    signature += [tf.TensorSpec([], tf.float32), tf.TensorSpec([len(_VOTES)], tf.float32)]
-    return cluster.compile(train_step, signature)
-
-
-def decay_matrices(variables, lr, rate: float) -> None:
-    """Decoupled weight decay (as AdamW's): shrink every matrix by ``lr * rate``, before the update.
-
-    Biases are left alone. The steps call this themselves because the cluster's step applies
-    Adam's ``update_step`` directly, which would skip the decay of Keras's ``weight_decay``.
-    """
-    if rate == 0:
-        return
-    for var in variables:
-        if len(var.shape) >= 2:
-            var.assign_sub(var * (lr * rate))
-
-
-def _all_reduce_packed(tensors: list) -> list:
-    """The replicas' sums of ``tensors``, through one all-reduce of all of them end to end.
-
-    One collective per tensor costs a round of messages each; packed, the gradients' all-reduce
-    between two pinned workers took about 17 ms a step instead of 23.
-    """
-    from textgen.backend import tf
-
-    context = tf.distribute.get_replica_context()
-    flat = tf.concat([tf.reshape(t, [-1]) for t in tensors], axis=0)
-    flat = context.all_reduce(tf.distribute.ReduceOp.SUM, flat)
-    pieces = tf.split(flat, [t.shape.num_elements() for t in tensors])
-    return [tf.reshape(p, t.shape) for p, t in zip(pieces, tensors, strict=True)]
-
-
-def make_optimizer(config: TrainConfig, clip: bool = True):
-    """Adam with the run's peak learning rate and (unless ``clip`` is off) gradient clipping."""
-    from textgen.backend import keras
-
-    clip_norm = config.clip_norm if clip else None
-    return keras.optimizers.Adam(learning_rate=config.learning_rate, global_clipnorm=clip_norm)
-
-
-@dataclass
-class _Clock:
-    """This invocation's wall clock, for the budget, the schedule and mid-epoch checkpoints."""
-
-    started: float = field(default_factory=time.monotonic)
-    seconds_before: float = 0.0  # training time of earlier invocations
-    last_save: float = field(default_factory=time.monotonic)
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
-
-
-class Trainer:
-    """One training invocation: the model, its optimizer, the loop state and the callbacks."""
-
-    def __init__(
-        self,
-        model,
-        config: TrainConfig,
-        split,
-        run_dir: Path,
-        echo: Callable[[str], None] = print,
-        progress: bool = False,
-        callbacks: Sequence[Callback] = (),
-        cluster: Cluster | None = None,
-        path: str = "fast",
-    ) -> None:
-        """A cluster's trainer is made in ``cluster.strategy.scope()``; ``path`` is
-        ``choose_path``'s answer."""
-        from textgen.backend import tf
-
-        self.tf = tf
-        self.model = model
-        self.config = config
-        self.run_dir = run_dir
-        self.echo = echo
-        self.progress = progress
-        self.callbacks = list(callbacks)
-        self.cluster = cluster
-        self.writes = cluster is None or cluster.is_chief  # the chief alone writes the run
-        self.train_ids = split.train
-        self.valid_ids = split.valid if len(split.valid) else None
-        self.steps = steps_per_epoch(len(split.train), config.seq_length, config.batch_size)
-        self.optimizer = make_optimizer(config, clip=cluster is None)
-        self.optimizer.build(model.trainable_variables)
-        self.state = TrainState()
-        self.grad_norm = tf.Variable(0.0, trainable=False, name="grad_norm")  # of the last step
-        self.plan = plan_for_this_machine(config.precision)
-        stock = path == "stock"
-        if cluster is None:
-            self.train_step = build_train_step(
-                model,
-                self.optimizer,
-                config.noise(),
-                self.grad_norm,
-                self.plan,
-                stock=stock,
-                weight_decay=config.weight_decay,
-            )
-        else:
-            self.train_step = build_replica_train_step(
-                cluster,
-                model,
-                self.optimizer,
-                config.noise(),
-                config.clip_norm,
-                self.grad_norm,
-                stock,
-                self.plan,
-                config.weight_decay,
-            )
-        self.eval_step = build_eval_step(model, cluster, stock)
-        self._interrupt = {"stop": False}
-        self._agreed_stop: str | None = None  # what the cluster's last vote decided
-        self._pending_reason: str | None = None  # a callback's reason, for the next vote
-        self.average = None
-        if config.weight_average:
-            named = named_variables(model)
-            self.average = WeightAverage(named.values(), named.keys(), config.weight_average)
-
-    def restore(self, saved: Checkpoint) -> None:
-        """Load weights, optimizer state and loop position from a checkpoint."""
-        set_weights(self.model, saved.weights)
-        variables = self.optimizer.variables
-        if len(saved.optimizer) != len(variables):
-            raise CheckpointError("the checkpoint's optimizer state does not match this model")
-        for var, value in zip(variables, saved.optimizer, strict=True):
-            if tuple(var.shape) != tuple(value.shape):
-                raise CheckpointError("the checkpoint's optimizer state does not match this model")
-            var.assign(value)
-        self.state = replace(saved.state)
-        if self.average is not None:
-            # A run that did not average before starts its average from the current weights.
-            self.average.load(saved.average or saved.weights)
-
-    def start_from(self, weights: dict[str, np.ndarray]) -> None:
-        """Begin a new run from these weights (fine-tuning) instead of random ones."""
-        set_weights(self.model, weights)
-        if self.average is not None:
-            self.average.load(weights)
-
-    def share_checkpoint(self) -> None:
-        """Give every worker of the cluster the chief's weights, optimizer state and position."""
-        cluster = self.cluster
-        weights = get_weights(self.model)
-        names = sorted(weights)
-        arrays = [weights[n] for n in names]
-        optimizer = [np.asarray(v.numpy()) for v in self.optimizer.variables]
-        average = self.average.arrays() if self.average is not None else {}
-        arrays += optimizer + [average[n] for n in names if n in average]
-        shared = cluster.broadcast_arrays(arrays)
-        state = cluster.broadcast_text(json.dumps(self.state.to_json()))
-        if not cluster.is_chief:
-            count, opt_count = len(names), len(optimizer)
-            restored = dict(zip(names, shared[:count], strict=True))
-            averaged = dict(zip(names, shared[count + opt_count :], strict=False))
-            state = TrainState.from_json(json.loads(state))
-            self.restore(Checkpoint(restored, shared[count : count + opt_count], state, averaged))
-
-    def save(self, with_best: bool = False) -> None:
-        """Write the checkpoint files; ``best`` first, so a crash in between replays the epoch
-        from the older ``latest`` and rewrites ``best`` rather than leaving a stale one.
-        Only the chief of a cluster writes."""
-        if not self.writes:
-            return
-        weights = get_weights(self.model)
-        average = self.average.arrays() if self.average is not None else {}
-        if with_best:
-            # best.npz holds the weights that were validated: the average, when there is one.
-            best = average or weights
-            save_checkpoint(self.run_dir / rundir.BEST, Checkpoint(best, [], self.state))
-        opt = [np.asarray(v.numpy()) for v in self.optimizer.variables]
-        latest = Checkpoint(weights, opt, self.state, average)
-        save_checkpoint(self.run_dir / rundir.LATEST, latest)
-
-    def evaluate(self) -> float | None:
-        """Mean validation loss in nats per character, or None without a validation split."""
-        if self.valid_ids is None:
-            return None
-        cfg = self.config
-        averaged = self.average.applied() if self.average is not None else contextlib.nullcontext()
-        with averaged:
-            return evaluate_ids(
-                self.eval_step, self.valid_ids, cfg.seq_length, cfg.batch_size,
-                cfg.validation_context, self.cluster,
-            )  # fmt: skip
-
-    # -- the loop ---------------------------------------------------------------------------
-
-    def run(self) -> TrainResult:
-        """Train until a stop condition holds; Ctrl-C saves and raises TrainingInterrupted."""
-        from tqdm import tqdm
-
-        clock = _Clock(seconds_before=self.state.seconds)
-        bar = tqdm(
-            total=self.steps,
-            disable=None if self.progress else True,  # None: off when not a terminal
-            leave=False,
-            dynamic_ncols=True,
-        )
-        for callback in self.callbacks:
-            callback.trainer = self
-            callback.on_train_begin(self.state)
-        with self._ending(), _graceful_interrupts() as interrupt:
-            self._interrupt = interrupt
-            with bar:
-                stopped = self._loop(clock, bar, interrupt)
-            return self._finish(stopped, clock)
-
-    def _loop(self, clock: _Clock, bar, interrupt: dict) -> str:
-        """Ends an epoch or trains a batch per turn, until a stop condition holds."""
-        batches: Iterator | None = None
-        stopped = None
-        while stopped is None:
-            stopped = self._stop_before_batch(clock, interrupt["stop"])
-            if stopped is not None:
-                break
-            if self.state.batch >= self.steps:
-                stopped = self._end_epoch(clock)
-                batches = None
-                continue
-            if batches is None:
-                batches = self._epoch_batches(bar)
-            stopped = self._train_batch(next(batches), clock, bar)
-        return stopped
-
-    @contextlib.contextmanager
-    def _ending(self) -> Iterator[None]:
-        try:
-            yield
-        finally:
-            for callback in self.callbacks:
-                callback.on_train_end(self.state)
-
-    def _stop_before_batch(self, clock: _Clock, interrupted: bool) -> str | None:
-        """The stop condition that holds before the next batch, if any.
-
-        A cluster's workers must stop at the same batch, so there the budget, Ctrl-C and the
-        callbacks are voted on with each step (``_VOTES``) and act after it.
-        """
-        limit = self.config.epoch_limit
-        completed = limit is not None and self.state.epoch >= limit
-        if self.cluster is not None:
-            if self._agreed_stop is not None:
-                return self._agreed_stop
-            return "completed" if completed else None
-        if interrupted:
-            return "interrupted"
-        if completed:
-            return "completed"
-        if self._budget_spent(clock):
-            return "max_time"
-        return None
-
-    def _budget_spent(self, clock: _Clock) -> bool:
-        """Whether the time budget is used: the run's when it is the plan, else this call's."""
-        cfg = self.config
-        if cfg.max_time is None:
-            return False
-        if cfg.budget_is_plan:
-            return clock.seconds_before + clock.elapsed() >= cfg.max_time
-        return clock.elapsed() >= cfg.max_time
-
-    def _epoch_batches(self, bar) -> Iterator:
-        cfg, state = self.config, self.state
-        starts = epoch_starts(len(self.train_ids), cfg.seq_length, cfg.seed, state.epoch)
-        starts = starts[state.batch * cfg.batch_size :]
-        bar.reset(total=self.steps)
-        bar.update(state.batch)
-        limit = cfg.epoch_limit
-        bar.set_description(f"epoch {state.epoch + 1}" + (f"/{limit}" if limit else ""))
-        if self.cluster is not None:
-            rows_of = self.cluster.local_rows
-            return replica_windows(self.train_ids, starts, cfg.seq_length, cfg.batch_size, rows_of)
-        return window_dataset(self.train_ids, starts, cfg.seq_length, cfg.batch_size)
-
-    def _progress(self, clock: _Clock) -> float:
-        cfg = self.config
-        if cfg.budget_is_plan:
-            return (clock.seconds_before + clock.elapsed()) / cfg.max_time
-        by_steps = self.state.step / (cfg.epoch_limit * self.steps)
-        if cfg.max_time is None:
-            return by_steps
-        return max(by_steps, clock.elapsed() / cfg.max_time)
-
-    def _train_batch(self, batch, clock: _Clock, bar) -> str | None:
-        tf, cfg, state = self.tf, self.config, self.state
-        lr = learning_rate_at(cfg, self._progress(clock))
-        seed = tf.constant([cfg.seed, state.step], tf.int32)
-        if self.cluster is None:
-            x, y = batch
-            loss = float(self.train_step(x, y, seed, tf.constant(lr, tf.float32)))
-        else:
-            loss = self._train_replicas(batch, seed, lr, clock)
-        if not math.isfinite(loss):
-            raise TextgenError("the training loss became NaN or infinite; lower --learning-rate")
-        state.batch += 1
-        state.step += 1
-        state.loss_sum += loss
-        if self.average is not None:
-            self.average.update(state.step)
-        bar.update(1)
-        bar.set_postfix(loss=f"{state.loss_sum / state.batch:.4f}")
-        now = time.monotonic()
-        if now - clock.last_save >= cfg.checkpoint_every:
-            state.seconds = clock.seconds_before + clock.elapsed()
-            self.save()
-            clock.last_save = now
-        reason = _first_reason(cb.on_batch_end(state, loss) for cb in self.callbacks)
-        if self.cluster is not None and reason is not None:
-            self._pending_reason = reason  # voted on with the next step
-            return None
-        return reason
-
-    def _train_replicas(self, batch, seed, lr: float, clock: _Clock) -> float:
-        """One step of a cluster, with this worker's votes on stopping after it."""
-        tf, cluster = self.tf, self.cluster
-        parts, rows = batch
-        blocks = cluster.local_rows(rows)
-        x = cluster.per_replica([tf.constant(px) for px, _ in parts])
-        y = cluster.per_replica([tf.constant(py) for _, py in parts])
-        offset = cluster.per_replica([tf.constant(lo, tf.int32) for lo, _ in blocks])
-        budget = self._budget_spent(clock)
-        mine = [budget, self._interrupt["stop"], self._pending_reason is not None]
-        votes = tf.constant(mine, tf.float32)
-        lr_t = tf.constant(lr, tf.float32)
-        loss, votes = self.train_step(x, y, offset, tf.constant(rows, tf.int32), seed, lr_t, votes)
-        # Every worker sees the same sums, so every worker picks the same reason.
-        agreed = [name for name, v in zip(_VOTES, votes.numpy(), strict=True) if v > 0]
-        if "interrupted" in agreed:
-            self._agreed_stop = "interrupted"
-        elif "callback" in agreed:
-            self._agreed_stop = self._pending_reason or "stopped by a callback of another worker"
-        elif agreed:
-            self._agreed_stop = "max_time"
-        return float(loss)
-
-    def _end_epoch(self, clock: _Clock) -> str | None:
-        """Validate, log and checkpoint a finished (or budget-cut) epoch; patience counts here."""
-        state, cfg = self.state, self.config
-        state.seconds = clock.seconds_before + clock.elapsed()
-        done = state.batch >= self.steps
-        batches = max(state.batch, 1)
-        train_loss = state.loss_sum / batches if state.batch else None
-        val_loss = self.evaluate()
-        label = state.epoch + 1 if done else state.epoch + batches / self.steps
-        if done:
-            state.epoch, state.batch, state.loss_sum = state.epoch + 1, 0, 0.0
-        score = val_loss if val_loss is not None else train_loss
-        improved = score is not None and (
-            state.best_val_loss is None or score < state.best_val_loss
-        )
-        if improved:
-            state.best_val_loss = score
-            state.epochs_without_improvement = 0
-        elif state.best_val_loss is not None and done:
-            state.epochs_without_improvement += 1
-        lr = float(self.optimizer.learning_rate.numpy())
-        self._append_history(label, train_loss, val_loss, lr)
-        self.save(with_best=improved or (self.writes and not (self.run_dir / rundir.BEST).exists()))
-        clock.last_save = time.monotonic()
-        self.echo(
-            f"epoch {label:g}: train {describe_loss(train_loss)}, "
-            f"validation {describe_loss(val_loss)}"
-            + (" *best*" if improved and val_loss is not None else "")
-        )
-        epoch = EpochEnd(label, train_loss, val_loss, improved, lr)
-        reason = _first_reason(cb.on_epoch_end(state, epoch) for cb in self.callbacks)
-        if reason is None and cfg.patience and state.epochs_without_improvement >= cfg.patience:
-            reason = "early_stopping"
-        return reason
-
-    def _append_history(self, label: float, train_loss, val_loss, lr: float) -> None:
-        """Add the epoch's row, first dropping rows at or past its step (left by a crash)."""
-        if not self.writes:
-            return
-        step = self.state.step
-        rows = [r for r in rundir.read_history(self.run_dir) if int(r["step"]) < step]
-        rows.append(
-            {
-                "epoch": round(label, 3),
-                "step": step,
-                "train_loss": "" if train_loss is None else round(train_loss, 6),
-                "train_bpc": "" if train_loss is None else round(train_loss / LN2, 6),
-                "val_loss": "" if val_loss is None else round(val_loss, 6),
-                "val_bpc": "" if val_loss is None else round(val_loss / LN2, 6),
-                "learning_rate": f"{lr:.6g}",
-                "seconds": round(self.state.seconds, 1),
-            }
-        )
-        rundir.write_history(self.run_dir, rows, HISTORY_FIELDS)
-
-    def _finish(self, stopped: str, clock: _Clock) -> TrainResult:
-        """Save where the loop stopped; a budget that cut an epoch still validates it."""
-        state = self.state
-        state.seconds = clock.seconds_before + clock.elapsed()
-        if stopped == "interrupted":
-            self.save()
-            raise TrainingInterrupted(self.run_dir)
-        if stopped == "max_time" and state.batch > 0:
-            self._end_epoch(clock)  # validate and log the partial epoch
-        elif stopped != "completed":
-            self.save()
-        epochs_done = state.epoch + state.batch / self.steps
-        return TrainResult(self.run_dir, epochs_done, state.best_val_loss, stopped, self.plan)
-
-
-def _first_reason(reasons) -> str | None:
-    """The first stop reason a callback gave; every callback is still called."""
-    found = [r for r in reasons if r]
-    return found[0] if found else None
