@@ -79,32 +79,29 @@ def test_tensorflow_is_imported_only_by_the_backend():
     assert not offenders, offenders
 
 
-def test_importing_the_command_line_loads_nothing_heavy():
+def _loaded_by(modules: str, prefixes: tuple[str, ...]) -> str:
+    """The modules starting with ``prefixes`` that importing ``modules`` loads, in a fresh
+    interpreter."""
     code = (
-        "import sys, textgen.cli\n"
-        "heavy = ('numpy', 'tensorflow', 'keras', 'textgen.training', 'textgen.corpus', "
-        "'textgen.windows', 'textgen.run', 'textgen.sampler', 'textgen.engine')\n"
-        "print(' '.join(sorted(m for m in sys.modules if m.startswith(heavy))))\n"
+        f"import sys, {modules}\n"
+        f"print(' '.join(sorted(m for m in sys.modules if m.startswith({prefixes!r}))))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == ""
+    return done.stdout.strip()
+
+
+def test_importing_the_command_line_loads_nothing_heavy():
+    heavy = ("numpy", "tensorflow", "keras", "textgen.training", "textgen.corpus")
+    heavy += ("textgen.windows", "textgen.run", "textgen.sampler", "textgen.engine")
+    assert _loaded_by("textgen.cli", heavy) == ""
 
 
 def test_the_weights_and_the_engine_load_without_tensorflow():
-    code = (
-        "import sys, textgen.weights, textgen.engine\n"
-        "print(' '.join(sorted(m for m in sys.modules if m.startswith(('tensorflow', 'keras')))))\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == ""
+    assert _loaded_by("textgen.weights, textgen.engine", ("tensorflow", "keras")) == ""
 
 
 def test_every_data_file_of_the_package_is_shipped():
