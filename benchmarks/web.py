@@ -42,6 +42,9 @@ import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # for Chromium's path and flags, as the tests use them
+
+from browser import CHROMIUM, FLAGS  # noqa: E402
 
 from textgen.checkpoint import Checkpoint, save_checkpoint  # noqa: E402
 from textgen.config import ModelConfig, RunConfig, TrainConfig  # noqa: E402
@@ -51,17 +54,6 @@ from textgen.sampler import Sampler  # noqa: E402
 from textgen.tokenizer import Tokenizer  # noqa: E402
 from textgen.weights import weight_shapes  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = [  # as the tests launch it (tests/conftest.py)
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 VOCAB = 65
 PRIMES = ("The ", "\n", "def ", "It was")
 

@@ -69,19 +69,7 @@ def trained_run(tmp_path_factory) -> Path:
 
 API_KEY = "test-key"
 
-# Debian's Chromium, launched by every browser test with these flags: headless, and nothing
-# that reaches for the network on its own.
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from browser import CHROMIUM, FLAGS  # noqa: E402,F401 (browser tests import them from here)
 
 
 def free_ports(n: int) -> list[int]:

@@ -8,8 +8,8 @@ off (``TF_ENABLE_ONEDNN_OPTS=0``) the same products measured 1.4-1.7x slower in 
 float32 at the training step's shapes; a CPU without those instructions has to widen bfloat16 in
 software as well, so ``auto`` keeps float32 there.
 
-This module imports neither numpy nor TensorFlow until ``resolve_precision`` asks for GPUs, so
-the command line and ``config`` can read ``PRECISIONS`` for free.
+This module imports neither numpy nor TensorFlow, so the command line and ``config`` can read
+``PRECISIONS`` for free; ``textgen.step_plan`` asks for GPUs.
 """
 
 from __future__ import annotations
@@ -94,14 +94,3 @@ def choose_precision(
         return setting
     native = gpu or (onednn and not BF16_CPU_FLAGS.isdisjoint(flags))
     return "bfloat16" if native else "float32"
-
-
-def resolve_precision(setting: str) -> str:
-    """``choose_precision`` for this machine: its CPU flags, its GPUs and its environment."""
-    if setting != "auto":
-        return choose_precision(setting)
-    flags = machine_flags()
-    from textgen.backend import tf
-
-    gpu = bool(tf.config.list_physical_devices("GPU"))
-    return choose_precision(setting, flags, gpu=gpu, onednn=onednn_enabled())

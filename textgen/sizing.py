@@ -17,11 +17,13 @@ second over 32 but took half the updates.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from textgen.config import ModelConfig, TrainConfig
+from textgen.weights import weight_shapes
 
 # Shorter budgets keep the default: timing sizes would take too much of them.
 MIN_BUDGET = 120.0  # seconds
@@ -38,13 +40,7 @@ SHAPE_SETTINGS = frozenset({"units", "num_layers", "embedding_dim", "cell"})
 
 def weight_count(shape: ModelConfig) -> int:
     """The trainable weights of a model of ``shape`` (embedding, recurrent layers, output)."""
-    gates = 4 if shape.cell == "lstm" else 3 if shape.cell == "gru" else 1
-    weights = shape.vocab_size * shape.embedding_dim
-    inputs = shape.embedding_dim
-    for _ in range(shape.num_layers):
-        weights += gates * shape.units * (inputs + shape.units + 1)
-        inputs = shape.units
-    return weights + shape.units * shape.vocab_size + shape.vocab_size
+    return sum(math.prod(dims) for dims in weight_shapes(shape).values())
 
 
 def sizing_applies(settings: dict, *, resume: bool, init_from: object) -> bool:

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from textgen.precision import choose_precision, machine_flags, onednn_enabled, resolve_precision
+from textgen.precision import choose_precision, machine_flags, onednn_enabled
 
 WIDE_CPU_FLAGS = frozenset({"avx512f"})  # /proc/cpuinfo's name for AVX-512
 
@@ -70,6 +70,10 @@ def plan_for_this_machine(setting: str = "float32") -> StepPlan:
     """``choose_plan`` for this process: its CPU flags, usable cores, GPUs and environment."""
     from textgen.cores import usable_cores
 
+    gpu = False
+    if setting == "auto":  # only auto depends on a GPU, and asking loads TensorFlow
+        from textgen.backend import tf
+
+        gpu = bool(tf.config.list_physical_devices("GPU"))
     flags = machine_flags()
-    precision = resolve_precision(setting)  # the same flags, and the GPUs
-    return choose_plan(precision, flags, cores=usable_cores(), onednn=onednn_enabled())
+    return choose_plan(setting, flags, cores=usable_cores(), gpu=gpu, onednn=onednn_enabled())
