@@ -1,8 +1,8 @@
 """Peak memory and time of many samples at once, by how many streams advance together.
 
-``textgen sample --num-samples N`` runs its streams ``textgen.output.CHUNK_STREAMS`` at a time.
-Each row here is a child process that writes N samples of ``--length`` characters to /dev/null
-through ``textgen.output.write_samples`` with one chunk size, for a 1 x LSTM 512 model with
+``textgen sample --num-samples N`` runs its streams ``textgen.sample.output.CHUNK_STREAMS`` at a
+time. Each row here is a child process that writes N samples of ``--length`` characters to /dev/null
+through ``textgen.sample.output.write_samples`` with one chunk size, for a 1 x LSTM 512 model with
 random weights (vocabulary 65); the last row is the whole ``textgen sample`` command. "one
 batch" is every stream at once, as before chunking. Peak memory is the child's maximum resident
 set size. Every row gets one BLAS thread unless ``OPENBLAS_NUM_THREADS`` is set, so that the
@@ -32,8 +32,8 @@ print(_saved_run(Path(sys.argv[1])))
 """
 CHILD = """
 import sys
-from textgen.output import write_samples
-from textgen.sampler import Sampler
+from textgen.sample.output import write_samples
+from textgen.sample.sampler import Sampler
 
 run_dir, num_samples, length, chunk = sys.argv[1], *map(int, sys.argv[2:])
 sampler = Sampler.from_checkpoint(run_dir)

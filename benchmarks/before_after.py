@@ -5,7 +5,8 @@ Usage: python benchmarks/before_after.py [--base REV] [--rounds 5] [--seconds 8]
 The base revision is checked out into a temporary git worktree. Each round times, in fresh
 processes and alternating between the two checkouts, three things through the public API that
 both revisions share: the training step (E64, 1x512 LSTM, batch 64, seq 100, the step that
-``textgen train`` runs) and sampling with the numpy engine at 1 and 64 streams. It prints the
+``textgen train`` runs) and sampling with the numpy engine at 1 and 64 streams, importing what
+both layouts of the package offer (the flat one, and the stage folders). It prints the
 medians and the ratio this/base; ratios near 1.00 mean "the same speed, within noise".
 
 This machine's environment is used as it is (including any OPENBLAS_CORETYPE); only the
@@ -28,9 +29,12 @@ REPO = Path(__file__).resolve().parents[1]
 TRAIN = r"""
 import json, sys, time
 import numpy as np
+from textgen import TrainConfig, build_model
 from textgen.backend import tf
-from textgen.model import build_model
-from textgen.training import TrainConfig, build_train_step, make_optimizer
+try:  # the stage folders
+    from textgen.training.steps import build_train_step, make_optimizer
+except ImportError:  # the flat layout before them
+    from textgen.training import build_train_step, make_optimizer
 
 seconds = float(sys.argv[1])
 config = TrainConfig(embedding_dim=64, units=512, batch_size=64, seq_length=100)
@@ -54,8 +58,7 @@ print(json.dumps({"train": n * 64 * 100 / (time.perf_counter() - start)}))
 SAMPLE = r"""
 import json, sys, time
 import numpy as np
-from textgen.sampler import Sampler
-from textgen.tokenizer import Tokenizer
+from textgen import Sampler, Tokenizer
 
 seconds = float(sys.argv[1])
 rng = np.random.default_rng(0)

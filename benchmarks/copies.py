@@ -28,7 +28,7 @@ import sys, time
 import numpy as np
 from pathlib import Path
 sys.path.insert(0, {root!r})
-from textgen.copies import CopyIndex
+from textgen.sample.copies import CopyIndex
 ids = np.memmap({ids!r}, dtype=np.uint8, mode="r")
 started = time.perf_counter()
 CopyIndex.cached(ids, Path({cache!r}), "bench")
@@ -59,7 +59,7 @@ def main() -> None:
     n = int(args.megabytes * 1e6)
     root = str(Path(__file__).resolve().parents[1])
     sys.path.insert(0, root)
-    from textgen.copies import CopyIndex
+    from textgen.sample.copies import CopyIndex
 
     with tempfile.TemporaryDirectory() as folder:
         ids_path = Path(folder) / "corpus.ids"

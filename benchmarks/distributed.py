@@ -119,7 +119,7 @@ def run_side(args, hosts: list[Path], cores: list[str]) -> dict:
 
 def allreduce_worker(args: argparse.Namespace) -> None:
     """Inside a worker: time the all-reduce of the model's gradients, print ms per step."""
-    from textgen.distribute import make_cluster
+    from textgen.training.distribute import make_cluster
 
     cluster = make_cluster("multi-worker")
     from textgen.backend import tf

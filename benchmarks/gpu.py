@@ -3,7 +3,7 @@
 Run it on a machine with a CUDA GPU that TensorFlow (and, for the third line, PyTorch) can see.
 It times, in characters per second of training, on the same random batches:
 
-- ``cudnn``: ``textgen.training.build_train_step(..., stock=True)`` on the GPU, the step that
+- ``cudnn``: ``textgen.training.train.build_train_step(..., stock=True)`` on the GPU, the step that
   ``textgen train --device gpu`` (or ``auto`` with a GPU) runs: LSTM layers as
   ``keras.layers.LSTM``, which runs the cuDNN kernel;
 - ``fast-gpu``: textgen's hand-written step (``--device cpu``'s path) placed on the GPU, to
@@ -71,7 +71,7 @@ def textgen_rate(args, data, device: str, stock: bool) -> float:
     from textgen.backend import keras, tf
     from textgen.config import TrainConfig
     from textgen.model import build_model
-    from textgen.training import build_train_step, make_optimizer
+    from textgen.training.train import build_train_step, make_optimizer
 
     config = TrainConfig(
         embedding_dim=args.embedding, units=args.units, num_layers=args.layers, dropout=0.0

@@ -42,8 +42,8 @@ def child(row: str, chars: int) -> dict:
     import numpy as np
 
     from textgen.config import ModelConfig
-    from textgen.inspect_report import write_jsonl, write_report
-    from textgen.inspection import Inspector, inspect_text
+    from textgen.sample.inspect_report import write_jsonl, write_report
+    from textgen.sample.inspection import Inspector, inspect_text
     from textgen.tokenizer import Tokenizer
     from textgen.weights import weight_shapes
 

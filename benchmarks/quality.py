@@ -50,8 +50,8 @@ def _parse_setting(text: str) -> tuple[str, object]:
 def score_best(run_dir: Path, corpus: Path, config) -> tuple[float, float]:
     """Loss of ``best.npz`` on the held-out ids: with the run's context, and from zero states."""
     from textgen.corpus.reading import read_corpus
-    from textgen.evaluation import evaluate_ids, run_scorer
-    from textgen.windows import split_ids
+    from textgen.training.evaluation import evaluate_ids, run_scorer
+    from textgen.training.windows import split_ids
 
     tokenizer, step, _ = run_scorer(run_dir, "best")
     ids = tokenizer.encode(read_corpus(corpus))
@@ -62,7 +62,7 @@ def score_best(run_dir: Path, corpus: Path, config) -> tuple[float, float]:
 
 def run_once(args, overrides: dict, keep: Path | None):
     """Train with the defaults, the budget and ``overrides``; score the best checkpoint."""
-    from textgen.training import TrainConfig, train
+    from textgen.training.train import TrainConfig, train
 
     settings = {"validation_split": 0.1, "max_time": args.minutes * 60, **overrides}
     config = TrainConfig(**settings)

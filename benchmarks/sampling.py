@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from textgen.sampler import Sampler
+from textgen.sample.sampler import Sampler
 from textgen.tokenizer import Tokenizer
 
 VOCAB, EMBEDDING, WINDOW = 65, 64, 40

@@ -126,7 +126,7 @@ t0 = time.perf_counter()
 from textgen.backend import tf  # noqa: F401  (imported before the clock starts)
 import_s = time.perf_counter() - t0
 import numpy as np
-import textgen.training as tr
+import textgen.training.train as tr
 from textgen.corpus.ids import PreparedCorpus
 from textgen.tokenizer import Tokenizer
 

@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 from textgen import run as runs  # noqa: E402
 from textgen.checkpoint import Checkpoint, save_checkpoint  # noqa: E402
 from textgen.config import ModelConfig, RunConfig, TrainConfig  # noqa: E402
-from textgen.sampler import Sampler  # noqa: E402
+from textgen.sample.sampler import Sampler  # noqa: E402
 from textgen.tokenizer import Tokenizer  # noqa: E402
 
 VOCAB, EMBEDDING, UNITS = 65, 64, 512

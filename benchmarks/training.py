@@ -3,7 +3,7 @@
 Every contender trains the same network (Embedding -> LSTM layers -> Linear) with Adam and
 softmax cross-entropy on the same batches: stock Keras through ``model.fit``, PyTorch in a plain
 loop (skipped when torch is not installed; textgen never needs it), and textgen's fast path as a
-``tf.function`` step that ``textgen train`` runs (``textgen.training.build_train_step``, with
+``tf.function`` step that ``textgen train`` runs (``textgen.training.train.build_train_step``, with
 its default Adam and gradient clipping), in float32 and with bfloat16 products
 (``--precision bfloat16``). Each is warmed up, then timed for ``--seconds`` per round, rounds
 interleaved.
@@ -196,14 +196,14 @@ def build_torch(args: argparse.Namespace, batches: np.ndarray, vocab: int) -> Ca
 def build_fast(
     args: argparse.Namespace, batches: np.ndarray, vocab: int, precision: str = "float32"
 ) -> Callable:
-    """textgen's own training step (``textgen.training.build_train_step``), default optimizer
+    """textgen's own training step (``textgen.training.train.build_train_step``), default optimizer
     and weight decay."""
     import tensorflow as tf
 
     from textgen.config import Noise
     from textgen.model import build_model
-    from textgen.step_plan import plan_for_this_machine
-    from textgen.training import TrainConfig, build_train_step, make_optimizer
+    from textgen.training.step_plan import plan_for_this_machine
+    from textgen.training.train import TrainConfig, build_train_step, make_optimizer
 
     model = build_model(
         vocab,
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     from textgen.precision import cpu_class, machine_flags
-    from textgen.step_plan import plan_for_this_machine
+    from textgen.training.step_plan import plan_for_this_machine
 
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
     print(

@@ -48,9 +48,9 @@ from browser import CHROMIUM, FLAGS  # noqa: E402
 
 from textgen.checkpoint import Checkpoint, save_checkpoint  # noqa: E402
 from textgen.config import ModelConfig, RunConfig, TrainConfig  # noqa: E402
-from textgen.export import export_run  # noqa: E402
+from textgen.export.formats import export_run  # noqa: E402
 from textgen.run import BEST, TOKENIZER, write_config  # noqa: E402
-from textgen.sampler import Sampler  # noqa: E402
+from textgen.sample.sampler import Sampler  # noqa: E402
 from textgen.tokenizer import Tokenizer  # noqa: E402
 from textgen.weights import weight_shapes  # noqa: E402
 

@@ -58,7 +58,7 @@ def corpus(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """One tiny run trained once for the whole session (read-only for tests)."""
-    from textgen.training import train
+    from textgen.training.train import train
 
     root = tmp_path_factory.mktemp("run")
     path = root / "corpus.txt"

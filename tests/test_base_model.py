@@ -13,9 +13,9 @@ from conftest import API_KEY, start_server, stop_server
 from test_training import _quiet
 
 from textgen import Sampler
-from textgen.cli import main
+from textgen.cli.commands import main
 from textgen.run import SHIPPED, open_run, shipped_models
-from textgen.training import train
+from textgen.training.train import train
 
 BASE = SHIPPED / "base"
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from textgen import Sampler, TextgenError, Tokenizer
-from textgen.draw import log_softmax
+from textgen.sample.draw import log_softmax
 
 TOKENIZER = Tokenizer.from_text("abcde")
 V = TOKENIZER.vocab_size

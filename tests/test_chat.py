@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from textgen.chat import ChatMessage, ChatTemplate, unescape
 from textgen.errors import TextgenError
+from textgen.sample.chat import ChatMessage, ChatTemplate, unescape
 
 CONVERSATION = [
     ChatMessage("system", "A quiet scene."),

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import TINY, make_text
 
-from textgen.cli import main
+from textgen.cli.commands import main
 
 TRAIN_ARGS = [
     "--epochs", "1", "--batch-size", str(TINY["batch_size"]), "--seq-length",
@@ -33,7 +33,7 @@ def test_help_is_instant_and_does_not_import_tensorflow():
     code = (
         "import sys\n"
         "from click.testing import CliRunner\n"
-        "from textgen.cli import main\n"
+        "from textgen.cli.commands import main\n"
         "for args in (['--help'], ['train', '--help'], ['sample', '--help']):\n"
         "    assert CliRunner().invoke(main, args).exit_code == 0\n"
         "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
@@ -49,7 +49,7 @@ def test_train_sample_info_eval(tmp_path, corpus):
     result = run("train", corpus, "--checkpoint-dir", run_dir, *TRAIN_ARGS)
     assert result.exit_code == 0, result.output
     assert "epoch 1:" in result.output and "bpc" in result.output
-    from textgen.step_plan import plan_for_this_machine
+    from textgen.training.step_plan import plan_for_this_machine
 
     # The last line says how the step ran on this machine, as the plan chose it.
     assert f"({plan_for_this_machine('auto')}); best loss" in result.output.splitlines()[-1]
@@ -158,7 +158,7 @@ def test_usage_errors():
 
 
 def test_beam_width_and_best_of(trained_run):
-    from textgen.sampler import Sampler
+    from textgen.sample.sampler import Sampler
 
     sampler = Sampler.from_checkpoint(trained_run)
     ck = ("--checkpoint", trained_run, "--prime", "The ", "--length", 40)

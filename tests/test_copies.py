@@ -1,4 +1,5 @@
-"""What a sample copies from its corpus (``textgen.copies``), and ``sample``'s copy options."""
+"""What a sample copies from its corpus (``textgen.sample.copies``), and ``sample``'s copy
+options."""
 
 import json
 
@@ -7,9 +8,9 @@ import pytest
 from click.testing import CliRunner
 from test_training import _quiet
 
-from textgen.cli import main
-from textgen.copies import CopyIndex, CorpusUnavailable, copy_checker
-from textgen.training import train
+from textgen.cli.commands import main
+from textgen.sample.copies import CopyIndex, CorpusUnavailable, copy_checker
+from textgen.training.train import train
 
 
 def longest_common_substring(text: str, corpus: str) -> int:

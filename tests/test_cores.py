@@ -151,7 +151,7 @@ def test_adaptive_threads_set_numpy_blas_to_the_measured_idle_cores():
 
 def test_the_command_line_keeps_a_thread_count_the_user_chose():
     # A command's body runs after the choice is made (and before it loads numpy).
-    code = "import os, textgen.cli as c\n"
+    code = "import os, textgen.cli.commands as c\n"
     code += "c._numpy_command(lambda: None)()\n"
     code += "print(os.environ['OPENBLAS_NUM_THREADS'], c.BLAS_THREADS_CHOSEN)"
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "3"}

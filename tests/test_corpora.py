@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from textgen.cli_corpus import corpus
+from textgen.cli.corpus import corpus
 from textgen.corpus import catalogue as corpora
 from textgen.corpus import corpus_info
 from textgen.errors import CorpusError
@@ -584,7 +584,7 @@ def test_catalogue_entries_are_well_formed():
 
 def test_modules_do_not_import_tensorflow():
     code = (
-        "import sys, textgen.corpus, textgen.cli_corpus; "
+        "import sys, textgen.corpus, textgen.cli.corpus; "
         "sys.exit(', '.join(m for m in ('tensorflow', 'keras') if m in sys.modules) or None)"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -25,7 +25,7 @@ from conftest import TINY, make_text
 from textgen import CheckpointError, Sampler, Tokenizer
 from textgen import run as ckpt
 from textgen.checkpoint import Checkpoint, load_checkpoint
-from textgen.training import HISTORY_FIELDS, train
+from textgen.training.train import HISTORY_FIELDS, train
 
 REPO = Path(__file__).resolve().parents[1]
 # Checkpoints are written after almost every batch, so kills land anywhere in the save cycle.
@@ -84,7 +84,7 @@ if args.get("stall_from_step") is not None:
 
     np.savez = stalling_savez
 
-from textgen.training import train
+from textgen.training.train import train
 
 train(
     args["corpus"],

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from conftest import free_ports, make_text
 
-from textgen.distribute import choose_path, split_rows, worker_of
 from textgen.errors import TextgenError
+from textgen.training.distribute import choose_path, split_rows, worker_of
 
 GPU = "/physical_device:GPU:0"
 
@@ -66,7 +66,7 @@ def test_rows_split_into_contiguous_blocks_that_cover_the_batch():
 @pytest.mark.parametrize(("shape", "axis"), [((9, 6, 8), 1), ((6, 7, 5), 0), ((3, 5, 1), 1)])
 def test_a_replicas_dropout_mask_is_its_rows_of_the_whole_batchs(shape, axis):
     from textgen.backend import tf
-    from textgen.forward import stateless_dropout
+    from textgen.training.forward import stateless_dropout
 
     seed = tf.constant([3, 9], tf.int32)
     ones = np.ones(shape, np.float32)
@@ -92,9 +92,9 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 from textgen.config import TrainConfig
-from textgen.distribute import make_cluster
+from textgen.training.distribute import make_cluster
 from textgen.model import build_model, get_weights
-from textgen.training import build_replica_train_step, build_train_step, make_optimizer
+from textgen.training.train import build_replica_train_step, build_train_step, make_optimizer
 
 cluster = make_cluster("mirrored")
 # A small clip norm, so that clipping acts; dropout (on outputs, U and characters), so that
@@ -175,9 +175,9 @@ def test_two_replicas_take_the_same_step_as_one_device():
 def test_the_stock_keras_path_computes_the_same_step_as_the_fast_one():
     from textgen.backend import keras, tf
     from textgen.config import TrainConfig
-    from textgen.evaluation import build_eval_step
     from textgen.model import build_model, get_weights
-    from textgen.training import build_train_step, make_optimizer
+    from textgen.training.evaluation import build_eval_step
+    from textgen.training.train import build_train_step, make_optimizer
 
     cfg = TrainConfig(units=8, embedding_dim=4, num_layers=2, dropout=0.0)
     rng = np.random.default_rng(1)
@@ -277,7 +277,7 @@ def cluster_run(tmp_path_factory):
 
 
 def test_two_workers_train_like_one_process_and_only_the_chief_writes(cluster_run, tmp_path):
-    from textgen.training import train
+    from textgen.training.train import train
 
     hosts, results = cluster_run
     for code, output in results:

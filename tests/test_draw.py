@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from textgen.draw import LogExponentials, sample_ids
 from textgen.errors import TextgenError
-from textgen.options import SamplingOptions
+from textgen.sample.draw import LogExponentials, sample_ids
+from textgen.sample.options import SamplingOptions
 
 VOCAB = 7
 

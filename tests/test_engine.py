@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from textgen.engine import RecurrentStack
 from textgen.errors import TextgenError
+from textgen.sample.engine import RecurrentStack
 
 VOCAB, EMB, UNITS = 7, 3, 5
 CASES = [(cell, layers) for cell in ("lstm", "gru", "simple") for layers in (1, 2)]

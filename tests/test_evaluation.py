@@ -5,10 +5,10 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from textgen.engine import RecurrentStack  # noqa: E402
-from textgen.evaluation import build_eval_step, evaluate_file, evaluate_ids  # noqa: E402
 from textgen.model import build_model, get_weights  # noqa: E402
-from textgen.windows import validation_dataset  # noqa: E402
+from textgen.sample.engine import RecurrentStack  # noqa: E402
+from textgen.training.evaluation import build_eval_step, evaluate_file, evaluate_ids  # noqa: E402
+from textgen.training.windows import validation_dataset  # noqa: E402
 
 VOCAB = 11
 

@@ -22,11 +22,11 @@ from click.testing import CliRunner
 from conftest import make_text
 
 from textgen.checkpoint import Checkpoint, save_checkpoint
-from textgen.cli import main
+from textgen.cli.commands import main
 from textgen.errors import TextgenError
-from textgen.export import export_run, state_names
+from textgen.export.formats import export_run, state_names
 from textgen.run import BEST, CONFIG, TOKENIZER, open_run, read_config, write_config
-from textgen.sampler import Sampler
+from textgen.sample.sampler import Sampler
 from textgen.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -351,11 +351,11 @@ def test_docs_onnx_loop_prints_textgen_greedy_text(exported, reference, tmp_path
 def test_onnx_export_needs_no_tensorflow(trained_run, tmp_path):
     code = (
         "import sys\n"
-        "from textgen.export import export_run\n"
+        "from textgen.export.formats import export_run\n"
         f"export_run({str(trained_run)!r}, {str(tmp_path / 'm.onnx')!r})\n"
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules\n"
         "from click.testing import CliRunner\n"
-        "from textgen.cli import main\n"
+        "from textgen.cli.commands import main\n"
         "assert CliRunner().invoke(main, ['export', '--help']).exit_code == 0\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
@@ -438,10 +438,10 @@ def test_a_different_vocabulary_beside_the_output_is_kept_without_force(runs, tm
 def test_a_cell_without_equations_is_refused_not_exported_as_another(monkeypatch, tmp_path):
     from textgen import cells
     from textgen.config import ModelConfig, RunConfig, TrainConfig
-    from textgen.engine import RecurrentStack
-    from textgen.export import _build_module, onnx_model
+    from textgen.export.formats import _build_module, onnx_model
+    from textgen.export.web import model_data
     from textgen.run import Run
-    from textgen.web import model_data
+    from textgen.sample.engine import RecurrentStack
     from textgen.weights import weight_shapes
 
     # A cell shaped like SimpleRNN that no backend has equations for.

@@ -10,9 +10,9 @@ keras = pytest.importorskip("keras")
 
 from textgen import TextgenError  # noqa: E402
 from textgen.config import Noise  # noqa: E402
-from textgen.fast_lstm import lstm_sequence, lstm_sequence_from_ids  # noqa: E402
-from textgen.forward import make_forward  # noqa: E402
 from textgen.model import build_model  # noqa: E402
+from textgen.training.fast_lstm import lstm_sequence, lstm_sequence_from_ids  # noqa: E402
+from textgen.training.forward import make_forward  # noqa: E402
 
 B, T, D, H = 3, 5, 4, 6
 
@@ -195,7 +195,7 @@ def test_works_in_tf_function_with_dynamic_shapes() -> None:
 
 
 def forward_logits(model, ids, *, training: bool, dropout_rate: float = 0.0, seed=None):
-    """The training forward pass of ``textgen.forward`` for a model."""
+    """The training forward pass of ``textgen.training.forward`` for a model."""
     return make_forward(model, Noise(dropout_rate))(ids, training=training, seed=seed)
 
 
@@ -276,7 +276,7 @@ def test_weight_drop_runs_the_lstm_with_a_dropconnected_recurrent_kernel() -> No
 
 
 def test_dropout_acts_between_layers_alike_on_both_paths() -> None:
-    from textgen.forward import _fold, stateless_dropout
+    from textgen.training.forward import _fold, stateless_dropout
 
     keras.utils.set_random_seed(12)
     model = build_model(11, embedding_dim=D, units=H, num_layers=2)
@@ -388,7 +388,7 @@ def test_other_cells_run_through_their_keras_layers(cell: str) -> None:
 @pytest.mark.parametrize(("cores", "chains"), [(1, 1), (2, 2), (8, 2)])
 def test_one_chain_on_one_core(monkeypatch, cores: int, chains: int) -> None:
     import textgen.cores
-    from textgen.step_plan import plan_for_this_machine
+    from textgen.training.step_plan import plan_for_this_machine
 
     monkeypatch.setattr(textgen.cores, "usable_cores", lambda: cores)
     assert plan_for_this_machine("float32").chains == chains

@@ -23,7 +23,7 @@ from textgen import Sampler, StorageError, training
 from textgen import run as rundir
 from textgen.checkpoint import load_checkpoint
 from textgen.files import TEMPORARY_GLOB
-from textgen.training import train
+from textgen.training.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}

@@ -1,4 +1,5 @@
-"""Fine-tuning: a new run from a trained one, with a merged vocabulary (``textgen.finetune``)."""
+"""Fine-tuning: a new run from a trained one, with a merged vocabulary
+(``textgen.training.finetune``)."""
 
 import json
 import subprocess
@@ -12,13 +13,13 @@ from conftest import TINY, make_text
 from test_training import _CtrlCAt, _quiet
 
 from textgen.checkpoint import load_checkpoint
-from textgen.cli import main
+from textgen.cli.commands import main
 from textgen.errors import CheckpointError, OptionsError
-from textgen.finetune import open_source, transfer_weights
 from textgen.run import open_run
-from textgen.sampler import Sampler
+from textgen.sample.sampler import Sampler
 from textgen.tokenizer import Tokenizer
-from textgen.training import TrainingInterrupted, train
+from textgen.training.finetune import open_source, transfer_weights
+from textgen.training.train import TrainingInterrupted, train
 
 NEW_TEXT = "Zebra #42 sang über the café!\n"
 

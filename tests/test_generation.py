@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from textgen.draw import LogExponentials, log_softmax, sample_ids
-from textgen.generation import Batch, Piece
-from textgen.options import SamplingOptions
+from textgen.sample.draw import LogExponentials, log_softmax, sample_ids
+from textgen.sample.generation import Batch, Piece
+from textgen.sample.options import SamplingOptions
 from textgen.tokenizer import Tokenizer
 
 TOKENIZER = Tokenizer(list("abcdefgh"))

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from textgen.cli import main
+from textgen.cli.commands import main
 from textgen.config import ModelConfig
 from textgen.errors import TextgenError
-from textgen.inspection import (
+from textgen.sample.inspection import (
     BUILTIN_FEATURES,
     CellRanking,
     Inspector,
@@ -185,7 +185,7 @@ def quoted_text(length: int, seed: int) -> str:
 
 @pytest.fixture(scope="module")
 def quotes_run(tmp_path_factory) -> Path:
-    from textgen.training import train
+    from textgen.training.train import train
 
     root = tmp_path_factory.mktemp("quotes")
     (root / "corpus.txt").write_text(quoted_text(20000, seed=0), encoding="utf-8")
@@ -310,7 +310,7 @@ def test_inspect_needs_no_tensorflow(trained_run):
     import sys
 
     code = (
-        "import sys\nfrom textgen.cli import main\n"
+        "import sys\nfrom textgen.cli.commands import main\n"
         f"main(['inspect', {str(trained_run)!r}, '--text', 'The fox', '-o', '/dev/null'], "
         "standalone_mode=False)\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))\n"
@@ -324,7 +324,7 @@ def test_inspect_needs_no_tensorflow(trained_run):
 
 
 def test_the_reports_json_in_pieces_is_the_same_data(monkeypatch):
-    import textgen.inspect_report as report
+    import textgen.sample.inspect_report as report
 
     text = "<b>x</b> </script> " * 5
     tokenizer = Tokenizer.from_text(text)

@@ -15,9 +15,9 @@ import pytest
 from click.testing import CliRunner
 from conftest import API_KEY, CHROMIUM, chromium, watched_page
 
-from textgen.cli import main
-from textgen.inspect_report import report_data
-from textgen.inspection import Inspector
+from textgen.cli.commands import main
+from textgen.sample.inspect_report import report_data
+from textgen.sample.inspection import Inspector
 
 TEXT = "The quick fox jumps over a lazy dog.\nWhile cats nap on warm mats.\n"  # the run's alphabet
 

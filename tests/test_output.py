@@ -4,8 +4,9 @@ import time
 
 import pytest
 
-from textgen import output, sinks
-from textgen.sampler import Sampler
+from textgen import sinks
+from textgen.sample import output
+from textgen.sample.sampler import Sampler
 
 
 class RecordingBytes(io.BytesIO):

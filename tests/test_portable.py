@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
 # None in sys.modules makes every later `import fcntl` raise ImportError.
 NO_FCNTL = "import sys; sys.modules['fcntl'] = None; "
-CLI = NO_FCNTL + "from textgen.cli import main; main(prog_name='textgen')"
+CLI = NO_FCNTL + "from textgen.cli.commands import main; main(prog_name='textgen')"
 CLI_TINY = [
     "--batch-size", "8", "--seq-length", "16", "--embedding-dim", "4", "--units", "8",
     "--quiet",
@@ -71,7 +71,12 @@ def test_every_module_imports_without_posix_only_modules():
     )
     assert done.returncode == 0, done.stderr
     imported = done.stdout.split()
-    assert {"textgen.run", "textgen.serve.app", "textgen.export", "textgen.cli"} <= set(imported)
+    assert {
+        "textgen.run",
+        "textgen.serve.app",
+        "textgen.export.formats",
+        "textgen.cli.commands",
+    } <= set(imported)
 
 
 @pytest.fixture(scope="module")

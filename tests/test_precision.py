@@ -11,7 +11,7 @@ from conftest import TINY
 
 from textgen import CheckpointError, TextgenError
 from textgen.checkpoint import load_checkpoint
-from textgen.cli import main
+from textgen.cli.commands import main
 from textgen.config import RunConfig, TrainConfig
 from textgen.precision import (
     choose_precision,
@@ -20,8 +20,8 @@ from textgen.precision import (
     machine_flags,
     onednn_enabled,
 )
-from textgen.step_plan import StepPlan, choose_plan
-from textgen.training import Callback, train
+from textgen.training.step_plan import StepPlan, choose_plan
+from textgen.training.train import Callback, train
 
 SAPPHIRE_RAPIDS = "fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile"
 ZEN4 = "fpu sse2 avx2 avx512f avx512bw avx512_bf16 avx512_vnni"

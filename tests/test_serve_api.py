@@ -15,7 +15,7 @@ import openai
 import pytest
 from conftest import API_KEY, start_server, stop_server
 
-from textgen.sampler import Sampler
+from textgen.sample.sampler import Sampler
 
 TIMEOUT = 20.0
 
@@ -164,7 +164,7 @@ def test_bad_values_are_400(client, model, options):
 
 
 def test_a_request_becomes_sampling_options_in_one_call():
-    from textgen.options import SamplingOptions
+    from textgen.sample.options import SamplingOptions
     from textgen.serve.app import ApiError, CompletionRequest
 
     body = CompletionRequest(model="m", temperature=None, top_p=1.0, top_k=5, seed=3, stop="\n")

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from textgen.options import SamplingOptions
-from textgen.sampler import Sampler
+from textgen.sample.options import SamplingOptions
+from textgen.sample.sampler import Sampler
 from textgen.serve.batching import PREFILL_CHUNK, SHORT_PROMPT, Busy, Job, Scheduler
 
 SETTINGS = [

@@ -11,7 +11,7 @@ import openai
 import pytest
 from conftest import API_KEY, start_server, stop_server
 
-from textgen.sampler import Sampler
+from textgen.sample.sampler import Sampler
 
 TIMEOUT = 20.0
 CONVERSATION = [

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from textgen.cli import main
+from textgen.cli.commands import main
 from textgen.errors import StorageError
 from textgen.sinks import write_path
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from textgen.config import ModelConfig
-from textgen.sizing import (
+from textgen.training.sizing import (
     CANDIDATE_UNITS,
     CHARS_PER_WEIGHT,
     choose_size,
@@ -85,16 +85,16 @@ def test_a_budget_run_trains_the_size_its_timing_chose(tmp_path, corpus, monkeyp
     pytest.importorskip("tensorflow")
     import json
 
-    import textgen.sizing
+    import textgen.training.sizing
     from textgen.checkpoint import load_checkpoint
-    from textgen.training import train
+    from textgen.training.train import train
 
     # Two tiny candidates; the rule asks more characters of the larger than it can train.
-    monkeypatch.setattr(textgen.sizing, "CANDIDATE_UNITS", (24, 8))
-    monkeypatch.setattr(textgen.sizing, "MEASURE_SECONDS", 0.2)
-    monkeypatch.setattr(textgen.sizing, "MIN_BUDGET", 1.0)
+    monkeypatch.setattr(textgen.training.sizing, "CANDIDATE_UNITS", (24, 8))
+    monkeypatch.setattr(textgen.training.sizing, "MEASURE_SECONDS", 0.2)
+    monkeypatch.setattr(textgen.training.sizing, "MIN_BUDGET", 1.0)
     large = weight_count(ModelConfig(40, embedding_dim=4, units=24))
-    monkeypatch.setattr(textgen.sizing, "CHARS_PER_WEIGHT", 1e6 / large)
+    monkeypatch.setattr(textgen.training.sizing, "CHARS_PER_WEIGHT", 1e6 / large)
     lines: list[str] = []
     settings = dict(batch_size=8, seq_length=16, embedding_dim=4, max_time=4.0)
     settings.update(tensorboard=False, sample_every=0)
@@ -111,8 +111,8 @@ def test_a_budget_run_trains_the_size_its_timing_chose(tmp_path, corpus, monkeyp
     saved = json.loads((tmp_path / "sized" / "config.json").read_text())
     assert saved["model"]["units"] == 8 and saved["training"]["units"] == 8
     # Smaller than the default size, so the smaller dropout, as the line says.
-    assert saved["training"]["dropout"] == textgen.sizing.SMALLER_DROPOUT
-    assert sized[0].endswith(f"dropout {textgen.sizing.SMALLER_DROPOUT:g}")
+    assert saved["training"]["dropout"] == textgen.training.sizing.SMALLER_DROPOUT
+    assert sized[0].endswith(f"dropout {textgen.training.sizing.SMALLER_DROPOUT:g}")
     # The timing was part of the budget: the run's clock began with it.
     timing = float(sized[0].split("timed in ")[1].split(" s")[0])
     seconds = load_checkpoint(result.run_dir / "latest.npz").state.seconds
@@ -121,11 +121,11 @@ def test_a_budget_run_trains_the_size_its_timing_chose(tmp_path, corpus, monkeyp
 
 def test_a_given_dropout_is_kept_when_the_size_shrinks(monkeypatch) -> None:
     pytest.importorskip("tensorflow")
-    import textgen.sizing
+    import textgen.training.sizing
     from textgen.config import TrainConfig
-    from textgen.sizing import SMALLER_DROPOUT, size_for_budget
+    from textgen.training.sizing import SMALLER_DROPOUT, size_for_budget
 
-    monkeypatch.setattr(textgen.sizing, "MEASURE_SECONDS", 0.4)
+    monkeypatch.setattr(textgen.training.sizing, "MEASURE_SECONDS", 0.4)
     config = TrainConfig(max_time=600.0, dropout=0.45)
 
     def slow_step(shape):

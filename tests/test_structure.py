@@ -1,5 +1,5 @@
-"""The package's shape: no import cycles, TensorFlow behind one door, a light command line, and
-the weights and the numpy engine without TensorFlow."""
+"""The package's shape: no import cycles, TensorFlow behind one door, a light command line, the
+weights and the numpy engine without TensorFlow, and the folder rules of ARCHITECTURE.md."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def _graph() -> dict[str, set[str]]:
 
 def test_no_import_cycles_inside_the_package():
     graph = _graph()
-    assert "textgen.training" in graph and "textgen.run" in graph
+    assert "textgen.training.train" in graph and "textgen.run" in graph
     done: set[str] = set()
 
     def visit(name: str, path: list[str]) -> None:
@@ -94,14 +94,107 @@ def _loaded_by(modules: str, prefixes: tuple[str, ...]) -> str:
     return done.stdout.strip()
 
 
+# The run's contract: the modules at the top of the package, which every stage shares. The
+# package's own front (``textgen``) names every stage for the public API and is not one of them.
+FOLDERS = ("corpus", "training", "sample", "serve", "export", "cli")
+
+
+def _place(module: str) -> str:
+    """``contract``, ``front`` (the package itself, ``__main__``) or the module's folder."""
+    parts = module.split(".")
+    if module in ("textgen", "textgen.__main__"):
+        return "front"
+    if len(parts) == 2 and parts[1] not in FOLDERS:
+        return "contract"
+    return parts[1]
+
+
+# What each place may import: a stage imports the contract and the stages before it, never one
+# after it; serve/ stands on sample/ alone; cli/ reaches everything through the package fronts.
+# Every module may import the package itself (``textgen``, which Python loads first anyway), for
+# its version and its lazy ``exports_on_first_use``.
+ALLOWED = {
+    "contract": {"front", "contract"},
+    "corpus": {"front", "contract", "corpus"},
+    "training": {"front", "contract", "corpus", "training", "sample"},
+    "sample": {"front", "contract", "corpus", "sample"},
+    "serve": {"contract", "front", "sample", "serve"},
+    "export": {"front", "contract", "sample", "export"},
+    "cli": {"contract", "front", "cli", *FOLDERS},
+    "front": {"contract", "front", *FOLDERS},
+}
+
+
+def _rule_breaks(graph: dict[str, set[str]]) -> list[str]:
+    """Every import that breaks a folder rule, as ``importer -> imported (why)``."""
+    breaks = []
+    for importer, imported in sorted(graph.items()):
+        here = _place(importer)
+        for other in sorted(imported):
+            there = _place(other)
+            if there not in ALLOWED[here]:
+                breaks.append(f"{importer} -> {other} ({here} may not import {there})")
+            elif here == "serve" and other == "textgen.backend":
+                breaks.append(f"{importer} -> {other} (serve/ never loads TensorFlow)")
+            elif (
+                here == "cli"
+                and there in FOLDERS
+                and there != "cli"
+                and other != f"textgen.{there}"
+            ):
+                breaks.append(f"{importer} -> {other} (cli/ imports package fronts only)")
+    return breaks
+
+
+def test_the_folders_keep_their_import_rules():
+    graph = _graph()
+    assert {_place(name) for name in graph} == {"contract", "front", *FOLDERS}
+    assert _rule_breaks(graph) == []
+
+
+@pytest.mark.parametrize(
+    "importer, imported",
+    [
+        ("textgen.sample.engine", "textgen.training.steps"),
+        ("textgen.run", "textgen.sample.sampler"),
+        ("textgen.corpus.ids", "textgen.sample.draw"),
+        ("textgen.serve.app", "textgen.training.train"),
+        ("textgen.serve.app", "textgen.export.formats"),
+        ("textgen.serve.batching", "textgen.backend"),
+        ("textgen.export.web", "textgen.training.report"),
+        ("textgen.cli.commands", "textgen.sample.sampler"),
+        ("textgen.cli.commands", "textgen.corpus.catalogue"),
+    ],
+)
+def test_a_forbidden_import_is_caught(importer, imported):
+    graph = {name: set(found) for name, found in _graph().items()}
+    graph[importer].add(imported)
+    assert [line.split(" (")[0] for line in _rule_breaks(graph)] == [f"{importer} -> {imported}"]
+
+
+def test_the_contract_corpus_and_sample_load_without_tensorflow():
+    names = sorted(
+        name
+        for name in _graph()
+        if _place(name) in ("contract", "corpus", "sample") and name != "textgen.backend"
+    )
+    assert len(names) > 20
+    assert _loaded_by(", ".join(names), ("tensorflow", "keras")) == ""
+
+
 def test_importing_the_command_line_loads_nothing_heavy():
-    heavy = ("numpy", "tensorflow", "keras", "textgen.training", "textgen.corpus")
-    heavy += ("textgen.windows", "textgen.run", "textgen.sampler", "textgen.engine")
-    assert _loaded_by("textgen.cli", heavy) == ""
+    heavy = ("numpy", "tensorflow", "keras", "textgen.training.train", "textgen.corpus")
+    heavy += (
+        "textgen.training.windows",
+        "textgen.run",
+        "textgen.sample.sampler",
+        "textgen.sample.engine",
+    )
+    assert _loaded_by("textgen.cli.commands", heavy) == ""
 
 
 def test_the_weights_and_the_engine_load_without_tensorflow():
-    assert _loaded_by("textgen.weights, textgen.engine", ("tensorflow", "keras")) == ""
+    assert _loaded_by("textgen.weights, textgen.sample.engine", ("tensorflow", "keras")) == ""
 
 
 def test_every_data_file_of_the_package_is_shipped():

@@ -11,7 +11,7 @@ from textgen import CheckpointError, Sampler, TrainConfig, build_model, training
 from textgen.checkpoint import load_checkpoint
 from textgen.model import set_weights
 from textgen.run import open_run
-from textgen.training import TrainingInterrupted, train
+from textgen.training.train import TrainingInterrupted, train
 
 
 def _quiet(**kw):
@@ -264,7 +264,7 @@ def test_weight_average_is_validated_kept_as_best_and_resumed_exactly(tmp_path, 
 def test_weight_decay_shrinks_the_matrices_and_not_the_biases():
     from textgen.backend import keras, tf
     from textgen.config import TrainConfig
-    from textgen.training import build_train_step, make_optimizer
+    from textgen.training.train import build_train_step, make_optimizer
 
     config = TrainConfig(units=8, embedding_dim=4, num_layers=2)
     rng = np.random.default_rng(0)
@@ -340,8 +340,8 @@ def _reference_train_step(model, optimizer, noise, grad_norm, weight_decay):
     """The one-process step as it was written before the steps shared one update: clipping
     left to ``optimizer.apply_gradients`` and its ``global_clipnorm``."""
     from textgen.backend import tf
-    from textgen.forward import make_forward
-    from textgen.steps import decay_matrices
+    from textgen.training.forward import make_forward
+    from textgen.training.steps import decay_matrices
 
     forward = make_forward(model, noise)
     variables = model.trainable_variables
@@ -369,7 +369,7 @@ def _reference_train_step(model, optimizer, noise, grad_norm, weight_decay):
 def test_the_one_process_step_updates_as_apply_gradients_did_to_the_last_bit(clip_norm):
     from textgen.backend import keras, tf
     from textgen.model import get_weights
-    from textgen.steps import build_train_step, make_optimizer
+    from textgen.training.steps import build_train_step, make_optimizer
 
     config = TrainConfig(
         units=16,
@@ -409,8 +409,8 @@ def test_the_one_process_step_updates_as_apply_gradients_did_to_the_last_bit(cli
 
 
 def test_patience_stops_a_run_that_no_longer_improves(tmp_path, corpus):
-    from textgen.callbacks import EarlyStopping
     from textgen.config import TrainState
+    from textgen.training.callbacks import EarlyStopping
 
     stop = EarlyStopping(2)
     state = TrainState(epochs_without_improvement=1)
@@ -439,7 +439,7 @@ def test_resume_checks_the_run_as_open_run_does(tmp_path, trained_run, corpus):
 
 
 def test_one_process_is_a_cluster_of_one_that_adds_nothing():
-    from textgen.distribute import LOCAL, make_cluster
+    from textgen.training.distribute import LOCAL, make_cluster
 
     assert make_cluster("none") is LOCAL
     assert LOCAL.is_chief and (LOCAL.worker, LOCAL.workers) == (0, 1)

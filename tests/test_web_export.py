@@ -26,14 +26,14 @@ from conftest import chromium, watched_page
 from test_export import make_run
 
 from textgen.checkpoint import Checkpoint, save_checkpoint
-from textgen.cli import main
+from textgen.cli.commands import main
 from textgen.config import ModelConfig, RunConfig, TrainConfig
-from textgen.engine import RecurrentStack
 from textgen.errors import TextgenError
-from textgen.export import export_run
+from textgen.export.formats import export_run
+from textgen.export.web import FILES, MODEL, PAGE
 from textgen.run import BEST, TOKENIZER, open_run, write_config
+from textgen.sample.engine import RecurrentStack
 from textgen.tokenizer import Tokenizer
-from textgen.web import FILES, MODEL, PAGE
 from textgen.weights import weight_names, weight_shapes
 
 PRIME = "the "
@@ -168,7 +168,7 @@ def test_export_refuses_what_it_must_not_replace(trained_run, tmp_path):
 def test_command_line_exports_without_tensorflow(trained_run, tmp_path):
     out = tmp_path / "site"
     code = (
-        "import sys\nfrom textgen.cli import main\n"
+        "import sys\nfrom textgen.cli.commands import main\n"
         "try:\n    main(sys.argv[1:])\nexcept SystemExit as end:\n    assert not end.code, end\n"
         "assert 'tensorflow' not in sys.modules and 'onnx' not in sys.modules\n"
     )

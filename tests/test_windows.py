@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from textgen.errors import CorpusError
-from textgen.windows import epoch_starts, split_ids, window_dataset
+from textgen.training.windows import epoch_starts, split_ids, window_dataset
 
 
 def test_split_is_by_position_and_checks_window():

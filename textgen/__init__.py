@@ -18,17 +18,17 @@ _EXPORTS = {
     "CorpusError": "textgen.errors",
     "StorageError": "textgen.errors",
     "ModelConfig": "textgen.config",
-    "SamplingOptions": "textgen.options",
+    "SamplingOptions": "textgen.sample.options",
     "open_run": "textgen.run",
     "TextgenError": "textgen.errors",
     "VocabularyError": "textgen.errors",
     "build_model": "textgen.model",
-    "Sampler": "textgen.sampler",
+    "Sampler": "textgen.sample.sampler",
     "Tokenizer": "textgen.tokenizer",
-    "Callback": "textgen.training",
+    "Callback": "textgen.training.train",
     "TrainConfig": "textgen.config",
-    "TrainResult": "textgen.training",
-    "train": "textgen.training",
+    "TrainResult": "textgen.training.train",
+    "train": "textgen.training.train",
 }
 __all__ = [
     "Callback",
@@ -58,14 +58,23 @@ if TYPE_CHECKING:
         VocabularyError,
     )
     from textgen.model import build_model
-    from textgen.options import SamplingOptions
     from textgen.run import open_run
-    from textgen.sampler import Sampler
+    from textgen.sample.options import SamplingOptions
+    from textgen.sample.sampler import Sampler
     from textgen.tokenizer import Tokenizer
-    from textgen.training import Callback, TrainResult, train
+    from textgen.training.train import Callback, TrainResult, train
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'textgen' has no attribute {name!r}")
+def exports_on_first_use(package: str, exports: dict[str, str]):
+    """A module ``__getattr__`` that imports each name of ``exports`` from its module when first
+    asked for, so a package's front (this one, and each stage folder's) costs nothing to import."""
+
+    def __getattr__(name: str):
+        if name in exports:
+            return getattr(importlib.import_module(exports[name]), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
+__getattr__ = exports_on_first_use(__name__, _EXPORTS)

@@ -12,8 +12,8 @@ The thread pools are set here too, before TensorFlow starts its runtime: half th
 default, every core for every op, spends more time handing small per-timestep ops between
 threads than it saves; on 2 cores it measured about 1.1x slower for textgen's training step and
 1.4x slower for stock ``model.fit`` (``benchmarks/training.py`` uses this same setting). The two
-independent chains of the training loop (``textgen.fast_lstm``) keep the cores busy instead.
-Settings that the host program already chose, or a runtime already started, are left alone.
+independent chains of the training loop (``textgen.training.fast_lstm``) keep the cores busy
+instead. Settings that the host program already chose, or a runtime already started, are left alone.
 """
 
 import os

@@ -32,7 +32,7 @@ class Cell:
         states: its state tensors per layer, in Keras's order (LSTM: h and c).
         bias_rows: rows of its bias; Keras's GRU (``reset_after=True``) keeps the input and the
             recurrent biases apart, in two.
-        fast_path: training steps it with ``textgen.fast_lstm``'s hand-written gradient.
+        fast_path: training steps it with ``textgen.training.fast_lstm``'s hand-written gradient.
     """
 
     name: str

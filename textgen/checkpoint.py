@@ -3,8 +3,8 @@
 Checkpoints are plain, uncompressed ``.npz`` archives so that sampling loads them with numpy
 alone, without paying for a TensorFlow import. Weights are stored as ``w/<name>`` under the
 stable names of ``textgen.weights``, optimizer variables as ``opt/0000``, ..., the moving average
-of the weights (when training keeps one, ``textgen.averaging``) as ``avg/<name>``, and the loop
-state (``textgen.config.TrainState``) as JSON under ``state``.
+of the weights (when training keeps one, ``textgen.training.averaging``) as ``avg/<name>``, and the
+loop state (``textgen.config.TrainState``) as JSON under ``state``.
 """
 
 from __future__ import annotations

@@ -263,7 +263,7 @@ class RunConfig:
     model: ModelConfig
     training: TrainConfig
     corpus: dict[str, Any] = field(default_factory=dict)  # source, characters, sha256
-    # The trained model this run started from (``textgen.finetune.Source.record``), if any.
+    # The trained model this run started from (``textgen.training.finetune.Source.record``), if any.
     init_from: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The arithmetic of training's large matrix products: float32, or bfloat16 where that is faster.
 
-``--precision bfloat16`` gives the LSTM's large products (``textgen.fast_lstm``) bfloat16
+``--precision bfloat16`` gives the LSTM's large products (``textgen.training.fast_lstm``) bfloat16
 operands with float32 accumulation; the weights, the cell state, the optimizer and the loss stay
 float32. ``auto`` (the default) picks bfloat16 only where the hardware multiplies it natively: a
 GPU, or a CPU with AVX512-BF16 or AMX, with TensorFlow's oneDNN kernels on. With oneDNN turned
@@ -9,7 +9,7 @@ float32 at the training step's shapes; a CPU without those instructions has to w
 software as well, so ``auto`` keeps float32 there.
 
 This module imports neither numpy nor TensorFlow, so the command line and ``config`` can read
-``PRECISIONS`` for free; ``textgen.step_plan`` asks for GPUs.
+``PRECISIONS`` for free; ``textgen.training.step_plan`` asks for GPUs.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Layout of a run directory::
     latest.npz       weights, optimizer state and loop position of the newest checkpoint
     best.npz         weights of the checkpoint with the lowest validation loss
     history.csv      one row per finished epoch
-    tensorboard/     TensorBoard event files (``textgen.watch``)
+    tensorboard/     TensorBoard event files (``textgen.training.watch``)
     .lock            held (through ``filelock``) by the process that trains the run
     .lock.pid        that process's pid, for the message another trainer gets
 
@@ -165,7 +165,8 @@ def _checked_run(run_dir: Path, config: RunConfig, checkpoint_file: Path, which:
     return Run(run_dir, config, tokenizer, checkpoint, which)
 
 
-# -- starting and resuming a run: what ``textgen.training.train`` does to the directory -------
+# -- starting and resuming a run: what ``textgen.training.train.train`` does to the directory
+# -------
 
 
 def check_new_run(run_dir: Path) -> None:

@@ -9,6 +9,9 @@ library and the command line accept the same things, through these functions:
 - ``read_text``: a spec -> one string, for small texts such as ``textgen eval``'s;
 - ``corpus_info``: a spec -> its size, encoding and character counts (``textgen corpus info``).
 
+``textgen corpus list|get`` use ``list_corpora``, ``get_corpus`` and ``corpus_dir``, and
+``textgen inspect`` reads its text with ``decoded_chunks``, all through this front.
+
 The parts: ``catalogue`` (names, built-ins, downloads), ``reading`` (files, folders, globs,
 encodings) and ``ids`` (the id array and its cache).
 """
@@ -20,15 +23,25 @@ from pathlib import Path
 from typing import Any
 
 from textgen.config import DEFAULT_CORPUS
-from textgen.corpus.catalogue import files_info, resolve_corpus
+from textgen.corpus.catalogue import (
+    corpus_dir,
+    files_info,
+    get_corpus,
+    list_corpora,
+    resolve_corpus,
+)
 from textgen.corpus.ids import PreparedCorpus, prepare_corpus
-from textgen.corpus.reading import corpus_files, read_corpus
+from textgen.corpus.reading import corpus_files, decoded_chunks, read_corpus
 
 __all__ = [
     "DEFAULT_CORPUS",
     "PreparedCorpus",
     "check_exists",
+    "corpus_dir",
     "corpus_info",
+    "decoded_chunks",
+    "get_corpus",
+    "list_corpora",
     "load_corpus",
     "read_text",
     "resolve",

@@ -19,7 +19,7 @@ Decisions (see also docs/serving.md):
   every generated character. Like OpenAI, it cannot be streamed when larger than ``n``.
 - A request that runs past the time limit ends with ``finish_reason: "length"``.
 - A chat request is a completion: its messages become the prompt through the server's
-  :class:`~textgen.chat.ChatTemplate`, whose stop joins the request's; it then takes the
+  :class:`~textgen.sample.chat.ChatTemplate`, whose stop joins the request's; it then takes the
   completions route's path (``docs/serving-chat.md``).
 - An oversized body is read and dropped (up to ``DRAIN_LIMIT``) before its 413, so that clients
   which send all of it before reading get the answer.
@@ -51,9 +51,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from textgen import __version__
 from textgen import run as runs
-from textgen.chat import ROLES, ChatMessage, ChatTemplate
 from textgen.errors import TextgenError
-from textgen.options import SamplingOptions, best_of_rows
+from textgen.sample.chat import ROLES, ChatMessage, ChatTemplate
+from textgen.sample.options import SamplingOptions, best_of_rows
 from textgen.serve.batching import Busy, Job, Piece, Scheduler
 from textgen.serve.inspect_route import add_inspect_routes
 from textgen.serve.limits import Limits
@@ -320,7 +320,7 @@ class Models:
 
     def load(self) -> None:
         """Load every run's weights and start its scheduler."""
-        from textgen.sampler import Sampler
+        from textgen.sample.sampler import Sampler
 
         try:
             for name, run_dir in self.run_dirs.items():

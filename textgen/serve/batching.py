@@ -8,7 +8,7 @@ per step alongside the others' draws (so a crowd of new requests costs a few bat
 a few steps each); a long prompt is fed on its own, in chunks between two steps, and its rows
 join when it is done. Rows that finished, stopped, timed out or were cancelled leave at once.
 
-Each row is a row of the generation core (``textgen.generation.Batch``), the same one
+Each row is a row of the generation core (``textgen.sample.generation.Batch``), the same one
 ``Sampler`` drives: row ``i`` of a job with seed ``S`` draws as sample ``i`` of
 ``textgen sample --num-samples n --seed S`` does, whatever else shares the batch, and a job asked
 to ``score`` its choices is scored as ``Sampler.scored_batch`` scores them (for best-of).
@@ -26,9 +26,9 @@ import numpy as np
 
 from textgen.cells import get_cell
 from textgen.errors import TextgenError
-from textgen.generation import Batch, Piece, Row, resolve_seed
-from textgen.options import SamplingOptions
-from textgen.sampler import Sampler
+from textgen.sample.generation import Batch, Piece, Row, resolve_seed
+from textgen.sample.options import SamplingOptions
+from textgen.sample.sampler import Sampler
 from textgen.serve.limits import Limits
 
 __all__ = ["Busy", "Job", "Piece", "Scheduler"]
@@ -140,7 +140,8 @@ class Scheduler:
     """Runs all jobs of one model as one batch, in a background thread.
 
     Args:
-        sampler: a numpy-engine :class:`~textgen.sampler.Sampler`; the scheduler takes over its
+        sampler: a numpy-engine :class:`~textgen.sample.sampler.Sampler`; the scheduler takes over
+        its
             engine (do not use the sampler elsewhere meanwhile).
         max_streams: rows (choices) admitted at once, queued or running; more raise :class:`Busy`.
         on_step: called with the batch size before every engine step (for tests and metrics).

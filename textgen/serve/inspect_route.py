@@ -1,10 +1,10 @@
 """``POST /v1/inspect``: what a served model expects at every character of a text, and its cells.
 
-The answer is :func:`textgen.inspect_report.report_data`, the data of ``textgen inspect``'s HTML
-report; the page's Inspect tab shows it with the same viewer, served here as
+The answer is :func:`textgen.sample.inspect_report.report_data`, the data of ``textgen inspect``'s
+HTML report; the page's Inspect tab shows it with the same viewer, served here as
 ``/static/inspect.js`` and ``/static/inspect.css``. Each model gets its own
-:class:`~textgen.inspection.Inspector` (its own engine, apart from the scheduler's), loaded at
-its first inspection; one inspection runs at a time. Features are the built-in ones: a regular
+:class:`~textgen.sample.inspection.Inspector` (its own engine, apart from the scheduler's), loaded
+at its first inspection; one inspection runs at a time. Features are the built-in ones: a regular
 expression from a client could take exponential time, so user features stay on the command line.
 """
 
@@ -18,8 +18,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from textgen.errors import TextgenError
-from textgen.inspect_report import report_data, viewer_asset
-from textgen.inspection import Inspector
+from textgen.sample.inspect_report import report_data, viewer_asset
+from textgen.sample.inspection import Inspector
 
 
 class InspectRequest(BaseModel):

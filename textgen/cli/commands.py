@@ -27,13 +27,13 @@ import click  # noqa: E402
 
 from textgen import __version__  # noqa: E402
 from textgen.cells import CELLS  # noqa: E402
-from textgen.cli_group import TextgenGroup  # noqa: E402
+from textgen.cli.group import TextgenGroup  # noqa: E402
 from textgen.config import DEFAULT_CORPUS, TrainConfig  # noqa: E402
-from textgen.distribute import DEVICES, DISTRIBUTE  # noqa: E402
 from textgen.errors import TextgenError  # noqa: E402
-from textgen.output import CHUNK_STREAMS  # noqa: E402
 from textgen.precision import PRECISIONS  # noqa: E402
-from textgen.serve.limits import Limits  # noqa: E402
+from textgen.sample import CHUNK_STREAMS  # noqa: E402
+from textgen.serve import Limits  # noqa: E402
+from textgen.training import DEVICES, DISTRIBUTE  # noqa: E402
 
 _DURATION = re.compile(
     r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$"
@@ -66,7 +66,7 @@ def _finite(ctx, param, value):
 
 @click.group(
     cls=TextgenGroup,
-    lazy_commands={"corpus": "textgen.cli_corpus", "inspect": "textgen.cli_inspect"},
+    lazy_commands={"corpus": "textgen.cli.corpus", "inspect": "textgen.cli.inspect"},
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 @click.version_option(version=__version__, package_name="textgen")
@@ -269,7 +269,7 @@ def _default(name: str) -> str:
 @_numpy_command
 def train(corpus, checkpoint_dir, resume, quiet, distribute, device, init_from, **options) -> None:
     """Train a model on a corpus (the help text is the decorator's, which names the default)."""
-    from textgen.training import train
+    from textgen import train
 
     settings = {k: v for k, v in options.items() if v is not None}
     result = train(
@@ -426,14 +426,12 @@ def sample(
     if max_copy is not None and (beam_width is not None or best_of is not None or length == 0):
         raise click.UsageError("--max-copy needs a finite --length and no --beam-width or "
                                "--best-of", ctx)  # fmt: skip
-    from textgen.options import SamplingOptions, random_seed
-    from textgen.output import write_samples
-    from textgen.sampler import Sampler
+    from textgen.sample import Sampler, SamplingOptions, random_seed, write_samples
 
     run_dir = _pick_run(checkpoint)
     checker = None
     if fmt == "jsonl" or show_copy or max_copy is not None:
-        from textgen.copies import copy_checker, copy_checker_or_warn
+        from textgen.sample import copy_checker, copy_checker_or_warn
 
         checker = copy_checker(run_dir) if max_copy is not None else copy_checker_or_warn(run_dir)
     annotate = None
@@ -463,7 +461,7 @@ def sample(
     if best_of is not None:
         texts = sampler.generate_batch(num_samples, length, options=options, best_of=best_of)
     elif max_copy is not None:
-        from textgen.copies import sample_within
+        from textgen.sample import sample_within
 
         texts = sample_within(sampler, checker, num_samples, length, options, max_copy)
     shown: list[str] = []
@@ -517,7 +515,7 @@ def _check_search_options(ctx: click.Context, beam_width: int | None, best_of: i
     if (beam_width is not None or best_of is not None) and ctx.params["length"] == 0:
         flag = "--beam-width" if beam_width is not None else "--best-of"
         raise click.UsageError(f"{flag} needs a finite --length (not 0)", ctx)
-    from textgen.options import best_of_rows
+    from textgen.sample import best_of_rows
 
     try:
         best_of_rows(ctx.params["num_samples"], best_of, ("--best-of", "--num-samples"))
@@ -559,11 +557,11 @@ def serve(
 ) -> None:  # fmt: skip
     """Serve runs with OpenAI's completions and chat APIs and a writing page at /."""
     try:
-        from textgen.serve.app import serve
+        from textgen.serve import serve
     except ImportError as err:
         raise TextgenError(f"textgen serve needs the serve extra ({err.name} is missing): "
                            "pip install 'textgen[serve]'") from None  # fmt: skip
-    from textgen.chat import ChatTemplate
+    from textgen.sample import ChatTemplate
 
     runs = [Path(d) for d in run_dirs] or [_pick_run(None)]
     options = dict(host=host, port=port, api_key=api_key, drop_unknown=drop_unknown)
@@ -580,7 +578,7 @@ def serve(
 @_numpy_command
 def info(run_dir, as_json) -> None:
     """Show a run's settings, vocabulary, progress and model summary."""
-    from textgen.report import describe_run, run_config_json
+    from textgen.training import describe_run, run_config_json
 
     click.echo(run_config_json(Path(run_dir)) if as_json else describe_run(Path(run_dir)))
 
@@ -598,7 +596,7 @@ def info(run_dir, as_json) -> None:
 @_numpy_command
 def evaluate(run_dir, text_file, which, context) -> None:
     """Report a run's loss on TEXT_FILE in nats and bits per character."""
-    from textgen.evaluation import LN2, evaluate_file
+    from textgen.training import LN2, evaluate_file
 
     loss = evaluate_file(Path(run_dir), text_file, which=which, context=context)
     click.echo(json.dumps({"loss_nats": round(loss, 6), "bpc": round(loss / LN2, 6)}))

@@ -127,7 +127,7 @@ def transfer_weights(
 
 def _log_normaliser(source: Source, tokenizer: Tokenizer, ids: np.ndarray) -> float:
     """The source model's mean log-sum-exp of its logits over the start of the new text."""
-    from textgen.sampler import Sampler
+    from textgen.sample.sampler import Sampler
 
     run = source.run
     head = np.asarray(ids[: _NORMALISER_CHARS * 2], dtype=np.int64)

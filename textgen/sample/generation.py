@@ -19,14 +19,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from textgen.draw import (
+from textgen.sample.draw import (
     LogExponentials,
     fill_log_exponentials,
     log_softmax,
     sample_ids,
     steps_ahead,
 )
-from textgen.options import SamplingOptions, random_seed
+from textgen.sample.options import SamplingOptions, random_seed
 from textgen.tokenizer import UNKNOWN_CHAR, Tokenizer
 
 __all__ = ["Batch", "Piece", "Row", "ScoredText", "StopMatcher", "resolve_seed"]

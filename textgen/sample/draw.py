@@ -1,6 +1,6 @@
 """Drawing the next character from logits: temperature, top-k, top-p and block-drawn noise.
 
-Options arrive checked (``textgen.options.SamplingOptions``); this module does the arithmetic
+Options arrive checked (``textgen.sample.options.SamplingOptions``); this module does the arithmetic
 only. It must not import TensorFlow or Keras.
 """
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from textgen.config import DEFAULT_CONTEXT, TrainConfig
-from textgen.distribute import LOCAL
 from textgen.errors import CorpusError
 from textgen.tokenizer import Tokenizer
+from textgen.training.distribute import LOCAL
 
 LN2 = math.log(2.0)  # nats per bit: a loss in nats / LN2 is in bits per character
 
@@ -25,13 +25,13 @@ def build_eval_step(model, cluster=LOCAL, stock: bool = False) -> Callable:
     """The compiled step ``(x, y, first, scored) -> (summed loss, count)``.
 
     Row ``r`` scores ``scored`` positions from position ``first[r]`` (the batches of
-    ``textgen.windows.validation_dataset``); the positions before are context only. On a
-    ``textgen.distribute.Cluster``, this process's replicas split the batch's rows among them
-    and the step returns their sums; ``evaluate_ids`` adds up the workers. ``stock`` is as in
-    ``textgen.forward.make_forward``.
+    ``textgen.training.windows.validation_dataset``); the positions before are context only. On a
+    ``textgen.training.distribute.Cluster``, this process's replicas split the batch's rows among
+    them and the step returns their sums; ``evaluate_ids`` adds up the workers. ``stock`` is as in
+    ``textgen.training.forward.make_forward``.
     """
     from textgen.backend import tf
-    from textgen.forward import make_forward
+    from textgen.training.forward import make_forward
 
     forward = make_forward(model, stock=stock)
     ids = tf.TensorSpec([None, None], tf.int32)
@@ -61,12 +61,12 @@ def evaluate_ids(
 
     ``step`` comes from :func:`build_eval_step`. Windows of ``seq_length`` are scored after up
     to ``context`` preceding characters (0: each window from a zero state). On a cluster of N
-    workers (``textgen.distribute``, with its ``step``), worker k scores batches k, k + N, ... of
-    the N workers whole, and the sums are added over the workers at the end: a step's cost
+    workers (``textgen.training.distribute``, with its ``step``), worker k scores batches k, k + N,
+    ... of the N workers whole, and the sums are added over the workers at the end: a step's cost
     hardly depends on its rows, so whole batches per worker validate nearly twice as fast on two
     workers as every batch split between them.
     """
-    from textgen.windows import validation_dataset
+    from textgen.training.windows import validation_dataset
 
     if len(ids) < 2:
         raise CorpusError("the text is too short to evaluate (it needs at least 2 characters)")

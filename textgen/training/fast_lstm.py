@@ -1,7 +1,7 @@
 """A faster LSTM for training: Keras LSTM maths with a hand-written backward pass.
 
 Tensor maths only, like Keras's ``backend.lstm``: a sequence and weights in, a sequence and the
-final state out. It knows nothing of the language model; ``textgen.forward`` calls it.
+final state out. It knows nothing of the language model; ``textgen.training.forward`` calls it.
 
 Only the recurrent product and the gate arithmetic run inside the time loops, on states kept
 transposed, (H, B), so that the weights are each product's first operand (see ``_forward``).
@@ -140,8 +140,8 @@ def _recurrent_backward_product(recurrent_kernel, form: str):
     an AVX512-BF16 EPYC: 204 against 97 us; as blocks 102 us), and a training step at batch 32
     there ran about 1.2x faster with blocks (1.07x in float32). On an AVX2 CPU (Zen 3) the
     batched product is the slow one: 2.5 against 1.2 ms at 32 rows, and whole training steps
-    ran 1.18x faster at batch 64 and 1.27x at batch 32 with ``"whole"``. ``textgen.step_plan``
-    chooses. ``recurrent_kernel`` is already in the operands' type.
+    ran 1.18x faster at batch 64 and 1.27x at batch 32 with ``"whole"``.
+    ``textgen.training.step_plan`` chooses. ``recurrent_kernel`` is already in the operands' type.
     """
     if form == "whole":
         return lambda dz: _product(recurrent_kernel, dz, recurrent_kernel.dtype)

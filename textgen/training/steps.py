@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from textgen.config import NO_NOISE, Noise, TrainConfig
 
 if TYPE_CHECKING:
-    from textgen.step_plan import StepPlan
+    from textgen.training.step_plan import StepPlan
 
 # What the workers of a cluster vote on with every step, so that all of them stop together.
 VOTES = ("max_time", "interrupted", "callback")
@@ -107,12 +107,12 @@ def build_train_step(
 
     ``seed`` (int32 [2]) fixes the masks of ``noise`` and ``lr`` is assigned before the update.
     When given, the float variable ``grad_norm`` receives the gradient's global norm (before
-    clipping). ``plan`` is how the LSTM layers run (``textgen.step_plan``) and ``stock`` trains
-    them through ``keras.layers.LSTM`` (see ``textgen.forward.make_forward``).
+    clipping). ``plan`` is how the LSTM layers run (``textgen.training.step_plan``) and ``stock``
+    trains them through ``keras.layers.LSTM`` (see ``textgen.training.forward.make_forward``).
     ``weight_decay`` is as in ``decay_matrices``.
     """
     from textgen.backend import tf
-    from textgen.forward import make_forward
+    from textgen.training.forward import make_forward
 
     forward = make_forward(model, noise, plan, stock=stock)
     variables = model.trainable_variables
@@ -157,7 +157,7 @@ def build_replica_train_step(
     and returned.
     """
     from textgen.backend import tf
-    from textgen.forward import make_forward
+    from textgen.training.forward import make_forward
 
     forward = make_forward(model, noise, plan, stock=stock)
     variables = model.trainable_variables
@@ -224,7 +224,7 @@ class LocalSteps:
 
     def batches(self, ids, starts, seq_length: int, batch_size: int):
         """The batches ``(x, y)`` of windows starting at ``starts``."""
-        from textgen.windows import window_dataset
+        from textgen.training.windows import window_dataset
 
         return window_dataset(ids, starts, seq_length, batch_size)
 
@@ -260,7 +260,7 @@ class ReplicaSteps:
 
     def batches(self, ids, starts, seq_length: int, batch_size: int):
         """This process's parts ``((x, y) per local replica, rows)`` of each batch."""
-        from textgen.windows import replica_windows
+        from textgen.training.windows import replica_windows
 
         return replica_windows(ids, starts, seq_length, batch_size, self.cluster.local_rows)
 

@@ -2,10 +2,11 @@
 
 The pieces each have their own module: the run directory's protocol, new or resumed
 (``textgen.run``: ``check_new_run``, ``create_run``, ``resume_run``, ``writing``), the steps
-(``textgen.steps``) and the loop (``textgen.trainer``). This module puts them together: the
-settings, the corpus, the callbacks, and, on a cluster (``textgen.distribute``), the chief's
-settings, vocabulary and checkpoint handed to the other workers, which write nothing. One
-process on its own is a cluster of one whose broadcasts return their input.
+(``textgen.training.steps``) and the loop (``textgen.training.trainer``). This module puts them
+together: the settings, the corpus, the callbacks, and, on a cluster
+(``textgen.training.distribute``), the chief's settings, vocabulary and checkpoint handed to the
+other workers, which write nothing. One process on its own is a cluster of one whose broadcasts
+return their input.
 """
 
 from __future__ import annotations
@@ -19,17 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from textgen import run as rundir
-from textgen.callbacks import Callback, EarlyStopping
 from textgen.checkpoint import Checkpoint
 from textgen.config import RunConfig, TrainConfig
 from textgen.corpus import DEFAULT_CORPUS, check_exists, load_corpus
-from textgen.distribute import choose_path, make_cluster
 from textgen.errors import CheckpointError, OptionsError, TextgenError, VocabularyError
 from textgen.model import build_model
-from textgen.sizing import size_for_budget, sizing_applies
-from textgen.steps import build_replica_train_step, build_train_step, make_optimizer
 from textgen.tokenizer import Tokenizer
-from textgen.trainer import (
+from textgen.training.callbacks import Callback, EarlyStopping
+from textgen.training.distribute import choose_path, make_cluster
+from textgen.training.sizing import size_for_budget, sizing_applies
+from textgen.training.steps import build_replica_train_step, build_train_step, make_optimizer
+from textgen.training.trainer import (
     HISTORY_FIELDS,
     STOPS,
     Trainer,
@@ -37,7 +38,7 @@ from textgen.trainer import (
     TrainResult,
     learning_rate_at,
 )
-from textgen.windows import split_ids
+from textgen.training.windows import split_ids
 
 __all__ = [
     "HISTORY_FIELDS",
@@ -69,7 +70,7 @@ class _Job:
     run_dir: Path
     settings: dict[str, Any]  # fields of TrainConfig
     resume: bool
-    source: Any  # the textgen.finetune.Source a new run starts from, or None
+    source: Any  # the textgen.training.finetune.Source a new run starts from, or None
     device: str
     callbacks: Sequence[Callback]
     echo: Callable[[str], None]
@@ -83,12 +84,12 @@ class _Start:
 
     run: RunConfig
     tokenizer: Tokenizer
-    split: Any  # textgen.windows.split_ids's answer
+    split: Any  # textgen.training.windows.split_ids's answer
     resumed: bool
     init: bool  # a new run from a trained model's weights
     checkpoint: Checkpoint | None = None  # the chief's, when resuming
-    source: Any = None  # the chief's textgen.finetune.Source, when init
-    sized: Any = None  # the chief's textgen.sizing answer, when its budget chose the shape
+    source: Any = None  # the chief's textgen.training.finetune.Source, when init
+    sized: Any = None  # the chief's textgen.training.sizing answer, when its budget chose the shape
 
 
 def train(
@@ -114,12 +115,14 @@ def train(
         progress: show a tqdm progress bar.
         echo: where per-epoch summaries go.
         callbacks: ``Callback`` objects told of every batch and epoch.
-        distribute: ``none``, ``mirrored`` or ``multi-worker`` (see ``textgen.distribute``);
+        distribute: ``none``, ``mirrored`` or ``multi-worker`` (see
+        ``textgen.training.distribute``);
             on a cluster, every worker calls ``train`` with the same arguments and only worker
             0 writes ``run_dir``.
         device: ``auto``, ``cpu`` or ``gpu``: which recurrent path trains (``choose_path``).
         init_from: start a new run from this trained run directory or shipped model (such as
-            ``base``), with its shape and a vocabulary merged from both (``textgen.finetune``).
+            ``base``), with its shape and a vocabulary merged from both
+            (``textgen.training.finetune``).
         **settings: fields of ``TrainConfig``; on resume, the saved values fill the rest.
 
     Returns:
@@ -132,7 +135,7 @@ def train(
     run_dir = Path(run_dir)
     source = None
     if init_from is not None:
-        from textgen.finetune import open_source, shape_settings
+        from textgen.training.finetune import open_source, shape_settings
 
         if resume:
             raise OptionsError("--init-from starts a new run; it cannot be used with --resume")
@@ -163,7 +166,7 @@ def _train(job: _Job, cluster) -> TrainResult:
     if start.checkpoint is not None:
         trainer.restore(start.checkpoint)
     elif start.source is not None:
-        from textgen.finetune import transfer_weights
+        from textgen.training.finetune import transfer_weights
 
         trainer.start_from(transfer_weights(start.source, start.tokenizer, start.split.train))
     if start.resumed or start.init:
@@ -230,8 +233,8 @@ def _chief_start(job: _Job, cluster) -> tuple[_Start, dict]:
 def _sized(config: TrainConfig, tokenizer: Tokenizer, job: _Job):
     """The settings with the shape that a budget with no shape given suits on this machine,
     and the sizing's answer; the settings as they are on the stock (GPU) path."""
-    from textgen.distribute import visible_gpus
-    from textgen.step_plan import plan_for_this_machine
+    from textgen.training.distribute import visible_gpus
+    from textgen.training.step_plan import plan_for_this_machine
 
     if choose_path(job.device, visible_gpus()) != "fast":
         return config, None
@@ -278,7 +281,7 @@ def _worker_start(job: _Job, shared: dict, worker: int) -> _Start:
 def _make_trainer(start: _Start, job: _Job, cluster, callbacks: list[Callback]) -> Trainer:
     """The model and its Trainer, built in the cluster's scope so its variables are mirrored."""
     from textgen.backend import keras
-    from textgen.distribute import visible_gpus
+    from textgen.training.distribute import visible_gpus
 
     config = start.run.training
     path = choose_path(job.device, visible_gpus())
@@ -300,7 +303,7 @@ def _make_trainer(start: _Start, job: _Job, cluster, callbacks: list[Callback]) 
 
 def _watchers(config: TrainConfig, tokenizer: Tokenizer, job: _Job) -> list[Callback]:
     """The callbacks the chief adds unless the run's settings turn them off."""
-    from textgen.watch import EpochSample, TensorBoardLogger
+    from textgen.training.watch import EpochSample, TensorBoardLogger
 
     watchers: list[Callback] = []
     sample = None

@@ -10,8 +10,8 @@ from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
-from textgen.evaluation import describe_loss
 from textgen.run import HISTORY, open_run, read_history
+from textgen.training.evaluation import describe_loss
 
 # config.json's sections in the order a reader wants them: the network, how it trained, on what.
 SECTIONS = ("model", "training", "corpus", "init_from")

@@ -1,6 +1,6 @@
 """Watching a run as it trains: a sample after each epoch, and TensorBoard event files.
 
-Both are ``textgen.training.Callback`` objects that ``train()`` adds unless told not to
+Both are ``textgen.training.train.Callback`` objects that ``train()`` adds unless told not to
 (``--sample-every 0``, ``--no-tensorboard``).
 
 TensorBoard gets, against the global step: ``train/loss`` and ``train/bpc`` (the mean over the
@@ -19,9 +19,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from textgen.callbacks import Callback, EpochEnd
 from textgen.config import TrainState
-from textgen.evaluation import LN2
+from textgen.training.callbacks import Callback, EpochEnd
+from textgen.training.evaluation import LN2
 
 LOG_EVERY = 20  # steps between training points
 SAMPLE_LENGTH = 200
@@ -50,7 +50,7 @@ class EpochSample(Callback):
         if self.every < 1 or state.batch or state.epoch % self.every:
             return  # only after whole epochs
         from textgen.model import get_weights
-        from textgen.sampler import Sampler
+        from textgen.sample.sampler import Sampler
 
         sampler = Sampler(get_weights(self.trainer.model), self.tokenizer, cell=self.cell)
         self.text = sampler.generate(SAMPLE_LENGTH, temperature=SAMPLE_TEMPERATURE, seed=self.seed)

@@ -10,7 +10,7 @@ conditions (``STOPS``: epochs, budget, interrupt, and a callback's reason, such 
 ``EarlyStopping``'s). Callbacks observe it, and may stop it, through ``on_batch_end`` and
 ``on_epoch_end``; that is where logging and other features plug in without touching the loop.
 
-It runs the same on one process and on a cluster (``textgen.distribute``): the cluster says
+It runs the same on one process and on a cluster (``textgen.training.distribute``): the cluster says
 which rows of a batch this process computes, sums and broadcasts, and whether this process
 writes the run directory (``is_chief``).
 """
@@ -29,17 +29,17 @@ from pathlib import Path
 import numpy as np
 
 from textgen import run as rundir
-from textgen.averaging import WeightAverage
-from textgen.callbacks import Callback, EpochEnd
 from textgen.checkpoint import Checkpoint, save_checkpoint
 from textgen.config import TrainConfig, TrainState
-from textgen.distribute import LOCAL
 from textgen.errors import CheckpointError, TextgenError
-from textgen.evaluation import LN2, build_eval_step, describe_loss, evaluate_ids
 from textgen.model import get_weights, named_variables, set_weights
-from textgen.step_plan import StepPlan, plan_for_this_machine
-from textgen.steps import VOTES, make_optimizer, make_steps
-from textgen.windows import epoch_starts, steps_per_epoch
+from textgen.training.averaging import WeightAverage
+from textgen.training.callbacks import Callback, EpochEnd
+from textgen.training.distribute import LOCAL
+from textgen.training.evaluation import LN2, build_eval_step, describe_loss, evaluate_ids
+from textgen.training.step_plan import StepPlan, plan_for_this_machine
+from textgen.training.steps import VOTES, make_optimizer, make_steps
+from textgen.training.windows import epoch_starts, steps_per_epoch
 
 HISTORY_FIELDS = [
     "epoch",
@@ -139,7 +139,7 @@ class Trainer:
         progress: bool = False,
     ) -> None:
         """Made in ``cluster.scope()``, so that a cluster's variables are mirrored; ``split``
-        is the corpus's ``textgen.windows.split_ids`` and ``path`` is ``choose_path``'s
+        is the corpus's ``textgen.training.windows.split_ids`` and ``path`` is ``choose_path``'s
         answer."""
         from textgen.backend import tf
 

@@ -1,7 +1,7 @@
 """The training loop's hooks: what a callback is told, and when.
 
-``textgen.trainer`` calls these; ``EarlyStopping`` below, ``textgen.watch`` (samples,
-TensorBoard) and user code implement them.
+``textgen.training.trainer`` calls these; ``EarlyStopping`` below, ``textgen.training.watch``
+(samples, TensorBoard) and user code implement them.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class Callback:
 
     A callback may end training by returning a reason string (for example ``"early_stopping"``)
     from ``on_batch_end`` or ``on_epoch_end``; the loop saves a checkpoint and stops with that
-    reason. ``trainer`` is set to the running ``textgen.trainer.Trainer`` before
+    reason. ``trainer`` is set to the running ``textgen.training.trainer.Trainer`` before
     ``on_train_begin`` (its ``model``, ``optimizer``, ``config`` and ``grad_norm``).
     """
 

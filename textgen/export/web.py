@@ -110,8 +110,8 @@ def model_script(data: dict) -> str:
 
 
 def template(name: str) -> str:
-    """A file of the page kept beside this module (``textgen/webpage/``)."""
-    return resources.files("textgen").joinpath("webpage", name).read_text(encoding="utf-8")
+    """A file of the page kept beside this module (``textgen/export/webpage/``)."""
+    return resources.files("textgen.export").joinpath("webpage", name).read_text(encoding="utf-8")
 
 
 def export_web(run: Run, out: Path, weights: str = "float16") -> None:

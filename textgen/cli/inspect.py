@@ -1,7 +1,7 @@
 """``textgen inspect``: what a run's model expects at every character, and which cells track what.
 
-Loaded only when the command runs (``lazy_commands`` in ``textgen.cli``); it needs numpy and the
-numpy engine, never TensorFlow.
+Loaded only when the command runs (``lazy_commands`` in ``textgen.cli.commands``); it needs numpy
+and the numpy engine, never TensorFlow.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from textgen.cli import _numpy_command
+from textgen.cli.commands import _numpy_command
 
 
 @click.command()
@@ -81,8 +81,7 @@ def inspect(
     """
     if (text_file is None) == (text_string is None):
         raise click.UsageError("give the text as TEXT_FILE or as --text, one of the two")
-    from textgen.inspect_report import write_report
-    from textgen.inspection import BUILTIN_FEATURES, Inspector, parse_feature
+    from textgen.sample import BUILTIN_FEATURES, Inspector, parse_feature, write_report
 
     chosen = [*BUILTIN_FEATURES, *(parse_feature(spec) for spec in features)]
     text = text_string if text_file is None else _read(text_file, encoding, errors)
@@ -97,7 +96,7 @@ def inspect(
 def _read(text_file: str, encoding: str, errors: str) -> str:
     import codecs
 
-    from textgen.corpus.reading import decoded_chunks
+    from textgen.corpus import decoded_chunks
     from textgen.errors import CorpusError
 
     try:

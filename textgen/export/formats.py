@@ -12,7 +12,7 @@ Four formats, one function each, and :func:`export_run` to pick one:
   (LSTM only), ``h_1``, ... (float32 ``[batch, units]``) in; ``logits`` and the new states
   ``new_h_0``, ``new_c_0``, ... out, in the same order.
 - ``web``: a folder that is an offline page for the model, with a JavaScript engine that runs in
-  browsers and Node (``textgen.web``); it needs the weights and vocabulary only.
+  browsers and Node (``textgen.export.web``); it needs the weights and vocabulary only.
 
 The SavedModel and ONNX graphs spell out the Keras cell equations (``LSTMCell``, ``GRUCell``
 with ``reset_after=True``, ``SimpleRNNCell``) with plain ops instead of tracing Keras layers:
@@ -43,10 +43,10 @@ import numpy as np
 
 from textgen.cells import get_cell
 from textgen.errors import TextgenError
+from textgen.export.web import WEIGHT_TYPES, export_web, is_web_export
 from textgen.files import atomic_write
 from textgen.run import TOKENIZER, WHICH, Run, open_run
 from textgen.tokenizer import UNKNOWN_CHAR
-from textgen.web import WEIGHT_TYPES, export_web, is_web_export
 from textgen.weights import RNN_PARTS, rnn_name
 
 FORMATS = ("keras", "savedmodel", "onnx", "web")
@@ -242,7 +242,7 @@ _TF_STEPS = {"lstm": _tf_lstm, "gru": _tf_gru, "simple": _tf_simple}
 
 def _build_module(tf, run: Run):
     """A ``tf.Module`` holding the weights as variables and the three graph functions."""
-    from textgen.sampler import Sampler
+    from textgen.sample.sampler import Sampler
 
     shape, tokenizer, w = run.config.model, run.tokenizer, run.weights
     cell, layers, units, vocab = shape.cell, shape.num_layers, shape.units, shape.vocab_size

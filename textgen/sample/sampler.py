@@ -2,7 +2,7 @@
 
 Two engines step the same weights with the same Keras cell semantics:
 
-- ``"numpy"`` (the default): ``textgen.engine``. Sampling spends its time in one small matrix
+- ``"numpy"`` (the default): ``textgen.sample.engine``. Sampling spends its time in one small matrix
   product per character, where a TensorFlow call per step costs more in dispatch than in
   arithmetic; numpy also spares ``textgen sample`` the seconds of importing TensorFlow.
 - ``"keras"``: real ``keras.layers.LSTMCell`` (``GRUCell``, ``SimpleRNNCell``) objects holding
@@ -46,8 +46,8 @@ import numpy as np
 from textgen.cells import get_cell
 from textgen.config import ModelConfig
 from textgen.errors import TextgenError
-from textgen.generation import Batch, Piece, Row, ScoredText, resolve_seed
-from textgen.options import SamplingOptions, best_of_rows
+from textgen.sample.generation import Batch, Piece, Row, ScoredText, resolve_seed
+from textgen.sample.options import SamplingOptions, best_of_rows
 from textgen.tokenizer import Tokenizer
 from textgen.weights import check_weights, layer_arrays, shape_of
 
@@ -97,7 +97,7 @@ def _make_engine(weights: dict[str, np.ndarray], shape: ModelConfig, engine: str
     if engine == "keras":
         return KerasCellEngine(weights, shape)
     if engine == "numpy":
-        from textgen.engine import RecurrentStack
+        from textgen.sample.engine import RecurrentStack
 
         return RecurrentStack(weights, shape)
     raise TextgenError(f"unknown engine {engine!r}; choose numpy or keras")
@@ -394,7 +394,7 @@ class Sampler:
         Raises:
             TextgenError: a bad width, length, stop string or prime character.
         """
-        from textgen.beam import beam_search
+        from textgen.sample.beam import beam_search
 
         return beam_search(self, prime, length, beam_width, stop, drop_unknown)
 

@@ -9,10 +9,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from textgen.draw import log_softmax
 from textgen.errors import TextgenError
-from textgen.generation import ScoredText, StopMatcher
-from textgen.options import SamplingOptions
+from textgen.sample.draw import log_softmax
+from textgen.sample.generation import ScoredText, StopMatcher
+from textgen.sample.options import SamplingOptions
 
 
 def beam_search(

@@ -1,6 +1,6 @@
 """What a model expects at every character, and which of its cells follow features of the text.
 
-An :class:`Inspector` reads a text through the numpy engine (``textgen.engine``, the one that
+An :class:`Inspector` reads a text through the numpy engine (``textgen.sample.engine``, the one that
 ``textgen sample`` draws from) from a zero state, one character at a time, and hands out the
 readings in blocks of consecutive characters: the probability the model gave each character
 before reading it, its five likeliest guesses, and the chosen layer's state after reading it.
@@ -28,8 +28,8 @@ import numpy as np
 
 from textgen.cells import get_cell
 from textgen.config import ModelConfig
-from textgen.engine import RecurrentStack
 from textgen.errors import TextgenError, VocabularyError
+from textgen.sample.engine import RecurrentStack
 from textgen.tokenizer import Tokenizer
 from textgen.weights import check_weights, shape_of
 

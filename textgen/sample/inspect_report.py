@@ -22,7 +22,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from textgen.inspection import (
+from textgen.sample.inspection import (
     BEST_CELLS,
     Block,
     Feature,
@@ -301,7 +301,7 @@ def _read_columns(spill: IO[bytes], rows: int, columns: int, index: list[int]) -
 # -- the HTML report -------------------------------------------------------------------------------
 def viewer_asset(name: str) -> str:
     """The text of one of the viewer's files: ``inspect.js`` or ``inspect.css``."""
-    return resources.files("textgen").joinpath("static", name).read_text(encoding="utf-8")
+    return resources.files("textgen.sample").joinpath("static", name).read_text(encoding="utf-8")
 
 
 def html_report(data: dict[str, Any] | ReportParts) -> str:

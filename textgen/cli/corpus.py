@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from textgen.cli_group import TextgenGroup
+from textgen.cli.group import TextgenGroup
 
 
 @click.group(name="corpus", cls=TextgenGroup)
@@ -18,7 +18,7 @@ def corpus() -> None:
 @corpus.command(name="list")
 def list_command() -> None:
     """Show built-in, downloadable and local corpora."""
-    from textgen.corpus import catalogue as corpora
+    from textgen import corpus as corpora
 
     rows = corpora.list_corpora()
     width = max(len(row["name"]) for row in rows)
@@ -38,7 +38,7 @@ def list_command() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes.")
 def get_command(name: str, url: str | None, quiet: bool) -> None:
     """Download or build corpus NAME if needed, and print the path of its text file."""
-    from textgen.corpus import catalogue as corpora
+    from textgen import corpus as corpora
 
     click.echo(corpora.get_corpus(name, progress=not quiet, url=url))
 

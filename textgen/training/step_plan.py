@@ -13,7 +13,7 @@ measurement on the hardware it applies to (``docs/speed.md`` has the figures and
   slow, and as that one product elsewhere: on an AVX2 CPU (AMD Zen 3) the batched form was about
   twice as slow and whole training steps 1.18-1.27x slower with it.
 
-The transposed recurrent layout of ``textgen.fast_lstm`` and TensorFlow's thread pools
+The transposed recurrent layout of ``textgen.training.fast_lstm`` and TensorFlow's thread pools
 (``textgen.backend``) were measured on AVX2 too and won there as well, so they are not choices.
 
 This module imports neither numpy nor TensorFlow until a GPU question forces it (``auto``).
@@ -38,7 +38,8 @@ class StepPlan:
     backward: str = "whole"  # the backward loop's product: "whole" or "blocks"
 
     def matmul_dtype(self):
-        """The TensorFlow operand type for ``textgen.fast_lstm`` (None: float32, the states')."""
+        """The TensorFlow operand type for ``textgen.training.fast_lstm`` (None: float32, the
+        states')."""
         if self.precision == "float32":
             return None
         from textgen.backend import tf

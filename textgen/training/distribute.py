@@ -12,7 +12,7 @@ exports on one CPU.
   devices when it has no GPU: normally one, so one replica).
 - ``multi-worker``: ``tf.distribute.MultiWorkerMirroredStrategy`` configured by the standard
   ``TF_CONFIG`` variable, one process per worker. TensorFlow requires the strategy to exist
-  before any other TensorFlow op, so ``textgen.training.train`` makes it first.
+  before any other TensorFlow op, so ``textgen.training.train.train`` makes it first.
 
 Every replica computes its rows of the global batch; gradients are summed over replicas with
 ``ReplicaContext.all_reduce`` (textgen's losses are already divided by the global batch), then
@@ -48,9 +48,9 @@ DEVICES = ("auto", "cpu", "gpu")
 def choose_path(device: str, gpus: Sequence[str]) -> str:
     """The recurrent path for ``--device`` given the visible GPU names: ``fast`` or ``stock``.
 
-    ``fast`` is textgen's hand-written LSTM step (``textgen.fast_lstm``), tuned for CPUs; ``stock``
-    is ``keras.layers.LSTM``, which runs Keras's cuDNN kernel on a GPU. ``auto`` takes the GPU when
-    there is one; ``gpu`` without one is an error.
+    ``fast`` is textgen's hand-written LSTM step (``textgen.training.fast_lstm``), tuned for CPUs;
+    ``stock`` is ``keras.layers.LSTM``, which runs Keras's cuDNN kernel on a GPU. ``auto`` takes the
+    GPU when there is one; ``gpu`` without one is an error.
     """
     if device not in DEVICES:
         raise TextgenError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")

@@ -1,8 +1,9 @@
 """The training-time forward pass: embedding -> recurrent layers -> dropout -> dense.
 
 It runs on a ``build_model`` network's own variables, so gradients taken through it train the
-model. LSTM layers go through ``textgen.fast_lstm`` (the same maths with a hand-written backward
-pass that trains about 1.5x faster on CPU); GRU and SimpleRNN layers are called as Keras layers.
+model. LSTM layers go through ``textgen.training.fast_lstm`` (the same maths with a hand-written
+backward pass that trains about 1.5x faster on CPU); GRU and SimpleRNN layers are called as Keras
+layers.
 
 Training does not call ``model(ids, training=True)`` because Keras's Dropout draws from a
 stateful generator; here dropout masks are a pure function of a per-step seed, which makes a
@@ -17,7 +18,7 @@ from textgen.backend import tf
 from textgen.cells import cell_of_layer
 from textgen.config import NO_NOISE, Noise
 from textgen.model import recurrent_layers
-from textgen.step_plan import StepPlan, plan_for_this_machine
+from textgen.training.step_plan import StepPlan, plan_for_this_machine
 
 
 def stateless_dropout(x, rate: float, seed, rows=None, batch_axis: int = 0):
@@ -76,10 +77,10 @@ def make_forward(
 
     ``seed`` (int32 [2]) fixes the masks of ``noise``, applied only when ``training``; ``rows``
     is as in ``stateless_dropout``. ``plan`` says how the LSTM layers run (their products'
-    operand type, chains and backward product; see ``textgen.step_plan``); None is this
+    operand type, chains and backward product; see ``textgen.training.step_plan``); None is this
     machine's float32 plan. Other cells ignore it. ``stock`` runs LSTM layers as Keras layers
-    too (on a GPU, Keras's cuDNN kernel) instead of ``textgen.fast_lstm``; weight drop is then
-    ignored.
+    too (on a GPU, Keras's cuDNN kernel) instead of ``textgen.training.fast_lstm``; weight drop is
+    then ignored.
     """
     layers = recurrent_layers(model)
     embedding = model.get_layer("embedding")
@@ -101,7 +102,7 @@ def make_forward(
         return stateless_dropout(x, noise.dropout, layer_seed, rows, batch_axis=batch_axis)
 
     def lstm_stack(ids, training: bool, seed, rows):
-        from textgen.fast_lstm import lstm_sequence, lstm_sequence_from_ids
+        from textgen.training.fast_lstm import lstm_sequence, lstm_sequence_from_ids
 
         # Everything between the embedding and the logits stays time-major, so only the small
         # int ids and the logits are transposed.
