@@ -165,7 +165,7 @@ def test_bad_values_are_400(client, model, options):
 
 def test_a_request_becomes_sampling_options_in_one_call():
     from textgen.sample.options import SamplingOptions
-    from textgen.serve.app import ApiError, CompletionRequest
+    from textgen.serve.schema import ApiError, CompletionRequest
 
     body = CompletionRequest(model="m", temperature=None, top_p=1.0, top_k=5, seed=3, stop="\n")
     assert body.to_sampling_options(("User:",), drop_unknown=True) == SamplingOptions(

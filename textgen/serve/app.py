@@ -1,9 +1,10 @@
 """The HTTP layer: OpenAI's completions and chat completions over
 :mod:`textgen.serve.batching`, and the page.
 
-Every route is a few lines over a :class:`~textgen.serve.batching.Scheduler` (one per served run).
-FastAPI and uvicorn come with the ``serve`` extra and are imported only here. The server keeps no
-state between requests, so several processes can run behind any HTTP load balancer.
+Every route is a few lines over a :class:`~textgen.serve.batching.Scheduler` (one per served run);
+the bodies it reads and writes are :mod:`textgen.serve.schema`'s. FastAPI and uvicorn come with the
+``serve`` extra and are imported only in these two modules. The server keeps no state between
+requests, so several processes can run behind any HTTP load balancer.
 
 Decisions (see also docs/serving.md):
 
@@ -40,267 +41,46 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from textgen import __version__
 from textgen import run as runs
 from textgen.errors import TextgenError
-from textgen.sample.chat import ROLES, ChatMessage, ChatTemplate
-from textgen.sample.options import SamplingOptions, best_of_rows
+from textgen.sample.chat import ChatTemplate
+from textgen.sample.options import best_of_rows
 from textgen.serve.batching import Busy, Job, Piece, Scheduler
 from textgen.serve.inspect_route import add_inspect_routes
 from textgen.serve.limits import Limits
+from textgen.serve.schema import (
+    ApiError,
+    ChatChoice,
+    ChatCompletion,
+    ChatLogprobs,
+    ChatMessageOut,
+    ChatRequest,
+    Choice,
+    Completion,
+    CompletionRequest,
+    Health,
+    Logprobs,
+    ModelCard,
+    ModelList,
+    RunDetails,
+    Usage,
+    error_responses,
+)
 
 # Streamed text is sent at most every 20 ms per stream (the first character and the last piece
 # at once), and less often the more streams run (1.5 ms per stream, at most 100 ms): the event
 # loop's work per chunk shares the interpreter with the engine, and at 64 streams 96 ms gave
 # about 4% more throughput than 64 ms (and twice that of 20 ms).
 STREAM_FLUSH_SECONDS = (0.02, 0.0015, 0.1)
-
-
-class ApiError(Exception):
-    """An error answered in OpenAI's shape."""
-
-    def __init__(
-        self, status: int, message: str, *, type: str = "invalid_request_error",
-        param: str | None = None, code: str | None = None, headers: dict | None = None,
-    ) -> None:  # fmt: skip
-        super().__init__(message)
-        self.status, self.message, self.type = status, message, type
-        self.param, self.code, self.headers = param, code, headers
-
-    def response(self) -> JSONResponse:
-        body = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
-        return JSONResponse({"error": body}, status_code=self.status, headers=self.headers)
-
-
-# -- request and response shapes -------------------------------------------------------------------
-class StreamOptions(BaseModel):
-    include_usage: bool = False
-
-
-class SamplingRequest(BaseModel):
-    """The fields completions and chat completions share, checked the same way."""
-
-    model_config = ConfigDict(extra="ignore")  # OpenAI fields with no meaning here are ignored
-
-    model: str
-    max_tokens: int | None = Field(16, ge=0, description="characters per choice")
-    temperature: float | None = Field(1.0, ge=0, le=2, allow_inf_nan=False)
-    top_p: float | None = Field(1.0, gt=0, le=1, allow_inf_nan=False)
-    top_k: int | None = Field(None, ge=1)
-    # n and best_of are bounded by the server's --max-streams, checked with the prompts' count.
-    n: int | None = Field(1, ge=1)
-    stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=0)
-    stream: bool | None = False
-    stream_options: StreamOptions | None = None
-    user: str | None = None
-
-    def to_sampling_options(
-        self, extra_stop: tuple[str, ...] = (), drop_unknown: bool = False
-    ) -> SamplingOptions:
-        """The request's draw as the library's one checked form; ``extra_stop`` (the server's
-        own, such as the chat template's) joins the request's at most 4 stop strings."""
-        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        if len(stop) > 4:
-            raise ApiError(400, "at most 4 stop strings", param="stop")
-        if "" in stop:
-            raise ApiError(400, "a stop string must not be empty", param="stop")
-        return SamplingOptions(
-            temperature=1.0 if self.temperature is None else self.temperature,
-            top_k=self.top_k,
-            top_p=None if self.top_p is None or self.top_p >= 1 else self.top_p,
-            seed=self.seed,
-            drop_unknown=drop_unknown,
-            stop=(*stop, *extra_stop),
-        )
-
-
-class CompletionRequest(SamplingRequest):
-    """``POST /v1/completions``; fields as in OpenAI's API, plus ``top_k``."""
-
-    prompt: str | list[str] = ""
-    best_of: int | None = Field(None, ge=1, description="choices generated; n returned")
-    echo: bool | None = False
-    logprobs: int | None = Field(None, ge=0, le=5)
-
-
-class TextPart(BaseModel):
-    """A part of a message's content; text is the only kind a character model reads."""
-
-    type: Literal["text"]
-    text: str
-
-
-class ChatMessageIn(BaseModel):
-    """A message of a conversation (``tool_calls`` and the like are ignored)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    role: Literal[ROLES]  # type: ignore[valid-type]  # the library's roles, in the schema
-    content: str | list[TextPart] | None = None
-    name: str | None = None
-
-    def message(self) -> ChatMessage:
-        """The library's message: text parts joined, no content as empty."""
-        content = self.content or ""
-        if isinstance(content, list):
-            content = "".join(part.text for part in content)
-        return ChatMessage(self.role, content, self.name)
-
-
-class ChatRequest(SamplingRequest):
-    """``POST /v1/chat/completions``; the messages become a prompt through the chat template,
-    and the rest is a completion's (``max_completion_tokens``, when given, is ``max_tokens``)."""
-
-    messages: list[ChatMessageIn] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=0, description="as max_tokens")
-    logprobs: bool | None = False
-    top_logprobs: int | None = Field(None, ge=0, le=5, description="only with logprobs")
-
-    def completion(self, prompt: str) -> CompletionRequest:
-        """The equivalent completion request (of fields already checked)."""
-        shared = {name: getattr(self, name) for name in SamplingRequest.model_fields}
-        if self.max_completion_tokens is not None:
-            shared["max_tokens"] = self.max_completion_tokens
-        logprobs = (self.top_logprobs or 0) if self.logprobs else None
-        return CompletionRequest.model_construct(**shared, prompt=prompt, logprobs=logprobs)
-
-
-class Logprobs(BaseModel):
-    tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]]
-    text_offset: list[int]
-
-
-class Choice(BaseModel):
-    index: int
-    text: str
-    logprobs: Logprobs | None = None
-    finish_reason: str | None = None
-
-
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
-class Completion(BaseModel):
-    id: str
-    object: str = "text_completion"
-    created: int
-    model: str
-    choices: list[Choice]
-    usage: Usage | None = None
-
-
-class ChatMessageOut(BaseModel):
-    role: str = "assistant"
-    content: str
-
-
-class TopLogprob(BaseModel):
-    token: str
-    logprob: float
-    bytes: list[int]
-
-
-class TokenLogprob(TopLogprob):
-    top_logprobs: list[TopLogprob]
-
-
-class ChatLogprobs(BaseModel):
-    content: list[TokenLogprob]
-
-    @classmethod
-    def of(cls, logprobs: Logprobs) -> ChatLogprobs:
-        """Completion log-probabilities in the chat shape."""
-
-        def top(token: str, logprob: float) -> TopLogprob:
-            return TopLogprob(token=token, logprob=logprob, bytes=list(token.encode()))
-
-        return cls(
-            content=[
-                TokenLogprob(
-                    **top(token, logprob).model_dump(),
-                    top_logprobs=[top(t, lp) for t, lp in alternatives.items()],
-                )
-                for token, logprob, alternatives in zip(
-                    logprobs.tokens, logprobs.token_logprobs, logprobs.top_logprobs
-                )
-            ]
-        )
-
-
-class ChatChoice(BaseModel):
-    index: int
-    message: ChatMessageOut
-    logprobs: ChatLogprobs | None = None
-    finish_reason: str | None = None
-
-
-class ChatCompletion(BaseModel):
-    id: str
-    object: str = "chat.completion"
-    created: int
-    model: str
-    choices: list[ChatChoice]
-    usage: Usage | None = None
-
-
-class ModelCard(BaseModel):
-    id: str
-    object: str = "model"
-    created: int
-    owned_by: str = "textgen"
-
-
-class ModelList(BaseModel):
-    object: str = "list"
-    data: list[ModelCard]
-
-
-class ErrorBody(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody
-
-
-class Health(BaseModel):
-    status: str
-    streams: dict[str, int] = {}
-    blas_threads: int | None = None  # numpy's BLAS threads when they follow the idle cores
-
-
-class RunDetails(BaseModel):
-    """What the page shows about a run."""
-
-    id: str
-    corpus: str | None
-    characters: int | None
-    parameters: dict[str, Any]
-    epochs: int
-    best_val_loss: float | None
-    history: list[dict[str, float | None]]
-
-
-def _errors(*statuses: int) -> dict:
-    return {s: {"model": ErrorResponse} for s in statuses}
 
 
 # -- the served runs -------------------------------------------------------------------------------
@@ -465,7 +245,7 @@ def create_app(
     async def page() -> HTMLResponse:
         return HTMLResponse(resources.files("textgen.serve").joinpath("page.html").read_text())
 
-    @app.get("/health", response_model=Health, responses=_errors(503))
+    @app.get("/health", response_model=Health, responses=error_responses(503))
     async def health():
         """200 when every model is loaded, 503 before."""
         if not models.ready.is_set() or models.failure:
@@ -477,7 +257,9 @@ def create_app(
             blas_threads=None if models.blas is None else models.blas.threads,
         )
 
-    @app.get("/v1/models", response_model=ModelList, dependencies=guarded, responses=_errors(401))
+    @app.get(
+        "/v1/models", response_model=ModelList, dependencies=guarded, responses=error_responses(401)
+    )
     async def list_models():
         """The served runs, in OpenAI's list shape."""
         return ModelList(data=[_card(name, d) for name, d in models.run_dirs.items()])
@@ -486,7 +268,7 @@ def create_app(
         "/v1/runs/{model}",
         response_model=RunDetails,
         dependencies=guarded,
-        responses=_errors(401, 404),
+        responses=error_responses(401, 404),
     )
     async def details(model: str):
         """A run's corpus, shape, progress and validation-loss curve (for the page)."""
@@ -519,7 +301,10 @@ def create_app(
         done = await _complete(jobs, scheduler, prompts, body, head, request)
         return done if isinstance(done, JSONResponse) else shape.answer(done)
 
-    answers = {200: {"content": {"text/event-stream": {}}}, **_errors(400, 401, 404, 413, 429, 503)}
+    answers = {
+        200: {"content": {"text/event-stream": {}}},
+        **error_responses(400, 401, 404, 413, 429, 503),
+    }
 
     @app.post("/v1/completions", response_model=Completion, dependencies=guarded, responses=answers)
     async def completions(body: CompletionRequest, request: Request):
@@ -550,7 +335,7 @@ def create_app(
 
     add_inspect_routes(
         app, models, dependencies=guarded, drop_unknown=drop_unknown, error=ApiError,
-        responses=_errors(400, 401, 404, 413, 503),
+        responses=error_responses(400, 401, 404, 413, 503),
     )  # fmt: skip
     return app
 
