@@ -185,7 +185,6 @@ def create_app(
     the count.
     """
     models = Models(run_dirs, which, limits, adapt_blas_threads)
-    chat_template = chat_template or ChatTemplate()
 
     async def lifespan(app: FastAPI):
         threading.Thread(target=models.load, name="textgen-load", daemon=True).start()
@@ -210,6 +209,21 @@ def create_app(
             expose_headers=["Retry-After"],
             max_age=600,
         )
+    _add_error_handlers(app)
+    guarded = [Depends(_authorization(api_key))]
+    _add_info_routes(app, models, guarded)
+    _add_completion_routes(
+        app, models, guarded, chat_template or ChatTemplate(), limits, drop_unknown
+    )
+    add_inspect_routes(
+        app, models, dependencies=guarded, drop_unknown=drop_unknown, error=ApiError,
+        responses=error_responses(400, 401, 404, 413, 503),
+    )  # fmt: skip
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error, FastAPI's and Starlette's too, answered in OpenAI's shape."""
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, err: ApiError):
@@ -230,6 +244,10 @@ def create_app(
     async def _http_error(request: Request, err: StarletteHTTPException):
         return ApiError(err.status_code, str(err.detail), headers=err.headers).response()
 
+
+def _authorization(api_key: str | None):
+    """The dependency that asks for ``api_key`` as a bearer token (nothing when it is None)."""
+
     async def authorize(request: Request) -> None:
         if api_key is None:
             return
@@ -239,7 +257,11 @@ def create_app(
                 code="invalid_api_key",
             )  # fmt: skip
 
-    guarded = [Depends(authorize)]
+    return authorize
+
+
+def _add_info_routes(app: FastAPI, models: Models, guarded: list) -> None:
+    """The page, ``/health``, the model list and a run's details."""
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
@@ -275,6 +297,17 @@ def create_app(
         if model not in models.run_dirs:
             raise ApiError(404, f"unknown model {model!r}", param="model", code="model_not_found")
         return run_details(model, models.run_dirs[model])
+
+
+def _add_completion_routes(
+    app: FastAPI,
+    models: Models,
+    guarded: list,
+    chat_template: ChatTemplate,
+    limits: Limits,
+    drop_unknown: bool,
+) -> None:
+    """OpenAI's completions and chat completions, both served by one ``answer``."""
 
     async def answer(body: CompletionRequest, request: Request, shape: _Shape, stop=()):
         """The one way a request is served, completion or chat; ``stop`` ends every choice
@@ -332,12 +365,6 @@ def create_app(
             if err.param == "prompt":  # the prompt is the conversation, laid out
                 err.param = "messages"
             raise
-
-    add_inspect_routes(
-        app, models, dependencies=guarded, drop_unknown=drop_unknown, error=ApiError,
-        responses=error_responses(400, 401, 404, 413, 503),
-    )  # fmt: skip
-    return app
 
 
 def check_origin(origin: str) -> str:
