@@ -242,18 +242,11 @@ _TF_STEPS = {"lstm": _tf_lstm, "gru": _tf_gru, "simple": _tf_simple}
 
 def _build_module(tf, run: Run):
     """A ``tf.Module`` holding the weights as variables and the three graph functions."""
-    from textgen.sample.sampler import Sampler
-
-    shape, tokenizer, w = run.config.model, run.tokenizer, run.weights
+    shape, w = run.config.model, run.weights
     cell, layers, units, vocab = shape.cell, shape.num_layers, shape.units, shape.vocab_size
     cell_step = get_cell(cell).equations(_TF_STEPS, "the SavedModel export")
     names = state_names(cell, layers)
     per_layer = get_cell(cell).state_size
-    known = np.array([ord(c) for c in tokenizer.chars], np.int32)
-    decoded = np.append(known, np.int32(ord(UNKNOWN_CHAR))) if tokenizer.unknown else known
-    unknown_id = tokenizer.unknown_id
-    # With no prompt the model starts from the id textgen's sampler starts from.
-    start_id = int(Sampler.from_run(run).prime_ids("")[0])
 
     module = tf.Module(name="textgen")
     module.embedding = tf.Variable(w["embedding"], trainable=False, name="embedding")
@@ -301,6 +294,23 @@ def _build_module(tf, run: Run):
         first = (tf.zeros([tf.shape(ids)[0], vocab], tf.float32), *zeros(tf.shape(ids)[0]))
         outputs = tf.scan(scan_step, time_major, initializer=first)[0]  # (T, B, vocab)
         return {"logits": tf.transpose(outputs, [1, 0, 2])}
+
+    generate = _generate_function(tf, run, advance, zeros)
+    module.step, module.logits, module.generate = step, logits, generate
+    return module
+
+
+def _generate_function(tf, run: Run, advance, zeros):
+    """The graph's ``generate(prompt, length, temperature, seed) -> {"text"}``, over ``advance``
+    (one id per stream -> logits and new states) and ``zeros`` (the zero states of a batch)."""
+    from textgen.sample.sampler import Sampler
+
+    tokenizer, vocab = run.tokenizer, run.config.model.vocab_size
+    known = np.array([ord(c) for c in tokenizer.chars], np.int32)
+    decoded = np.append(known, np.int32(ord(UNKNOWN_CHAR))) if tokenizer.unknown else known
+    unknown_id = tokenizer.unknown_id
+    # With no prompt the model starts from the id textgen's sampler starts from.
+    start_id = int(Sampler.from_run(run).prime_ids("")[0])
 
     @tf.function(
         input_signature=[
@@ -363,8 +373,7 @@ def _build_module(tf, run: Run):
         text = tf.strings.unicode_encode(tf.gather(decoded, result[2].stack()), "UTF-8")
         return {"text": prompt + text}
 
-    module.step, module.logits, module.generate = step, logits, generate
-    return module
+    return generate
 
 
 # -- ONNX ----------------------------------------------------------------------------------------
