@@ -414,3 +414,24 @@ def test_the_backward_product_forms_agree_from_ids(backward: str) -> None:
     )
     with pytest.raises(TextgenError, match="backward product must be one of"):
         gradients("diagonal")
+
+
+@pytest.mark.parametrize("rows", [1, 7, B * T, 10 * B * T])
+def test_chunked_weight_gradients_equal_one_product(rows: int) -> None:
+    # Chunks that divide the depth, leave a remainder, cover it in one and overshoot it.
+    rng = np.random.default_rng(6)
+    table = tf.constant(rng.normal(size=(9, D)))
+    inputs = tf.constant(rng.normal(size=(B, T, D)))
+    weights = [tf.constant(rng.normal(scale=0.5, size=s)) for s in ((D, 4 * H), (H, 4 * H))]
+    weights.append(tf.constant(rng.normal(scale=0.5, size=4 * H)))
+    ids = tf.constant(rng.integers(0, 9, size=(B, T)), tf.int32)
+
+    def gradients(chunk):
+        with tf.GradientTape() as tape:
+            tape.watch([table, inputs, *weights])
+            from_ids, _ = lstm_sequence_from_ids(ids, table, *weights, gradient_rows=chunk)
+            from_inputs, _ = lstm_sequence(inputs, *weights, gradient_rows=chunk)
+            loss = tf.reduce_sum(tf.sin(from_ids)) + tf.reduce_sum(tf.cos(from_inputs))
+        return tape.gradient(loss, [table, inputs, *weights])
+
+    _assert_all_close(gradients(rows), gradients(0), 1e-10)

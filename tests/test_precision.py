@@ -65,12 +65,12 @@ def test_an_explicit_precision_is_kept_whatever_the_hardware() -> None:
 @pytest.mark.parametrize(
     "flags, setting, cores, expected",
     [
-        (HASWELL, "auto", 2, StepPlan("float32", 2, "whole")),
+        (HASWELL, "auto", 2, StepPlan("float32", 2, "whole", 1024)),
         (HASWELL, "bfloat16", 2, StepPlan("bfloat16", 2, "blocks")),
         (SKYLAKE, "auto", 2, StepPlan("float32", 2, "blocks")),
         (ZEN4, "auto", 2, StepPlan("bfloat16", 2, "blocks")),
         (ZEN4, "float32", 8, StepPlan("float32", 2, "blocks")),
-        (HASWELL, "auto", 1, StepPlan("float32", 1, "whole")),
+        (HASWELL, "auto", 1, StepPlan("float32", 1, "whole", 1024)),
     ],
 )
 def test_the_step_plan_follows_the_cpu(flags, setting, cores, expected) -> None:
@@ -90,7 +90,7 @@ def test_a_onednn_isa_cap_hides_the_flags_above_it(tmp_path, cap, expected) -> N
     assert cpu_class(flags) == expected
     # Held to AVX2, a bfloat16 CPU gets the AVX2 plan: float32 and the whole backward product.
     if expected == "AVX2":
-        assert choose_plan("auto", flags) == StepPlan("float32", 2, "whole")
+        assert choose_plan("auto", flags) == StepPlan("float32", 2, "whole", 1024)
     assert machine_flags({}, tmp_path / "missing") == frozenset()
 
 

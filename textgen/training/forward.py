@@ -92,6 +92,7 @@ def make_forward(
         "chains": plan.chains,
         "matmul_dtype": plan.matmul_dtype(),
         "backward": plan.backward,
+        "gradient_rows": plan.gradient_rows,
     }
 
     def between_layers(x, k: int, training: bool, seed, rows, batch_axis: int):

@@ -1,4 +1,4 @@
-"""How the training step runs on this machine: its arithmetic, its chains and its backward product.
+"""How the training step runs on this machine: arithmetic, chains, backward and gradient products.
 
 Chosen once per process from what the CPU offers, as ``--precision auto`` chooses the arithmetic
 (``textgen.precision``), and said in the last line of ``textgen train``. Each choice follows a
@@ -12,6 +12,11 @@ measurement on the hardware it applies to (``docs/speed.md`` has the figures and
   with bfloat16 operands or on AVX-512 CPUs, where oneDNN's kernel for the one deep product was
   slow, and as that one product elsewhere: on an AVX2 CPU (AMD Zen 3) the batched form was about
   twice as slow and whole training steps 1.18-1.27x slower with it.
+- gradient rows: where the backward product is that one product (AVX2 in float32), the weight
+  gradients ``H_prev^T dZ``, products of depth T x B, sum chunks of 1024 rows: TensorFlow's
+  kernel ran the whole depth at about 42 GFLOP/s a core on the Zen 3 and chunks at 65-70, and
+  whole training steps ran 1.25-1.32x faster (chunks of 512 and 640: 1.21x and 1.28x). It was
+  not measured on AVX-512 CPUs, which keep one product.
 
 The transposed recurrent layout of ``textgen.training.fast_lstm`` and TensorFlow's thread pools
 (``textgen.backend``) were measured on AVX2 too and won there as well, so they are not choices.
@@ -27,6 +32,7 @@ from dataclasses import dataclass
 from textgen.precision import choose_precision, machine_flags, onednn_enabled
 
 WIDE_CPU_FLAGS = frozenset({"avx512f"})  # /proc/cpuinfo's name for AVX-512
+GRADIENT_ROWS = 1024  # the weight gradients' chunk on AVX2 CPUs (see the module docstring)
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,7 @@ class StepPlan:
     precision: str = "float32"  # operand type of the LSTM's large products
     chains: int = 2  # batch slices whose time loops run concurrently
     backward: str = "whole"  # the backward loop's product: "whole" or "blocks"
+    gradient_rows: int = 0  # chunk of the weight gradients' products; 0: one product
 
     def matmul_dtype(self):
         """The TensorFlow operand type for ``textgen.training.fast_lstm`` (None: float32, the
@@ -48,7 +55,8 @@ class StepPlan:
 
     def __str__(self) -> str:
         chains = "1 chain" if self.chains == 1 else f"{self.chains} chains"
-        return f"{self.precision}, {chains}, {self.backward} backward product"
+        grads = f"{self.gradient_rows}-row" if self.gradient_rows else "one-product"
+        return f"{self.precision}, {chains}, {self.backward} backward product, {grads} gradients"
 
 
 def choose_plan(
@@ -63,8 +71,9 @@ def choose_plan(
     flags = frozenset(flags)
     precision = choose_precision(setting, flags, gpu=gpu, onednn=onednn)
     wide = not WIDE_CPU_FLAGS.isdisjoint(flags)
-    backward = "blocks" if precision == "bfloat16" or wide else "whole"
-    return StepPlan(precision, 1 if cores == 1 else 2, backward)
+    if precision == "bfloat16" or wide:
+        return StepPlan(precision, 1 if cores == 1 else 2, "blocks")
+    return StepPlan(precision, 1 if cores == 1 else 2, "whole", GRADIENT_ROWS)
 
 
 def plan_for_this_machine(setting: str = "float32") -> StepPlan:
