@@ -3,7 +3,7 @@
 
 Every route is a few lines over a :class:`~textgen.serve.batching.Scheduler` (one per served run);
 the bodies it reads and writes are :mod:`textgen.serve.schema`'s. FastAPI and uvicorn come with the
-``serve`` extra and are imported only in these two modules. The server keeps no state between
+``serve`` extra and are imported only in ``serve/``. The server keeps no state between
 requests, so several processes can run behind any HTTP load balancer.
 
 Decisions (see also docs/serving.md):

@@ -15,8 +15,8 @@ measurement on the hardware it applies to (``docs/speed.md`` has the figures and
 - gradient rows: where the backward product is that one product (AVX2 in float32), the weight
   gradients ``H_prev^T dZ``, products of depth T x B, sum chunks of 1024 rows: TensorFlow's
   kernel ran the whole depth at about 42 GFLOP/s a core on the Zen 3 and chunks at 65-70, and
-  whole training steps ran 1.25-1.32x faster (chunks of 512 and 640: 1.21x and 1.28x). It was
-  not measured on AVX-512 CPUs, which keep one product.
+  whole training steps ran 1.32x faster with chunks of 1024 rows (640: 1.28x; 512: 1.21x and
+  1.25x in two runs). It was not measured on AVX-512 CPUs, which keep one product.
 
 The transposed recurrent layout of ``textgen.training.fast_lstm`` and TensorFlow's thread pools
 (``textgen.backend``) were measured on AVX2 too and won there as well, so they are not choices.
@@ -71,9 +71,10 @@ def choose_plan(
     flags = frozenset(flags)
     precision = choose_precision(setting, flags, gpu=gpu, onednn=onednn)
     wide = not WIDE_CPU_FLAGS.isdisjoint(flags)
+    chains = 1 if cores == 1 else 2
     if precision == "bfloat16" or wide:
-        return StepPlan(precision, 1 if cores == 1 else 2, "blocks")
-    return StepPlan(precision, 1 if cores == 1 else 2, "whole", GRADIENT_ROWS)
+        return StepPlan(precision, chains, "blocks")
+    return StepPlan(precision, chains, "whole", GRADIENT_ROWS)
 
 
 def plan_for_this_machine(setting: str = "float32") -> StepPlan:
