@@ -338,16 +338,21 @@ def main(argv: list[str] | None = None) -> None:
         f"{threading.get_inter_op_parallelism_threads()} inter-op threads"
     )
 
-    from textgen.precision import cpu_class, machine_flags
+    from textgen.precision import bfloat16_blocked, cpu_class, machine_flags
     from textgen.training.step_plan import plan_for_this_machine
 
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    blocked = bfloat16_blocked()
+    bf16_plan = "skipped" if blocked else plan_for_this_machine("bfloat16")
     print(
         f"CPU class {cpu_class(machine_flags())}"
         + (f" (oneDNN held to {cap} by ONEDNN_MAX_CPU_ISA)" if cap else "")
         + f"; textgen's step: {plan_for_this_machine('float32')} (float32 rows), "
-        f"{plan_for_this_machine('bfloat16')} (bfloat16 rows)"
+        f"{bf16_plan} (bfloat16 rows)"
     )
+    if blocked:  # they would abort the process
+        print(f"bfloat16 rows skipped: {blocked}")
+    gemms = {k: v for k, v in GEMMS.items() if not (blocked and k == "bfloat16")}
     batches, vocab, source = make_batches(args)
     print(
         f"config: embedding {args.embedding}, LSTM {args.units} x {args.layers}, "
@@ -357,6 +362,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     runners: dict[str, Callable] = {}
     for key in args.only.split(","):
+        if blocked and key == "bf16":
+            continue
         name, build = CONTENDERS[key]
         runner = build(args, batches, vocab)
         if runner is None:
@@ -364,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         runner(0.0, warmup=args.warmup)
         runners[name] = runner
-    for dtype_name, name in GEMMS.items():
+    for dtype_name, name in gemms.items():
         runners[name] = build_gemm(dtype_name)
         runners[name](0.0, warmup=args.warmup)
 
@@ -382,18 +389,16 @@ def main(argv: list[str] | None = None) -> None:
     print("(others N%: CPU share taken by other processes or the hypervisor; above ~10% skews")
     print(" the ratios, PyTorch's the most)")
     medians = {name: float(np.median(r)) for name, r in rates.items()}
-    gflops = {dtype_name: medians.pop(name) for dtype_name, name in GEMMS.items()}
+    gflops = {dtype_name: medians.pop(name) for dtype_name, name in gemms.items()}
     torch_rate = medians.get(CONTENDERS["torch"][0])
     keras_rate = medians.get(CONTENDERS["keras"][0])
     fast_rate = medians.get(CONTENDERS["fast"][0])
     per_char = flops_per_char(args, vocab)
     limit = gflops["float32"] * 1e9 / per_char
     m, k, n = GEMM_SHAPE
-    f32, bf16 = gflops["float32"], gflops["bfloat16"]
-    print(
-        f"\nproducts ({m}x{k} @ {k}x{n}, two at once): float32 {f32:,.0f} GFLOP/s, "
-        f"bfloat16 {bf16:,.0f} GFLOP/s ({bf16 / f32:.2f}x)"
-    )
+    f32, bf16 = gflops["float32"], gflops.get("bfloat16")
+    bf16_part = "" if bf16 is None else f", bfloat16 {bf16:,.0f} GFLOP/s ({bf16 / f32:.2f}x)"
+    print(f"\nproducts ({m}x{k} @ {k}x{n}, two at once): float32 {f32:,.0f} GFLOP/s{bf16_part}")
     print(
         f"training costs {per_char / 1e6:.2f} MFLOP per character: the float32 limit is "
         f"{limit:,.0f} chars/s"

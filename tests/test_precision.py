@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ from textgen.checkpoint import load_checkpoint
 from textgen.cli.commands import main
 from textgen.config import RunConfig, TrainConfig
 from textgen.precision import (
+    bfloat16_blocked,
     choose_precision,
     cpu_class,
     cpu_flags,
@@ -92,6 +96,52 @@ def test_a_onednn_isa_cap_hides_the_flags_above_it(tmp_path, cap, expected) -> N
     if expected == "AVX2":
         assert choose_plan("auto", flags) == StepPlan("float32", 2, "whole", 1024)
     assert machine_flags({}, tmp_path / "missing") == frozenset()
+
+
+@pytest.mark.parametrize(
+    "flags, environ, blocked",
+    [
+        (ZEN4, {"ONEDNN_MAX_CPU_ISA": "AVX2"}, True),
+        (SAPPHIRE_RAPIDS, {"ONEDNN_MAX_CPU_ISA": "sse41"}, True),
+        (ZEN4, {}, False),
+        (ZEN4, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}, False),
+        (HASWELL, {"ONEDNN_MAX_CPU_ISA": "AVX2"}, False),
+        (ZEN4, {"ONEDNN_MAX_CPU_ISA": "AVX2", "TF_ENABLE_ONEDNN_OPTS": "0"}, False),
+    ],
+)
+def test_bfloat16_is_refused_where_a_cap_leaves_onednn_without_its_kernels(
+    tmp_path, flags, environ, blocked
+) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(_cpuinfo(flags))
+    reason = bfloat16_blocked(environ, cpuinfo)
+    assert (reason is not None) is blocked
+    if blocked:
+        assert "ONEDNN_MAX_CPU_ISA=" in reason and "--precision float32" in reason
+
+
+def test_train_refuses_bfloat16_under_such_a_cap_before_writing_anything(tmp_path, corpus) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(_cpuinfo(ZEN4))
+    run = tmp_path / "run"
+    args = ["train", str(corpus), "--precision", "bfloat16", "--checkpoint-dir", str(run)]
+    # A process of its own: oneDNN reads the cap once, and it would hold back this one's kernels.
+    code = (
+        "import sys, pathlib; from textgen import precision; "
+        "precision.CPUINFO = pathlib.Path(sys.argv[1]); "  # an AVX-512 CPU whatever runs this
+        "from textgen.cli.commands import main; main(sys.argv[2:])"
+    )
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "TF_ENABLE_ONEDNN_OPTS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(cpuinfo), *args, "--units", "16", "--epochs", "1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "ONEDNN_MAX_CPU_ISA=AVX2 holds them back" in result.stderr
+    assert not (run / "config.json").exists()
 
 
 def test_cpu_flags_reads_only_the_flags_lines() -> None:

@@ -64,6 +64,27 @@ def machine_flags(
     return flags - _ISA_CAPS.get(environ.get("ONEDNN_MAX_CPU_ISA", "").upper(), frozenset())
 
 
+def bfloat16_blocked(
+    environ: dict[str, str] | os._Environ = os.environ, cpuinfo: Path | None = None
+) -> str | None:
+    """Why bfloat16 products cannot run on this CPU, as one line; None where they can.
+
+    TensorFlow (2.21) hands bfloat16 products to oneDNN on any CPU with AVX-512. Held below
+    AVX-512 by ``ONEDNN_MAX_CPU_ISA``, oneDNN has no kernel for them and the process aborts
+    without a word, so such a setting is refused before training starts. A CPU without AVX-512
+    never reaches oneDNN for them, and with oneDNN off TensorFlow's own kernels run them.
+    """
+    cap = environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if "avx512f" not in _ISA_CAPS.get(cap, frozenset()) or not onednn_enabled(environ):
+        return None
+    if "avx512f" not in machine_flags({}, cpuinfo or CPUINFO):  # the CPU's own, uncapped
+        return None
+    return (
+        f"bfloat16 products need oneDNN's AVX-512 kernels on this CPU, and "
+        f"ONEDNN_MAX_CPU_ISA={cap} holds them back: use --precision float32 or lift the cap"
+    )
+
+
 def cpu_class(flags: Iterable[str]) -> str:
     """The CPU class the speed figures are grouped by: AMX, AVX512-BF16, AVX-512, AVX2 or older."""
     flags = frozenset(flags)

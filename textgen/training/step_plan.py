@@ -29,7 +29,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from textgen.precision import choose_precision, machine_flags, onednn_enabled
+from textgen.errors import OptionsError
+from textgen.precision import bfloat16_blocked, choose_precision, machine_flags, onednn_enabled
 
 WIDE_CPU_FLAGS = frozenset({"avx512f"})  # /proc/cpuinfo's name for AVX-512
 GRADIENT_ROWS = 1024  # the weight gradients' chunk on AVX2 CPUs (see the module docstring)
@@ -78,7 +79,10 @@ def choose_plan(
 
 
 def plan_for_this_machine(setting: str = "float32") -> StepPlan:
-    """``choose_plan`` for this process: its CPU flags, usable cores, GPUs and environment."""
+    """``choose_plan`` for this process: its CPU flags, usable cores, GPUs and environment.
+
+    Raises OptionsError where bfloat16 is asked for but cannot run (``bfloat16_blocked``).
+    """
     from textgen.cores import usable_cores
 
     gpu = False
@@ -87,4 +91,8 @@ def plan_for_this_machine(setting: str = "float32") -> StepPlan:
 
         gpu = bool(tf.config.list_physical_devices("GPU"))
     flags = machine_flags()
-    return choose_plan(setting, flags, cores=usable_cores(), gpu=gpu, onednn=onednn_enabled())
+    plan = choose_plan(setting, flags, cores=usable_cores(), gpu=gpu, onednn=onednn_enabled())
+    blocked = bfloat16_blocked() if plan.precision == "bfloat16" and not gpu else None
+    if blocked:
+        raise OptionsError(blocked)
+    return plan
