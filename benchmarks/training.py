@@ -5,8 +5,8 @@ softmax cross-entropy on the same batches: stock Keras through ``model.fit``, Py
 loop (skipped when torch is not installed; textgen never needs it), and textgen's fast path as a
 ``tf.function`` step that ``textgen train`` runs (``textgen.training.train.build_train_step``, with
 its default Adam and gradient clipping), in float32 and with bfloat16 products
-(``--precision bfloat16``). Each is warmed up, then timed for ``--seconds`` per round, rounds
-interleaved.
+(``--precision bfloat16``), and with any step plans named by ``--plan``. Each is warmed up, then
+timed for ``--seconds`` per round, rounds interleaved.
 
 The same rounds time a large matrix product in float32 and in bfloat16 (two at once, one per
 core, as the training step's two chains run), and every row shows its share of the float32
@@ -61,7 +61,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated subset of keras, torch, fast, bf16",
     )
     parser.add_argument("--threads", type=int, default=2, help="PyTorch's CPU threads")
+    parser.add_argument(
+        "--plan",
+        action="append",
+        default=[],
+        metavar="PRECISION:CHAINS:BACKWARD:ROWS",
+        help="also time textgen's step with this step plan instead of the machine's own, e.g. "
+        "float32:2:whole:1024 (see textgen/training/step_plan.py); repeatable",
+    )
     return parser.parse_args(argv)
+
+
+def parse_plan(text: str):
+    """A ``--plan`` value as a ``StepPlan``."""
+    from textgen.training.step_plan import StepPlan
+
+    try:
+        precision, chains, backward, rows = text.split(":")
+        return StepPlan(precision, int(chains), backward, int(rows))
+    except ValueError:
+        raise SystemExit(f"--plan takes PRECISION:CHAINS:BACKWARD:ROWS, got {text!r}") from None
 
 
 def make_batches(args: argparse.Namespace, count: int = 16) -> tuple[np.ndarray, int, str]:
@@ -194,10 +213,10 @@ def build_torch(args: argparse.Namespace, batches: np.ndarray, vocab: int) -> Ca
 
 
 def build_fast(
-    args: argparse.Namespace, batches: np.ndarray, vocab: int, precision: str = "float32"
+    args: argparse.Namespace, batches: np.ndarray, vocab: int, precision: str = "float32", plan=None
 ) -> Callable:
     """textgen's own training step (``textgen.training.train.build_train_step``), default optimizer
-    and weight decay."""
+    and weight decay; with the machine's step plan for ``precision`` unless ``plan`` is given."""
     import tensorflow as tf
 
     from textgen.config import Noise
@@ -218,7 +237,7 @@ def build_fast(
         model,
         optimizer,
         Noise(args.dropout),
-        plan=plan_for_this_machine(precision),
+        plan=plan or plan_for_this_machine(precision),
         weight_decay=TrainConfig().weight_decay,
     )
     data = [(tf.constant(b[0]), tf.constant(b[1])) for b in batches]
@@ -371,6 +390,11 @@ def main(argv: list[str] | None = None) -> None:
             continue
         runner(0.0, warmup=args.warmup)
         runners[name] = runner
+    for text in args.plan:
+        if blocked and parse_plan(text).precision == "bfloat16":
+            raise SystemExit(f"--plan {text}: {blocked}")
+        runners[f"textgen plan {text}"] = build_fast(args, batches, vocab, plan=parse_plan(text))
+        runners[f"textgen plan {text}"](0.0, warmup=args.warmup)
     for dtype_name, name in gemms.items():
         runners[name] = build_gemm(dtype_name)
         runners[name](0.0, warmup=args.warmup)
@@ -403,14 +427,15 @@ def main(argv: list[str] | None = None) -> None:
         f"training costs {per_char / 1e6:.2f} MFLOP per character: the float32 limit is "
         f"{limit:,.0f} chars/s"
     )
-    header = f"{'name':<30} {'chars/s':>10} {'vs PyTorch':>11} {'vs Keras':>9} {'vs float32':>11}"
+    w = max(30, *map(len, medians))  # name column
+    header = f"{'name':<{w}} {'chars/s':>10} {'vs PyTorch':>11} {'vs Keras':>9} {'vs float32':>11}"
     print(f"\n{header} {'of limit':>9}  (medians)")
     for name, rate in medians.items():
         vs_torch = f"{rate / torch_rate:.2f}x" if torch_rate else "-"
         vs_keras = f"{rate / keras_rate:.2f}x" if keras_rate else "-"
         vs_fast = f"{rate / fast_rate:.2f}x" if fast_rate else "-"
         share = f"{rate / limit:.0%}"
-        print(f"{name:<30} {rate:>10,.0f} {vs_torch:>11} {vs_keras:>9} {vs_fast:>11} {share:>9}")
+        print(f"{name:<{w}} {rate:>10,.0f} {vs_torch:>11} {vs_keras:>9} {vs_fast:>11} {share:>9}")
     print("(of limit: chars/s over the float32 limit; bfloat16 rows may pass 100%)")
 
 
