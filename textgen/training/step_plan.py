@@ -17,7 +17,8 @@ measurement on the hardware it applies to (``docs/speed.md`` has the figures and
   kernel ran the whole depth at about 42 GFLOP/s a core on the Zen 3 and chunks at 65-70, and
   whole training steps ran 1.32x faster with chunks of 1024 rows (640: 1.28x; 512: 1.21x and
   1.25x in two runs). AVX-512 CPUs keep one product: on a Zen 5 with AVX512-BF16, steps with
-  1024-row chunks ran at 0.98x in float32 and 0.93x in bfloat16.
+  1024-row chunks ran within the run-to-run spread of one product (0.98x and 1.09x in float32,
+  0.93x and 1.04x in bfloat16, in two runs).
 
 The transposed recurrent layout of ``textgen.training.fast_lstm`` and TensorFlow's thread pools
 (``textgen.backend``) were measured on AVX2 too and won there as well, so they are not choices.
