@@ -18,9 +18,10 @@ After the tables: ``textgen sample`` as a whole process against ``import tensorf
 thread-choice rows: ``textgen sample --num-samples 64`` (whole processes, start-up included) with
 the command line's own choice of BLAS threads (the cores idle over 50 ms before numpy loads)
 against fixed 1 and 2 threads, on the machine as it is and with one core kept busy by a spinning
-process pinned to it. Those rows run twice: with numpy's BLAS kernel as this machine's
-environment sets it (``OPENBLAS_CORETYPE``, ``OPENBLAS_L2_SIZE``) and, in child processes only,
-with both unset together so OpenBLAS picks the CPU's own kernel. The goals: on the quiet
+process pinned to it. Those rows, and the tables, run twice: with numpy's BLAS kernel as this
+machine's environment sets it (``OPENBLAS_CORETYPE``, ``OPENBLAS_L2_SIZE``) and, in child
+processes only, with both unset together so OpenBLAS picks the CPU's own kernel
+(``benchmarks/kernels.py``). The goals: on the quiet
 machine the choice reaches 0.9x the best fixed count; with a core busy it is no slower than one
 thread. The machine is shared, so "quiet" means whatever else runs meanwhile (the load average
 is printed).
@@ -46,6 +47,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from kernels import forced, kernel_setting, own_kernel_env, rerun_with_own_kernel
 
 from textgen.sample.sampler import Sampler
 from textgen.tokenizer import Tokenizer
@@ -369,7 +371,6 @@ def process_times(repeats: int) -> None:
         print(f"{name:44s} {value:8.2f} s {value / base:8.2f}x")
 
 
-KERNEL_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 SPIN = "import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\nwhile True:\n    pass\n"
 
 
@@ -398,16 +399,16 @@ def thread_choice_times(repeats: int, length: int, streams: int = 64) -> None:
     from textgen.cores import usable_cpus
 
     base_env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
-    own_env = {k: v for k, v in base_env.items() if k not in KERNEL_VARIABLES}
+    own_env = own_kernel_env(base_env)
     kernels = {"as set here": base_env, "CPU's own (both unset)": own_env}
-    if not any(k in os.environ for k in KERNEL_VARIABLES):
+    if not forced():
         kernels = {"CPU's own (OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE not set here)": own_env}
     busy_cpu = max(usable_cpus())
     with tempfile.TemporaryDirectory() as tmp:
         command = _sample_command(_saved_run(Path(tmp)), length)
         command += ["--num-samples", str(streams), "--output", os.devnull]
         for kernel, env in kernels.items():
-            setting = ", ".join(f"{k}={env[k]}" for k in KERNEL_VARIABLES if k in env) or "unset"
+            setting = kernel_setting(env)
             print(f"\nBLAS kernel {kernel}: {_kernel(env)} ({setting})")
             print(f"textgen sample --num-samples {streams} --length {length}, "
                   f"median of {repeats} (alternating runs)")  # fmt: skip
@@ -463,9 +464,14 @@ def main() -> None:
         "--blas-length", type=int, default=3000, help="characters per stream, thread-choice rows"
     )
     args = parser.parse_args()
-    print(f"BLAS threads: {blas_threads()}; load average before: {os.getloadavg()}")
+    print(
+        f"BLAS threads: {blas_threads()}; kernel variables: {kernel_setting()}; "
+        f"load average before: {os.getloadavg()}"
+    )
     for layers in args.layers:
         table(layers, args)
+    if args.layers and forced():  # the tables once more, as a user's machine runs them
+        rerun_with_own_kernel(["--process-repeats", "0", "--blas-repeats", "0"])
     if args.process_repeats:
         process_times(args.process_repeats)
     if args.blas_repeats:
