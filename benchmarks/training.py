@@ -391,10 +391,12 @@ def main(argv: list[str] | None = None) -> None:
         runner(0.0, warmup=args.warmup)
         runners[name] = runner
     for text in args.plan:
-        if blocked and parse_plan(text).precision == "bfloat16":
+        plan = parse_plan(text)
+        if blocked and plan.precision == "bfloat16":
             raise SystemExit(f"--plan {text}: {blocked}")
-        runners[f"textgen plan {text}"] = build_fast(args, batches, vocab, plan=parse_plan(text))
-        runners[f"textgen plan {text}"](0.0, warmup=args.warmup)
+        runner = build_fast(args, batches, vocab, plan=plan)
+        runner(0.0, warmup=args.warmup)
+        runners[f"textgen plan {text}"] = runner
     for dtype_name, name in gemms.items():
         runners[name] = build_gemm(dtype_name)
         runners[name](0.0, warmup=args.warmup)
