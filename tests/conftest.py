@@ -86,11 +86,16 @@ def free_ports(n: int) -> list[int]:
 
 
 def start_server(
-    run_dir: Path, *args: str, api_key: str | None = API_KEY, blas_threads: str | None = "1"
+    run_dir: Path,
+    *args: str,
+    api_key: str | None = API_KEY,
+    blas_threads: str | None = "1",
+    start_new_session: bool = False,
 ):
     """Start ``textgen serve`` on a free 127.0.0.1 port; returns (process, base URL).
 
-    ``blas_threads`` is its OPENBLAS_NUM_THREADS; None leaves the choice to the server."""
+    ``blas_threads`` is its OPENBLAS_NUM_THREADS; None leaves the choice to the server.
+    ``start_new_session``: the server leads a process group of its own (to signal it whole)."""
     import os
     import subprocess
     import sys
@@ -104,8 +109,9 @@ def start_server(
     if blas_threads is not None:
         env["OPENBLAS_NUM_THREADS"] = blas_threads
     proc = subprocess.Popen(
-        [*command, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+        [*command, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=start_new_session,
+    )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import httpx
 import openai
@@ -352,3 +355,31 @@ def test_serve_refuses_a_missing_run_in_one_line(tmp_path):
     assert done.returncode == 1
     missing = tmp_path / "nope"
     assert done.stderr.strip().splitlines() == [f"Error: no such run directory: {missing}"]
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process runs (a zombie, ended but not yet reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc")
+def test_ctrl_c_stops_the_server_and_its_engine_quietly(trained_run):
+    proc, base = start_server(trained_run, api_key=None, start_new_session=True)
+    try:
+        assert httpx.get(f"{base}/health", timeout=TIMEOUT).status_code == 200
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert children  # the engine process (and multiprocessing's resource tracker)
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        assert proc.wait(timeout=15) == 0
+        log = proc.stdout.read()
+        assert "Traceback" not in log and "KeyboardInterrupt" not in log
+        deadline = time.monotonic() + 10
+        while any(_alive(int(pid)) for pid in children):
+            assert time.monotonic() < deadline, "a child of the server outlived it"
+            time.sleep(0.05)
+    finally:
+        stop_server(proc)

@@ -207,15 +207,7 @@ class Sampler:
     # -- generation -------------------------------------------------------------------------
     def prime_ids(self, prime: str, drop_unknown: bool = False) -> np.ndarray:
         """The ids fed before a sample: the prime's, or a newline's when there is no prime."""
-        ids = self.tokenizer.encode(prime, drop_unknown=drop_unknown)
-        if len(ids):
-            return ids
-        # With no prime the model still needs a first input: a newline reads as the start of
-        # a fresh paragraph, which is where most text begins.
-        for start in ("\n", " "):
-            if start in self.tokenizer.chars:
-                return self.tokenizer.encode(start)
-        return np.zeros(1, dtype=np.int32)
+        return prime_ids(self.tokenizer, prime, drop_unknown)
 
     def _start(
         self,
@@ -414,3 +406,16 @@ def _until_stopped(
         if not row.done:
             batch.finish(row, "length")
     yield list(latest)
+
+
+def prime_ids(tokenizer: Tokenizer, prime: str, drop_unknown: bool = False) -> np.ndarray:
+    """The ids fed before a sample: the prime's, or a newline's when there is no prime."""
+    ids = tokenizer.encode(prime, drop_unknown=drop_unknown)
+    if len(ids):
+        return ids
+    # With no prime the model still needs a first input: a newline reads as the start of
+    # a fresh paragraph, which is where most text begins.
+    for start in ("\n", " "):
+        if start in tokenizer.chars:
+            return tokenizer.encode(start)
+    return np.zeros(1, dtype=np.int32)

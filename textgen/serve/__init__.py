@@ -3,6 +3,8 @@
 - :mod:`textgen.serve.batching`: the scheduler that advances every in-flight request of a model
   together, one engine step per character, over ``textgen.sample``'s generation core (no web
   framework needed).
+- :mod:`textgen.serve.engine_process`: that scheduler in a process of its own, one per served
+  model, so that the engine never waits for the web server's turn at the interpreter.
 - :mod:`textgen.serve.app`: the OpenAI-compatible HTTP layer over it (FastAPI, the ``serve``
   extra), and the writing page at ``/``.
 - :mod:`textgen.serve.inspect_route`: ``POST /v1/inspect`` for the page's Inspect tab.

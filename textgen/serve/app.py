@@ -1,10 +1,11 @@
 """The HTTP layer: OpenAI's completions and chat completions over
 :mod:`textgen.serve.batching`, and the page.
 
-Every route is a few lines over a :class:`~textgen.serve.batching.Scheduler` (one per served run);
-the bodies it reads and writes are :mod:`textgen.serve.schema`'s. FastAPI and uvicorn come with the
-``serve`` extra and are imported only in ``serve/``. The server keeps no state between
-requests, so several processes can run behind any HTTP load balancer.
+Every route is a few lines over an :class:`~textgen.serve.engine_process.EngineProcess` (one per
+served run: its scheduler steps in a process of its own); the bodies it reads and writes are
+:mod:`textgen.serve.schema`'s. FastAPI and uvicorn come with the ``serve`` extra and are imported
+only in ``serve/``. The server keeps no state between requests, so several processes can run
+behind any HTTP load balancer.
 
 Decisions (see also docs/serving.md):
 
@@ -54,7 +55,8 @@ from textgen import run as runs
 from textgen.errors import TextgenError
 from textgen.sample.chat import ChatTemplate
 from textgen.sample.options import best_of_rows
-from textgen.serve.batching import Busy, Job, Piece, Scheduler
+from textgen.serve.batching import Busy, Job, Piece
+from textgen.serve.engine_process import EngineProcess
 from textgen.serve.inspect_route import add_inspect_routes
 from textgen.serve.limits import Limits
 from textgen.serve.schema import (
@@ -93,31 +95,30 @@ class Models:
         self.run_dirs = {Path(d).resolve().name: runs.resolve_run(d) for d in run_dirs}
         self.which, self.limits = which, limits
         self.adapt_blas_threads = adapt_blas_threads
-        self.blas = None  # a textgen.cores.AdaptiveBlasThreads once loaded, when adapting
-        self.schedulers: dict[str, Scheduler] = {}
+        self.schedulers: dict[str, EngineProcess] = {}
         self.ready = threading.Event()
         self.failure: str | None = None
 
     def load(self) -> None:
-        """Load every run's weights and start its scheduler."""
-        from textgen.sample.sampler import Sampler
+        """Load every run's weights and start its engine process."""
+        from textgen.run import open_run
 
         try:
             for name, run_dir in self.run_dirs.items():
-                sampler = Sampler.from_checkpoint(run_dir, which=self.which)
-                self.schedulers[name] = Scheduler(sampler, max_streams=self.limits.max_streams)
+                self.schedulers[name] = EngineProcess(
+                    open_run(run_dir, self.which), max_streams=self.limits.max_streams,
+                    adapt_blas_threads=self.adapt_blas_threads,
+                )  # fmt: skip
         except TextgenError as err:
             self.failure = str(err)
-        if self.adapt_blas_threads and not self.failure:
-            from textgen.cores import AdaptiveBlasThreads
-
-            # One for the process: the BLAS threads are one setting for every served run.
-            with contextlib.suppress(ImportError, OSError):
-                self.blas = AdaptiveBlasThreads()
-                self.blas.start()
         self.ready.set()
 
-    def get(self, name: str) -> Scheduler:
+    @property
+    def blas_threads(self) -> int | None:
+        """The first engine's numpy BLAS threads while they follow the idle cores, else None."""
+        return next((e.blas_threads for e in self.schedulers.values()), None)
+
+    def get(self, name: str) -> EngineProcess:
         if not self.ready.is_set() or self.failure:
             raise ApiError(503, "the models are still loading", type="server_error", code="loading")
         if name not in self.schedulers:
@@ -132,8 +133,6 @@ class Models:
         """End every running request (its streams finish) and stop the engines."""
         for scheduler in self.schedulers.values():
             scheduler.close()
-        if self.blas is not None:
-            self.blas.stop()
 
 
 def run_details(name: str, run_dir: Path) -> RunDetails:
@@ -180,9 +179,9 @@ def create_app(
     ``allow_origins``: the web origins (``https://host[:port]``, or ``*`` for any) whose pages
     may call the API from a browser; none by default, when the server sends no CORS headers.
 
-    With ``adapt_blas_threads``, numpy's BLAS threads follow the idle cores, measured every two
-    seconds by a thread of their own (``textgen.cores.AdaptiveBlasThreads``); ``/health`` shows
-    the count.
+    With ``adapt_blas_threads``, each engine process's numpy BLAS threads follow the idle cores,
+    measured every two seconds by a thread of their own (``textgen.cores.AdaptiveBlasThreads``);
+    ``/health`` shows the first engine's count.
     """
     models = Models(run_dirs, which, limits, adapt_blas_threads)
 
@@ -276,7 +275,7 @@ def _add_info_routes(app: FastAPI, models: Models, guarded: list) -> None:
         return Health(
             status="ok",
             streams={k: s.active_streams for k, s in models.schedulers.items()},
-            blas_threads=None if models.blas is None else models.blas.threads,
+            blas_threads=models.blas_threads,
         )
 
     @app.get(
@@ -437,7 +436,7 @@ def _card(name: str, run_dir: Path) -> ModelCard:
 
 
 def _jobs(
-    body: CompletionRequest, scheduler: Scheduler, limits: Limits, drop_unknown: bool,
+    body: CompletionRequest, scheduler: EngineProcess, limits: Limits, drop_unknown: bool,
     extra_stop: tuple[str, ...] = (),
 ):  # fmt: skip
     """Check a request against the limits and turn each prompt into a Job; ``extra_stop``
@@ -484,7 +483,7 @@ def _jobs(
 
 
 async def _pieces(
-    jobs: list[Job], scheduler: Scheduler, poll: float | None = None
+    jobs: list[Job], scheduler: EngineProcess, poll: float | None = None
 ) -> AsyncIterator[list]:
     """``(job number, Piece)`` pairs from the engine thread, gathered for a while between
     deliveries (``STREAM_FLUSH_SECONDS``; the first at once); ``[]`` when ``poll`` s pass idle."""

@@ -83,6 +83,7 @@ class Job:
         self.on_ready: Callable[[], None] | None = None  # called (from the engine thread) when
         # pieces are waiting and nobody was told yet; a web server sets it to wake its loop.
         self.on_done: Callable[[], None] | None = None  # called once its last choice has ended
+        self.on_cancel: Callable[[], None] | None = None  # called by cancel (a scheduler elsewhere)
         # The engine appends and the reader pops without a lock: deque operations are atomic,
         # and a lock per character and row cost more than the rest of the row's work.
         self._pieces: deque[Piece] = deque()
@@ -105,6 +106,8 @@ class Job:
     def cancel(self) -> None:
         """Stop generating: the job's rows leave the batch before the next step."""
         self.cancelled = True
+        if self.on_cancel is not None:
+            self.on_cancel()
 
     def take(self, timeout: float | None = None) -> list[Piece]:
         """The pieces produced since the last call; waits up to ``timeout`` for at least one."""
@@ -145,6 +148,9 @@ class Scheduler:
             engine (do not use the sampler elsewhere meanwhile).
         max_streams: rows (choices) admitted at once, queued or running; more raise :class:`Busy`.
         on_step: called with the batch size before every engine step (for tests and metrics).
+        on_turn: called from the engine thread with the batch size after every turn of its loop
+            (a step, a prompt chunk, rows joining or leaving) and once more when it stops: the
+            moment to pass on what the jobs' ``_deliver`` gathered.
     """
 
     def __init__(
@@ -153,11 +159,12 @@ class Scheduler:
         *,
         max_streams: int = Limits.max_streams,
         on_step: Callable[[int], None] | None = None,
+        on_turn: Callable[[int], None] | None = None,
     ) -> None:
         if not hasattr(sampler.engine, "state"):
             raise TextgenError("serving needs the numpy engine")
         self.sampler, self.tokenizer = sampler, sampler.tokenizer
-        self.max_streams, self.on_step = max_streams, on_step
+        self.max_streams, self.on_step, self.on_turn = max_streams, on_step, on_turn
         self._stack = sampler.engine
         self._state_size = get_cell(self._stack.cell).state_size  # h (and c) per layer
         self._cond = threading.Condition()
@@ -203,6 +210,11 @@ class Scheduler:
     def generate(self, job: Job, timeout: float = 60.0) -> list[str]:
         """Submit a job and wait for its texts, one per choice."""
         self.submit(job)
+        return self.collect(job, timeout)
+
+    @staticmethod
+    def collect(job: Job, timeout: float = 60.0) -> list[str]:
+        """Wait for a submitted job's texts, one per choice; cancel it after ``timeout``."""
         texts = [[] for _ in range(job.n)]
         end = time.monotonic() + timeout
         while True:
@@ -262,6 +274,8 @@ class Scheduler:
                 rows, logits = self._join(prefill[0], prefill[2], prefill[3], rows, logits)
                 prefill = None
             self._active = len(rows)
+            if self.on_turn is not None:
+                self.on_turn(len(rows))
         for row in rows:
             batch.finish(row, "length")
             batch.remove(row)
@@ -269,6 +283,8 @@ class Scheduler:
             for i in range(job.n):
                 job._deliver(Piece(i, "", "length"))
         self._active = 0
+        if self.on_turn is not None:
+            self.on_turn(0)
 
     def _prefill(self, current, running: bool):
         """Feed the next chunk of the job being prefilled (taking one from the queue if none)."""
