@@ -1,9 +1,9 @@
 """Serving throughput and first-character latency of ``textgen serve`` under concurrent clients.
 
-One model (vocabulary 65, embedding 64, 1 x LSTM 512, random weights), one server process on
-127.0.0.1. For 1, 8 and 64 concurrent streaming clients (each asks for ``--length`` characters
-with its own seed), it prints the aggregate characters per second and the time to the first
-character (p50, p99), against:
+One model (vocabulary 65, embedding 64, 1 x LSTM 512, random weights), one ``textgen serve`` on
+127.0.0.1 (its HTTP process and the model's engine process). For 1, 8 and 64 concurrent
+streaming clients (each asks for ``--length`` characters with its own seed), it prints the
+aggregate characters per second and the time to the first character (p50, p99), against:
 
 (a) the in-process ``Sampler.generate_batch`` at the same batch size, and
 (b) the same requests served one at a time (each client waits for the previous one).

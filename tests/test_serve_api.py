@@ -366,20 +366,61 @@ def _alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"
 
 
+def _engine_pid(server_pid: int) -> int:
+    """The pid of a server's (one) engine process, from Linux's /proc."""
+    children = Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()
+    engines = [
+        int(pid) for pid in children
+        if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]  # fmt: skip
+    assert len(engines) == 1, children
+    return engines[0]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc")
-def test_ctrl_c_stops_the_server_and_its_engine_quietly(trained_run):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_to_the_group_stops_the_server_and_its_engine_quietly(trained_run, signum):
+    # A terminal's Ctrl-C and a service manager's stop signal every process of the group.
     proc, base = start_server(trained_run, api_key=None, start_new_session=True)
     try:
-        assert httpx.get(f"{base}/health", timeout=TIMEOUT).status_code == 200
+        engine = _engine_pid(proc.pid)
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        assert children  # the engine process (and multiprocessing's resource tracker)
-        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        body = {"model": trained_run.name, "prompt": "a", "max_tokens": 4096, "stream": True}
+        with (
+            httpx.Client(timeout=TIMEOUT) as http,
+            http.stream("POST", f"{base}/v1/completions", json=body) as stream,
+        ):
+            lines = stream.iter_lines()
+            next(lines)
+            os.killpg(proc.pid, signum)
+            rest = [line for line in lines if line]
+        assert rest[-1] == "data: [DONE]"
         assert proc.wait(timeout=15) == 0
         log = proc.stdout.read()
         assert "Traceback" not in log and "KeyboardInterrupt" not in log
+        assert "exit code" not in log  # the engine outlived the signal and was closed
         deadline = time.monotonic() + 10
-        while any(_alive(int(pid)) for pid in children):
+        while any(_alive(int(pid)) for pid in children) or _alive(engine):
             assert time.monotonic() < deadline, "a child of the server outlived it"
             time.sleep(0.05)
+    finally:
+        stop_server(proc)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc")
+def test_a_dead_engine_turns_the_server_unhealthy_and_its_answers_503(trained_run):
+    proc, base = start_server(trained_run, api_key=None)
+    try:
+        os.kill(_engine_pid(proc.pid), signal.SIGKILL)  # as the out-of-memory killer would
+        deadline = time.monotonic() + 10
+        while (health := httpx.get(f"{base}/health", timeout=TIMEOUT)).status_code == 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert health.status_code == 503
+        assert "engine process stopped (exit code -9)" in health.json()["status"]
+        body = {"model": trained_run.name, "prompt": "a", "max_tokens": 5}
+        answer = httpx.post(f"{base}/v1/completions", json=body, timeout=TIMEOUT)
+        assert answer.status_code == 503
+        assert answer.json()["error"]["code"] == "engine_stopped"
     finally:
         stop_server(proc)

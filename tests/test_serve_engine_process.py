@@ -10,7 +10,7 @@ from textgen.run import open_run
 from textgen.sample.options import SamplingOptions
 from textgen.sample.sampler import Sampler
 from textgen.serve.batching import Busy, Job, Scheduler
-from textgen.serve.engine_process import EngineProcess
+from textgen.serve.engine_process import EngineProcess, EngineStopped
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +128,9 @@ def test_close_ends_running_jobs(trained_run):
     process.close()
     assert [p[2] for p in _pieces(job) if p[2]] == ["length", "length"]
     assert not process._process.is_alive()
-    with pytest.raises(Busy):
+    with pytest.raises(EngineStopped):
         process.submit(Job(process.prompt_ids("A"), max_tokens=5))
+    assert process.failure is None  # closed, not failed
 
 
 def test_a_dead_engine_ends_open_jobs_and_refuses_new_ones(trained_run):
@@ -138,6 +139,18 @@ def test_a_dead_engine_ends_open_jobs_and_refuses_new_ones(trained_run):
     _wait_for(lambda: process.active_streams == 3)
     process._process.kill()
     assert sorted(p[2] for p in _pieces(job) if p[2]) == ["length"] * 3
-    with pytest.raises(Busy, match="stopped"):
+    with pytest.raises(EngineStopped, match=r"stopped \(exit code -9\)"):
         process.submit(Job(process.prompt_ids("A"), max_tokens=5))
+    assert process.failure == "the engine process stopped (exit code -9)"
+    assert process.reserved_streams == 0
     process.close()  # closing a dead engine is quiet
+
+
+def test_rows_are_free_once_a_job_is_seen_done(engine):
+    # A client told its answer ended may send the next request at once: it must find the rows.
+    seen = []
+    job = Job(engine.prompt_ids("A"), n=64, max_tokens=3)
+    job.on_done = lambda: seen.append(engine.reserved_streams)  # as the server hears of the end
+    engine.submit(job)
+    _wait_for(lambda: job.done, timeout=30)
+    assert seen == [0]

@@ -56,7 +56,7 @@ from textgen.errors import TextgenError
 from textgen.sample.chat import ChatTemplate
 from textgen.sample.options import best_of_rows
 from textgen.serve.batching import Busy, Job, Piece
-from textgen.serve.engine_process import EngineProcess
+from textgen.serve.engine_process import EngineProcess, EngineStopped
 from textgen.serve.inspect_route import add_inspect_routes
 from textgen.serve.limits import Limits
 from textgen.serve.schema import (
@@ -111,6 +111,8 @@ class Models:
                 )  # fmt: skip
         except TextgenError as err:
             self.failure = str(err)
+        except Exception as err:  # the server must not wait for a load that died
+            self.failure = f"{type(err).__name__}: {err}"
         self.ready.set()
 
     @property
@@ -131,7 +133,7 @@ class Models:
 
     def close(self) -> None:
         """End every running request (its streams finish) and stop the engines."""
-        for scheduler in self.schedulers.values():
+        for scheduler in list(self.schedulers.values()):  # the load may still be adding
             scheduler.close()
 
 
@@ -268,9 +270,13 @@ def _add_info_routes(app: FastAPI, models: Models, guarded: list) -> None:
 
     @app.get("/health", response_model=Health, responses=error_responses(503))
     async def health():
-        """200 when every model is loaded, 503 before."""
-        if not models.ready.is_set() or models.failure:
-            status = "failed: " + models.failure if models.failure else "loading"
+        """200 when every model is loaded and its engine runs; 503 before, or once one stopped."""
+        engines = list(models.schedulers.items())  # the load may still be adding
+        failure = models.failure or next(
+            (f"{name}: {e.failure}" for name, e in engines if e.failure), None
+        )
+        if not models.ready.is_set() or failure:
+            status = "failed: " + failure if failure else "loading"
             return JSONResponse({"status": status, "streams": {}}, status_code=503)
         return Health(
             status="ok",
@@ -323,6 +329,10 @@ def _add_completion_routes(
                 429, str(err), type="rate_limit_error", code="server_full",
                 headers={"Retry-After": "1"},
             ) from None  # fmt: skip
+        except EngineStopped as err:
+            for job in jobs:
+                job.cancel()
+            raise ApiError(503, str(err), type="server_error", code="engine_stopped") from None
         head = {"id": f"{shape.id_prefix}-{uuid.uuid4().hex}", "created": int(time.time())}
         head["model"] = body.model
         if body.stream:
@@ -734,6 +744,9 @@ def serve(
     """Run the server until SIGTERM or Ctrl-C; in-flight streams end first, then it returns.
 
     ``adapt_blas_threads``, ``chat_template``, ``allow_origins``: see :func:`create_app`.
+    Each model's engine starts as a process with ``multiprocessing``'s ``spawn``, which imports
+    the caller's main module again: a script that calls this must do so under
+    ``if __name__ == "__main__":``.
     """
     import uvicorn
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import multiprocessing
 import signal
 import threading
@@ -39,7 +40,7 @@ from textgen.sample.sampler import Sampler, prime_ids
 from textgen.serve.batching import Busy, Job, Scheduler
 from textgen.serve.limits import Limits
 
-__all__ = ["EngineProcess"]
+__all__ = ["EngineProcess", "EngineStopped"]
 
 # Sending is a pickle and a pipe write in the child and a thread wake-up in the server, which
 # Linux likes to run on the writer's core, where it preempts the engine: at most one per 5 ms
@@ -47,6 +48,10 @@ __all__ = ["EngineProcess"]
 # every 20 ms or more anyway; the first piece after a pause and the last ones go at once.
 SEND_SECONDS = 0.005
 START_SECONDS = 60.0  # for the child to load its copy of the weights and answer
+
+
+class EngineStopped(TextgenError):
+    """The engine process has ended: the server closed it, or it died (see ``failure``)."""
 
 
 class EngineProcess:
@@ -88,6 +93,7 @@ class EngineProcess:
         self._reserved = 0
         self._active = 0
         self.blas_threads: int | None = None
+        self.failure: str | None = None  # why the child ended, when nobody closed it
         self._closed = False
         try:
             if not self._conn.poll(START_SECONDS):
@@ -127,11 +133,12 @@ class EngineProcess:
         """Send a job to the child; its pieces arrive in ``job`` as they are made.
 
         Raises:
-            Busy: fewer than ``job.n`` rows are free, or the engine has stopped.
+            Busy: fewer than ``job.n`` rows are free.
+            EngineStopped: the engine process has ended.
         """
         with self._lock:
             if self._closed or not self._process.is_alive():
-                raise Busy("the engine has stopped")
+                raise EngineStopped(self.failure or "the engine has stopped")
             if self._reserved + job.n > self.max_streams:
                 raise Busy(f"all {self.max_streams} streams are busy; try again shortly")
             key = next(self._keys)
@@ -140,7 +147,7 @@ class EngineProcess:
         left = None if job.deadline is None else max(0.0, job.deadline - time.monotonic())
         fields = (job.prompt_ids, job.options, job.seed, job.n, job.max_tokens, job.logprobs)
         fields += (left, job.score)
-        job.on_cancel = lambda: self._send(("cancel", key))
+        job.on_cancel = lambda: None if job.done else self._send(("cancel", key))
         self._send(("job", key, fields))
         if job.cancelled:  # cancelled before its hook was set
             self._send(("cancel", key))
@@ -161,6 +168,11 @@ class EngineProcess:
             self._process.kill()
             self._process.join()
         self._reader.join(timeout=10)
+        code = self._process.exitcode
+        if code != 0 and self.failure is None:  # a clean close ends the child with 0
+            logging.getLogger(__name__).error(
+                "textgen serve: the engine ended with exit code %s", code
+            )
 
     def _send(self, message: tuple) -> None:
         with self._send_lock, contextlib.suppress(OSError, ValueError):  # the child has gone
@@ -168,15 +180,24 @@ class EngineProcess:
 
     def _read(self) -> None:
         """Hand the child's pieces to their jobs until it stops; then end what is left."""
-        while True:
-            try:
+        try:
+            while True:
                 self._take(self._conn.recv())
-            except (EOFError, OSError):
-                break
+        except (EOFError, OSError):
+            pass
+        except Exception as err:  # a reader that died silently would leave every job hanging
+            self.failure = f"the engine's answers could not be read: {err!r}"
+            self._process.kill()
+        self._process.join(timeout=10)
         self._active = 0
         with self._lock:
+            if not self._closed and self.failure is None:
+                code = self._process.exitcode
+                self.failure = f"the engine process stopped (exit code {code})"
             self._closed = True
             left = [(key, job, ended) for key, (job, ended) in self._jobs.items()]
+        if self.failure is not None:
+            logging.getLogger(__name__).error("textgen serve: %s", self.failure)
         for key, job, ended in left:
             for index in range(job.n):
                 if index not in ended:
@@ -193,11 +214,13 @@ class EngineProcess:
         job, ended = self._jobs[key]
         if piece.finish_reason is not None:
             ended.add(piece.index)
+            if len(ended) == job.n:
+                # Rows are free before the client hears of the end, so that its next request
+                # finds them free.
+                with self._lock:
+                    del self._jobs[key]
+                    self._reserved -= job.n
         job._deliver(piece)
-        if job.done:
-            with self._lock:
-                del self._jobs[key]
-                self._reserved -= job.n
 
 
 class _Forwarding(Job):
@@ -221,9 +244,11 @@ class _Forwarding(Job):
 
 def _child(conn, run: Run, max_streams: int, adapt_blas_threads: bool) -> None:
     """The child's main: load the run, answer ``ready``, then take jobs until told to stop."""
-    # Ctrl-C in a terminal reaches the whole process group; the server then closes this child
-    # itself, after ending its streams.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C in a terminal, and a service manager's SIGTERM, reach the whole process group; the
+    # server then ends its streams and closes this child itself (or, gone, ends the pipe).
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
     try:
         sampler = Sampler.from_run(run)
     except TextgenError as err:
