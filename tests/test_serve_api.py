@@ -316,18 +316,24 @@ def test_disconnect_frees_rows(live_server, model):
         time.sleep(0.05)
 
 
+def _signal_mid_stream(base: str, model: str, send_signal) -> list[str]:
+    """Start a long streamed completion, call ``send_signal`` once its first line is in, and
+    return the lines that follow."""
+    body = {"model": model, "prompt": "a", "max_tokens": 4096, "stream": True}
+    with (
+        httpx.Client(timeout=TIMEOUT) as http,
+        http.stream("POST", f"{base}/v1/completions", json=body) as stream,
+    ):
+        lines = stream.iter_lines()
+        next(lines)
+        send_signal()
+        return [line for line in lines if line]
+
+
 def test_sigterm_ends_streams_and_exits_0(trained_run):
     proc, base = start_server(trained_run, api_key=None)
     try:
-        body = {"model": trained_run.name, "prompt": "a", "max_tokens": 4096, "stream": True}
-        with (
-            httpx.Client(timeout=TIMEOUT) as http,
-            http.stream("POST", f"{base}/v1/completions", json=body) as stream,
-        ):
-            lines = stream.iter_lines()
-            next(lines)
-            proc.terminate()
-            rest = [line for line in lines if line]
+        rest = _signal_mid_stream(base, trained_run.name, proc.terminate)
         assert rest[-1] == "data: [DONE]"
         assert proc.wait(timeout=15) == 0
     finally:
@@ -385,15 +391,7 @@ def test_a_signal_to_the_group_stops_the_server_and_its_engine_quietly(trained_r
     try:
         engine = _engine_pid(proc.pid)
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        body = {"model": trained_run.name, "prompt": "a", "max_tokens": 4096, "stream": True}
-        with (
-            httpx.Client(timeout=TIMEOUT) as http,
-            http.stream("POST", f"{base}/v1/completions", json=body) as stream,
-        ):
-            lines = stream.iter_lines()
-            next(lines)
-            os.killpg(proc.pid, signum)
-            rest = [line for line in lines if line]
+        rest = _signal_mid_stream(base, trained_run.name, lambda: os.killpg(proc.pid, signum))
         assert rest[-1] == "data: [DONE]"
         assert proc.wait(timeout=15) == 0
         log = proc.stdout.read()

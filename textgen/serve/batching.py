@@ -28,10 +28,11 @@ from textgen.cells import get_cell
 from textgen.errors import TextgenError
 from textgen.sample.generation import Batch, Piece, Row, resolve_seed
 from textgen.sample.options import SamplingOptions
-from textgen.sample.sampler import Sampler
+from textgen.sample.sampler import Sampler, prime_ids
 from textgen.serve.limits import Limits
+from textgen.tokenizer import Tokenizer
 
-__all__ = ["Busy", "Job", "Piece", "Scheduler"]
+__all__ = ["Busy", "Front", "Job", "Piece", "Scheduler"]
 
 # Prompts up to this many characters are fed inside the batch, one character per step; longer
 # ones alone, PREFILL_CHUNK characters between two steps (about a millisecond per 10 characters
@@ -139,7 +140,29 @@ class Job:
                     self.on_ready()
 
 
-class Scheduler:
+class Front:
+    """What a web server reads of a scheduler, wherever its engine runs."""
+
+    tokenizer: Tokenizer
+    _active = 0  # rows in the running batch
+    _reserved = 0  # rows of jobs admitted and not finished
+
+    @property
+    def active_streams(self) -> int:
+        """Rows in the running batch (as of the engine's last report, where it runs elsewhere)."""
+        return self._active
+
+    @property
+    def reserved_streams(self) -> int:
+        """Rows of every admitted job not finished yet, queued ones included."""
+        return self._reserved
+
+    def prompt_ids(self, prompt: str, drop_unknown: bool = False) -> np.ndarray:
+        """The ids a prompt is fed as; an empty prompt starts as ``textgen sample`` does."""
+        return prime_ids(self.tokenizer, prompt, drop_unknown)
+
+
+class Scheduler(Front):
     """Runs all jobs of one model as one batch, in a background thread.
 
     Args:
@@ -177,20 +200,6 @@ class Scheduler:
         self._thread.start()
 
     # -- client side ----------------------------------------------------------------------------
-    @property
-    def active_streams(self) -> int:
-        """Rows in the running batch right now."""
-        return self._active
-
-    @property
-    def reserved_streams(self) -> int:
-        """Rows of every admitted job not finished yet, queued ones included."""
-        return self._reserved
-
-    def prompt_ids(self, prompt: str, drop_unknown: bool = False) -> np.ndarray:
-        """The ids a prompt is fed as; an empty prompt starts as ``textgen sample`` does."""
-        return self.sampler.prime_ids(prompt, drop_unknown)
-
     def submit(self, job: Job) -> Job:
         """Queue a job; its rows join the batch between two steps.
 

@@ -31,13 +31,11 @@ import time
 from collections import deque
 from dataclasses import replace
 
-import numpy as np
-
 from textgen.errors import TextgenError
 from textgen.run import Run
 from textgen.sample.generation import Piece
-from textgen.sample.sampler import Sampler, prime_ids
-from textgen.serve.batching import Busy, Job, Scheduler
+from textgen.sample.sampler import Sampler
+from textgen.serve.batching import Busy, Front, Job, Scheduler
 from textgen.serve.limits import Limits
 
 __all__ = ["EngineProcess", "EngineStopped"]
@@ -54,7 +52,7 @@ class EngineStopped(TextgenError):
     """The engine process has ended: the server closed it, or it died (see ``failure``)."""
 
 
-class EngineProcess:
+class EngineProcess(Front):
     """Runs one model's scheduler in a child process; jobs are submitted and read here.
 
     Args:
@@ -114,20 +112,6 @@ class EngineProcess:
         self.blas_threads = detail
         self._reader = threading.Thread(target=self._read, name="textgen-pieces", daemon=True)
         self._reader.start()
-
-    @property
-    def active_streams(self) -> int:
-        """Rows in the child's running batch, as of its last message."""
-        return self._active
-
-    @property
-    def reserved_streams(self) -> int:
-        """Rows of every admitted job not finished yet, queued ones included."""
-        return self._reserved
-
-    def prompt_ids(self, prompt: str, drop_unknown: bool = False) -> np.ndarray:
-        """The ids a prompt is fed as; an empty prompt starts as ``textgen sample`` does."""
-        return prime_ids(self.tokenizer, prompt, drop_unknown)
 
     def submit(self, job: Job) -> Job:
         """Send a job to the child; its pieces arrive in ``job`` as they are made.
