@@ -181,6 +181,10 @@ def create_app(
     ``allow_origins``: the web origins (``https://host[:port]``, or ``*`` for any) whose pages
     may call the API from a browser; none by default, when the server sends no CORS headers.
 
+    Each model's engine runs in a process of its own, started when the app starts up with
+    ``multiprocessing``'s ``spawn``, which imports the main module again: a script that runs the
+    app must start its server under ``if __name__ == "__main__":``.
+
     With ``adapt_blas_threads``, each engine process's numpy BLAS threads follow the idle cores,
     measured every two seconds by a thread of their own (``textgen.cores.AdaptiveBlasThreads``);
     ``/health`` shows the first engine's count.
