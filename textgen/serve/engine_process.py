@@ -4,7 +4,7 @@ CPython runs one thread's Python at a time per process. In one process the web s
 loop, streaming a few hundred chunks a second to 64 clients, takes the interpreter for a few
 hundred microseconds at a time, and the engine thread, which gives it up for every numpy call,
 waits out each of those turns between two of its own: on a 2-core AMD Zen 5, a thread holding
-the interpreter 240 us in every 1.5 ms cut the scheduler from 0.91-0.97 of
+the interpreter 240 us in every 1.5 ms cut the scheduler from 0.90-0.97 of
 ``Sampler.generate_batch`` at 64 streams to 0.60-0.72. Here the engine steps in a child process
 with an interpreter of its own, and the server only reads the pieces it sends.
 
@@ -41,7 +41,7 @@ from textgen.serve.limits import Limits
 __all__ = ["EngineProcess", "EngineStopped"]
 
 # Sending is a pickle and a pipe write in the child and a thread wake-up in the server, which
-# Linux likes to run on the writer's core, where it preempts the engine: at most one per 5 ms
+# may be scheduled on the engine's core and preempt it: at most one per 5 ms
 # (a few steps of 64 streams, dozens of a lone stream's). The server streams a choice's text
 # every 20 ms or more anyway; the first piece after a pause and the last ones go at once.
 SEND_SECONDS = 0.005
