@@ -284,7 +284,7 @@ def _add_info_routes(app: FastAPI, models: Models, guarded: list) -> None:
             return JSONResponse({"status": status, "streams": {}}, status_code=503)
         return Health(
             status="ok",
-            streams={k: s.active_streams for k, s in models.schedulers.items()},
+            streams={name: e.active_streams for name, e in engines},
             blas_threads=models.blas_threads,
         )
 
@@ -326,17 +326,15 @@ def _add_completion_routes(
         try:
             for job in jobs:
                 scheduler.submit(job)
-        except Busy as err:
+        except (Busy, EngineStopped) as err:
             for job in jobs:
                 job.cancel()
+            if isinstance(err, EngineStopped):
+                raise ApiError(503, str(err), type="server_error", code="engine_stopped") from None
             raise ApiError(
                 429, str(err), type="rate_limit_error", code="server_full",
                 headers={"Retry-After": "1"},
             ) from None  # fmt: skip
-        except EngineStopped as err:
-            for job in jobs:
-                job.cancel()
-            raise ApiError(503, str(err), type="server_error", code="engine_stopped") from None
         head = {"id": f"{shape.id_prefix}-{uuid.uuid4().hex}", "created": int(time.time())}
         head["model"] = body.model
         if body.stream:

@@ -141,11 +141,16 @@ class Job:
 
 
 class Front:
-    """What a web server reads of a scheduler, wherever its engine runs."""
+    """What a web server uses of a scheduler, wherever its engine runs; a subclass provides
+    ``submit`` and keeps the counts and the tokenizer."""
 
     tokenizer: Tokenizer
-    _active = 0  # rows in the running batch
-    _reserved = 0  # rows of jobs admitted and not finished
+    _active: int  # rows in the running batch
+    _reserved: int  # rows of jobs admitted and not finished
+
+    def submit(self, job: Job) -> Job:
+        """Queue a job; its pieces arrive in ``job``. Raises :class:`Busy` when full."""
+        raise NotImplementedError
 
     @property
     def active_streams(self) -> int:
@@ -160,6 +165,20 @@ class Front:
     def prompt_ids(self, prompt: str, drop_unknown: bool = False) -> np.ndarray:
         """The ids a prompt is fed as; an empty prompt starts as ``textgen sample`` does."""
         return prime_ids(self.tokenizer, prompt, drop_unknown)
+
+    def generate(self, job: Job, timeout: float = 60.0) -> list[str]:
+        """Submit a job and wait for its texts, one per choice; cancel it after ``timeout``."""
+        self.submit(job)
+        texts = [[] for _ in range(job.n)]
+        end = time.monotonic() + timeout
+        while True:
+            for piece in job.take(timeout=max(0.0, end - time.monotonic())):
+                texts[piece.index].append(piece.text)
+            if job.drained:
+                return ["".join(t) for t in texts]
+            if time.monotonic() > end:
+                job.cancel()
+                raise TimeoutError("the job did not finish in time")
 
 
 class Scheduler(Front):
@@ -215,25 +234,6 @@ class Scheduler(Front):
             self._queue.append(job)
             self._cond.notify()
         return job
-
-    def generate(self, job: Job, timeout: float = 60.0) -> list[str]:
-        """Submit a job and wait for its texts, one per choice."""
-        self.submit(job)
-        return self.collect(job, timeout)
-
-    @staticmethod
-    def collect(job: Job, timeout: float = 60.0) -> list[str]:
-        """Wait for a submitted job's texts, one per choice; cancel it after ``timeout``."""
-        texts = [[] for _ in range(job.n)]
-        end = time.monotonic() + timeout
-        while True:
-            for piece in job.take(timeout=max(0.0, end - time.monotonic())):
-                texts[piece.index].append(piece.text)
-            if job.drained:
-                return ["".join(t) for t in texts]
-            if time.monotonic() > end:
-                job.cancel()
-                raise TimeoutError("the job did not finish in time")
 
     def close(self) -> None:
         """End every job now (its choices finish as ``"length"``) and stop the thread."""

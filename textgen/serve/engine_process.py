@@ -137,11 +137,6 @@ class EngineProcess(Front):
             self._send(("cancel", key))
         return job
 
-    def generate(self, job: Job, timeout: float = 60.0) -> list[str]:
-        """Submit a job and wait for its texts, one per choice (see ``Scheduler.generate``)."""
-        self.submit(job)
-        return Scheduler.collect(job, timeout)
-
     def close(self) -> None:
         """End every job now (its choices finish as ``"length"``) and stop the child."""
         with self._lock:
@@ -193,9 +188,10 @@ class EngineProcess(Front):
             self._deliver(key, Piece(index, text, finish, logprobs, score))
 
     def _deliver(self, key: int, piece: Piece) -> None:
-        if key not in self._jobs:  # never expected; the reader thread must not die of it
+        entry = self._jobs.get(key)
+        if entry is None:  # never expected; the reader thread must not die of it
             return
-        job, ended = self._jobs[key]
+        job, ended = entry
         if piece.finish_reason is not None:
             ended.add(piece.index)
             if len(ended) == job.n:
@@ -247,19 +243,23 @@ def _child(conn, run: Run, max_streams: int, adapt_blas_threads: bool) -> None:
             blas.start()
     outbox: deque[tuple] = deque()  # appended by the jobs, emptied by send
     sending = threading.Lock()  # send runs in the engine thread, and here in a rare case below
-    last = [0.0]
+    last = 0.0
+
+    def threads() -> int | None:
+        return None if blas is None else blas.threads
 
     def send(active: int) -> None:
         # Called by the engine thread after every turn of its loop.
-        if outbox and (active == 0 or time.perf_counter() - last[0] >= SEND_SECONDS):
+        nonlocal last
+        if outbox and (active == 0 or time.perf_counter() - last >= SEND_SECONDS):
             with sending:
                 batch = [outbox.popleft() for _ in range(len(outbox))]
-                last[0] = time.perf_counter()
+                last = time.perf_counter()
                 with contextlib.suppress(OSError):  # the server has gone; the loop below ends
-                    conn.send((active, None if blas is None else blas.threads, batch))
+                    conn.send((active, threads(), batch))
 
     scheduler = Scheduler(sampler, max_streams=max_streams, on_turn=send)
-    conn.send(("ready", None if blas is None else blas.threads))
+    conn.send(("ready", threads()))
     jobs: dict[int, _Forwarding] = {}
     while True:
         try:
