@@ -44,10 +44,16 @@ def _wait_for(condition, timeout: float = 10.0) -> None:
 
 
 def _by_choice(pieces: list) -> dict:
-    """The pieces of each choice (their interleaving across choices may differ)."""
+    """Each choice's text, finish reason, log-probabilities and score, its pieces joined (the
+    child sends plain characters several to a piece; choices may interleave differently)."""
     choices: dict[int, list] = {}
-    for piece in pieces:
-        choices.setdefault(piece[0], []).append(piece[1:])
+    for index, text, finish, logprobs, score in pieces:
+        choice = choices.setdefault(index, ["", None, None, None])
+        assert choice[1] is None, "a piece after the choice's last"
+        choice[0] += text
+        choice[1], choice[3] = finish, score
+        if logprobs is not None:
+            choice[2] = (choice[2] or []) + logprobs
     return choices
 
 
@@ -68,6 +74,21 @@ def test_pieces_equal_the_in_thread_schedulers(engine, in_thread, options, extra
     theirs = in_thread.submit(job())
     ours = engine.submit(job())
     assert _by_choice(_pieces(ours)) == _by_choice(_pieces(theirs))
+
+
+def test_plain_characters_cross_several_to_a_piece(engine):
+    job = engine.submit(Job(engine.prompt_ids("The "), SamplingOptions(seed=1), max_tokens=300))
+    pieces = _pieces(job)
+    assert sum(len(p[1]) for p in pieces) == 300
+    assert len(pieces) < 300
+    assert [p[2] for p in pieces] == [None] * (len(pieces) - 1) + ["length"]
+
+
+def test_pieces_with_logprobs_cross_one_to_a_character(engine):
+    job = engine.submit(Job(engine.prompt_ids("The "), max_tokens=50, logprobs=2))
+    pieces = _pieces(job)
+    assert len(pieces) == 50
+    assert all(len(p[3]) == len(p[1]) == 1 for p in pieces)
 
 
 def test_unseeded_job_draws_from_the_seed_it_was_given(engine, in_thread):

@@ -16,7 +16,9 @@ weights even if the run directory changes meanwhile. It ends when the server clo
 the server's end of the pipe closes (the server exited, however it exited).
 
 Pieces cross in batches: the child sends what its rows produced after a step, at most every
-``SEND_SECONDS`` while rows run, at once when the batch empties.
+``SEND_SECONDS`` while rows run, at once when the batch empties. A choice's plain characters
+(no log-probabilities, not its last) cross as one piece per send: the server then handles a
+piece per row every few steps, not one per character.
 """
 
 from __future__ import annotations
@@ -204,22 +206,42 @@ class EngineProcess(Front):
 
 
 class _Forwarding(Job):
-    """A job in the child: its pieces go to the outbox, tagged with the server's key."""
+    """A job in the child: its pieces go to the outbox, tagged with the server's key.
 
-    def __init__(self, key: int, outbox: deque, fields: tuple) -> None:
+    Plain characters (a piece with no log-probabilities that does not end its choice) are held
+    per choice until :meth:`flush` or the choice's next other piece, and cross as one piece.
+    """
+
+    def __init__(self, key: int, outbox: deque, holding: set, fields: tuple) -> None:
         prompt_ids, options, seed, n, max_tokens, logprobs, timeout, score = fields
         super().__init__(
             prompt_ids, replace(options, seed=seed), n=n, max_tokens=max_tokens,
             logprobs=logprobs, timeout=timeout, score=score,
         )  # fmt: skip
-        self.key, self._outbox = key, outbox
+        self.key, self._outbox, self._holding = key, outbox, holding
+        self._held: list[list[str]] = [[] for _ in range(n)]
 
     def _deliver(self, piece: Piece) -> None:
+        held = self._held[piece.index]
+        if piece.finish_reason is None and piece.logprobs is None:
+            held.append(piece.text)
+            self._holding.add(self)
+            return
+        # A choice's pieces carry log-probabilities all or none, so held text never needs any.
+        text = "".join(held) + piece.text if held else piece.text
+        held.clear()
         self._outbox.append(
-            (self.key, piece.index, piece.text, piece.finish_reason, piece.logprobs, piece.score)
+            (self.key, piece.index, text, piece.finish_reason, piece.logprobs, piece.score)
         )
         if piece.finish_reason is not None:
             self._open -= 1
+
+    def flush(self) -> None:
+        """Move the held characters to the outbox, one piece per choice."""
+        for index, held in enumerate(self._held):
+            if held:
+                self._outbox.append((self.key, index, "".join(held), None, None, None))
+                held.clear()
 
 
 def _child(conn, run: Run, max_streams: int, adapt_blas_threads: bool) -> None:
@@ -242,17 +264,21 @@ def _child(conn, run: Run, max_streams: int, adapt_blas_threads: bool) -> None:
             blas = AdaptiveBlasThreads()
             blas.start()
     outbox: deque[tuple] = deque()  # appended by the jobs, emptied by send
+    holding: set[_Forwarding] = set()  # jobs holding plain characters for the next send
     sending = threading.Lock()  # send runs in the engine thread, and here in a rare case below
     last = 0.0
 
     def threads() -> int | None:
         return None if blas is None else blas.threads
 
-    def send(active: int) -> None:
-        # Called by the engine thread after every turn of its loop.
+    def send(active: int, flush: bool = True) -> None:
+        # Called by the engine thread after every turn of its loop; held characters are only
+        # flushed there, since the engine thread appends to them without a lock.
         nonlocal last
-        if outbox and (active == 0 or time.perf_counter() - last >= SEND_SECONDS):
+        if (outbox or holding) and (active == 0 or time.perf_counter() - last >= SEND_SECONDS):
             with sending:
+                while flush and holding:
+                    holding.pop().flush()
                 batch = [outbox.popleft() for _ in range(len(outbox))]
                 last = time.perf_counter()
                 with contextlib.suppress(OSError):  # the server has gone; the loop below ends
@@ -267,7 +293,7 @@ def _child(conn, run: Run, max_streams: int, adapt_blas_threads: bool) -> None:
         except (EOFError, OSError):
             break
         if message[0] == "job":
-            job = _Forwarding(message[1], outbox, message[2])
+            job = _Forwarding(message[1], outbox, holding, message[2])
             jobs = {key: j for key, j in jobs.items() if not j.done}
             jobs[job.key] = job
             try:
@@ -275,7 +301,7 @@ def _child(conn, run: Run, max_streams: int, adapt_blas_threads: bool) -> None:
             except Busy:  # the server frees rows later than this scheduler does, so never seen
                 for index in range(job.n):
                     job._deliver(Piece(index, "", "length"))
-                send(0)
+                send(0, flush=False)
         elif message[0] == "cancel" and message[1] in jobs:
             jobs[message[1]].cancel()
         elif message[0] == "close":
