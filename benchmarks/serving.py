@@ -5,8 +5,10 @@ One model (vocabulary 65, embedding 64, 1 x LSTM 512, random weights), one ``tex
 streaming clients (each asks for ``--length`` characters with its own seed), it prints the
 aggregate characters per second and the time to the first character (p50, p99), against:
 
-(a) the in-process ``Sampler.generate_batch`` at the same batch size, and
-(b) the same requests served one at a time (each client waits for the previous one).
+(a) the in-process ``Sampler.generate_batch`` at the same batch size,
+(b) the same jobs given straight to an engine process (``EngineProcess``, no HTTP), which
+    splits what the server loses to the batch into the engine's share and HTTP's, and
+(c) the same requests served one at a time (each client waits for the previous one).
 
 The clients run in this process, on the same cores as the server, as a real load test would on
 a small machine. They speak HTTP/1.1 on bare asyncio streams: a full HTTP client library costs
@@ -45,7 +47,10 @@ from kernels import forced, kernel_setting, rerun_with_own_kernel  # noqa: E402
 from textgen import run as runs  # noqa: E402
 from textgen.checkpoint import Checkpoint, save_checkpoint  # noqa: E402
 from textgen.config import ModelConfig, RunConfig, TrainConfig  # noqa: E402
+from textgen.sample.options import SamplingOptions  # noqa: E402
 from textgen.sample.sampler import Sampler  # noqa: E402
+from textgen.serve.batching import Job  # noqa: E402
+from textgen.serve.engine_process import EngineProcess  # noqa: E402
 from textgen.tokenizer import Tokenizer  # noqa: E402
 
 VOCAB, EMBEDDING, UNITS = 65, 64, 512
@@ -155,6 +160,20 @@ def in_process(run_dir: Path, clients: int, length: int) -> float:
     return clients * length / (time.perf_counter() - start)
 
 
+def engine_only(engine: EngineProcess, clients: int, length: int) -> float:
+    """Aggregate chars/s of the same jobs submitted to an engine process directly."""
+    ids = engine.prompt_ids("THE ")
+    jobs = [Job(ids, SamplingOptions(seed=s), max_tokens=length) for s in range(clients)]
+    start = time.perf_counter()
+    for job in jobs:
+        engine.submit(job)
+    chars = 0
+    for job in jobs:  # they run together: waiting for each in turn ends with the last
+        while not job.drained:
+            chars += sum(len(piece.text) for piece in job.take(timeout=1.0))
+    return chars / (time.perf_counter() - start)
+
+
 def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
@@ -168,28 +187,37 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         run_dir = random_run(Path(folder))
         proc, port = start(run_dir, args.length)
+        engine = EngineProcess(runs.open_run(run_dir), max_streams=max(args.clients))
         print(f"numpy's BLAS kernel variables: {kernel_setting()}")
         try:
             header = f"{'clients':>7} {'served c/s':>11} {'in-proc c/s':>12} {'vs batch':>9}"
+            header += f" {'engine c/s':>11} {'vs batch':>9}"
             header += f" {'serial c/s':>11} {'vs serial':>10} {'ttfc p50':>9} {'ttfc p99':>9}"
             print(header)
             for clients in args.clients:
                 rows = []
+                engine_only(engine, clients, 20)  # warm up
                 for _ in range(args.rounds):  # interleaved, so that each round compares alike
                     rate, firsts = asyncio.run(served(port, clients, args.length, True))
                     serial, _ = asyncio.run(served(port, clients, args.length, False))
                     batch = in_process(run_dir, clients, args.length)
+                    alone = engine_only(engine, clients, args.length)
                     p50, p99 = statistics.median(firsts), percentile(firsts, 0.99)
-                    rows.append((rate, batch, rate / batch, serial, rate / serial, p50, p99))
-                rate, batch, vs_batch, serial, vs_serial, p50, p99 = (
+                    rows.append(
+                        (rate, batch, rate / batch, alone, alone / batch, serial, rate / serial)
+                        + (p50, p99)
+                    )
+                rate, batch, vs_batch, alone, alone_vs, serial, vs_serial, p50, p99 = (
                     statistics.median(column) for column in zip(*rows, strict=True)
                 )
                 print(
                     f"{clients:7d} {rate:11,.0f} {batch:12,.0f} {vs_batch:9.2f} "
+                    f"{alone:11,.0f} {alone_vs:9.2f} "
                     f"{serial:11,.0f} {vs_serial:10.2f} {p50 * 1e3:7.0f}ms {p99 * 1e3:7.0f}ms"
                 )
-            print(f"(medians of {args.rounds} rounds; each round measures all three side by side)")
+            print(f"(medians of {args.rounds} rounds; each round measures all four side by side)")
         finally:
+            engine.close()
             proc.kill()
             proc.wait()
     if forced():  # the same again, as a user's machine runs it
