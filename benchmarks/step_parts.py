@@ -15,7 +15,8 @@ framework, in interleaved rounds:
   product that ran at half speed on an AVX2 Zen 3 before the chunks).
 
 From these: the backward pass (``forward + backward`` less ``forward``) and the rest of the step
-(``whole step`` less ``forward + backward``). Each part prints milliseconds per step (median of
+(``whole step`` less ``forward + backward``): differences of medians, so with few rounds on a
+noisy machine they can even read below zero. Each part prints milliseconds per step (median of
 the rounds) and, for the recurrent loops and the weight gradients, the GFLOP/s of their
 products (2 T B H 4H each; all chains together, so comparable to ``benchmarks/training.py``'s
 two-at-once product rate). A part where textgen is slower than PyTorch is where an AVX2 step loses.
