@@ -28,15 +28,20 @@ two-at-once product rate). A part where textgen is slower than PyTorch is where 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
 
 import numpy as np
-from training import REPO, build_fast, build_torch, make_batches, parse_args, parse_plan
+from training import (
+    build_fast,
+    build_torch,
+    cpu_heading,
+    load_frameworks,
+    make_batches,
+    parse_args,
+    parse_plan,
+)
 
 
 def options() -> argparse.Namespace:
@@ -152,17 +157,12 @@ def torch_parts(args, batches: np.ndarray, vocab: int) -> dict[str, Callable] | 
 
 def main() -> None:
     args = options()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.path.insert(0, str(REPO))
-    with contextlib.suppress(ImportError):  # before TensorFlow, as benchmarks/training.py says
-        import torch._dynamo  # noqa: F401
-    from textgen.backend import tf  # noqa: F401  (TensorFlow's threads as textgen train sets them)
-    from textgen.precision import cpu_class, machine_flags
+    load_frameworks(torch_wanted=True)
     from textgen.training.step_plan import plan_for_this_machine
 
     plan = parse_plan(args.plan) if args.plan else plan_for_this_machine("float32")
     batches, vocab, source = make_batches(args)
-    print(f"CPU: {cpu_class(machine_flags())}; step plan: {plan}; data: {source}")
+    print(f"{cpu_heading()}; step plan: {plan}; data: {source}")
     print(f"E{args.embedding}, LSTM {args.units}, batch {args.batch}, seq {args.seq}")
     contenders = {"textgen": textgen_parts(args, batches, vocab, plan)}
     theirs = torch_parts(args, batches, vocab)

@@ -337,12 +337,12 @@ CONTENDERS = {
 GEMMS = {"float32": "float32 products (GFLOP/s)", "bfloat16": "bfloat16 products (GFLOP/s)"}
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the selected contenders in interleaved rounds and print chars/s and ratios."""
-    args = parse_args(argv)
+def load_frameworks(torch_wanted: bool):
+    """Import PyTorch's optimizer machinery (when wanted), then TensorFlow as textgen sets it up;
+    returns ``tf``."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(REPO))
-    if "torch" in args.only.split(","):
+    if torch_wanted:
         # PyTorch's optimizers load torch._dynamo (and triton) on first use; loaded after
         # TensorFlow, that import crashed the process (torch 2.14, TF 2.21); before, it is fine.
         with contextlib.suppress(ImportError):
@@ -351,22 +351,36 @@ def main(argv: list[str] | None = None) -> None:
     # them; stock Keras shares the process and so gets the same setting (it is faster with it).
     from textgen.backend import tf
 
+    return tf
+
+
+def cpu_heading() -> str:
+    """This machine's CPU class, and the oneDNN cap when ``ONEDNN_MAX_CPU_ISA`` sets one."""
+    from textgen.precision import cpu_class, machine_flags
+
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    return f"CPU class {cpu_class(machine_flags())}" + (
+        f" (oneDNN held to {cap} by ONEDNN_MAX_CPU_ISA)" if cap else ""
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the selected contenders in interleaved rounds and print chars/s and ratios."""
+    args = parse_args(argv)
+    tf = load_frameworks("torch" in args.only.split(","))
     threading = tf.config.threading
     tf_threads = (
         f"TensorFlow {threading.get_intra_op_parallelism_threads()} intra-op / "
         f"{threading.get_inter_op_parallelism_threads()} inter-op threads"
     )
 
-    from textgen.precision import bfloat16_blocked, cpu_class, machine_flags
+    from textgen.precision import bfloat16_blocked
     from textgen.training.step_plan import plan_for_this_machine
 
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
     blocked = bfloat16_blocked()
     bf16_plan = "skipped" if blocked else plan_for_this_machine("bfloat16")
     print(
-        f"CPU class {cpu_class(machine_flags())}"
-        + (f" (oneDNN held to {cap} by ONEDNN_MAX_CPU_ISA)" if cap else "")
-        + f"; textgen's step: {plan_for_this_machine('float32')} (float32 rows), "
+        f"{cpu_heading()}; textgen's step: {plan_for_this_machine('float32')} (float32 rows), "
         f"{bf16_plan} (bfloat16 rows)"
     )
     if blocked:  # they would abort the process

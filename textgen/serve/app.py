@@ -497,7 +497,7 @@ def _jobs(
 async def _pieces(
     jobs: list[Job], scheduler: EngineProcess, poll: float | None = None
 ) -> AsyncIterator[list]:
-    """``(job number, Piece)`` pairs from the engine thread, gathered for a while between
+    """``(job number, Piece)`` pairs as the engine delivers them, gathered for a while between
     deliveries (``STREAM_FLUSH_SECONDS``; the first at once); ``[]`` when ``poll`` s pass idle."""
     least, per_stream, most = STREAM_FLUSH_SECONDS
     loop = asyncio.get_running_loop()
@@ -507,7 +507,7 @@ async def _pieces(
         loop.call_soon_threadsafe(ready.set)
 
     def job_done() -> None:
-        if all(job.done for job in jobs):  # called in the engine thread as each job ends
+        if all(job.done for job in jobs):  # called in the delivering thread as each job ends
             loop.call_soon_threadsafe(ended.set)
 
     for job in jobs:

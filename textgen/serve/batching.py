@@ -81,7 +81,7 @@ class Job:
         self.options, self.n, self.max_tokens, self.seed = options, n, max_tokens, seed
         self.logprobs, self.score = logprobs, score
         self.deadline = None if timeout is None else time.monotonic() + timeout
-        self.on_ready: Callable[[], None] | None = None  # called (from the engine thread) when
+        self.on_ready: Callable[[], None] | None = None  # called (from the delivering thread) when
         # pieces are waiting and nobody was told yet; a web server sets it to wake its loop.
         self.on_done: Callable[[], None] | None = None  # called once its last choice has ended
         self.on_cancel: Callable[[], None] | None = None  # called by cancel (a scheduler elsewhere)
