@@ -186,8 +186,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         run_dir = random_run(Path(folder))
-        proc, port = start(run_dir, args.length)
+        # First, since it ends by itself with this process, where the server's would outlive it.
         engine = EngineProcess(runs.open_run(run_dir), max_streams=max(args.clients))
+        proc, port = start(run_dir, args.length)
         print(f"numpy's BLAS kernel variables: {kernel_setting()}")
         try:
             header = f"{'clients':>7} {'served c/s':>11} {'in-proc c/s':>12} {'vs batch':>9}"
@@ -203,10 +204,8 @@ def main() -> None:
                     batch = in_process(run_dir, clients, args.length)
                     alone = engine_only(engine, clients, args.length)
                     p50, p99 = statistics.median(firsts), percentile(firsts, 0.99)
-                    rows.append(
-                        (rate, batch, rate / batch, alone, alone / batch, serial, rate / serial)
-                        + (p50, p99)
-                    )
+                    rows.append((rate, batch, rate / batch, alone, alone / batch, serial))
+                    rows[-1] += (rate / serial, p50, p99)
                 rate, batch, vs_batch, alone, alone_vs, serial, vs_serial, p50, p99 = (
                     statistics.median(column) for column in zip(*rows, strict=True)
                 )

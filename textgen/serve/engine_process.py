@@ -228,7 +228,7 @@ class _Forwarding(Job):
             self._holding.add(self)
             return
         # A choice's pieces carry log-probabilities all or none, so held text never needs any.
-        text = "".join(held) + piece.text if held else piece.text
+        text = "".join([*held, piece.text])
         held.clear()
         self._outbox.append(
             (self.key, piece.index, text, piece.finish_reason, piece.logprobs, piece.score)

@@ -28,12 +28,11 @@ from textgen.weights import weight_shapes
 # Shorter budgets keep the default: timing sizes would take too much of them.
 MIN_BUDGET = 120.0  # seconds
 CANDIDATE_UNITS = (512, 384, 256)  # largest first; the first is TrainConfig's default
-# A size below the default trains with this dropout unless one was given. A smaller model sees
-# the text more often in the budget but overfits less: in ten minutes on an AVX2 CPU, 384 units
-# reached 1.4480 nats with 0.2 against 1.4548 with the default 0.3, and in equal epochs held to
-# AVX2 0.1 beat 0.2 (9 epochs: 1.4535 against 1.4586; 11: 1.4402 against 1.4434) and matched it
-# at 16 (1.4234 against 1.4225), more than the Zen 3 trained in ten minutes; 0 gained no more at
-# 11 (1.4396) and is left to `--dropout 0`.
+# A size below the default trains with this dropout unless one was given: in ten minutes on an
+# AVX2 CPU, 384 units reached 1.4480 nats with 0.2 against 1.4548 with the default 0.3, and in
+# equal epochs held to AVX2 0.1 beat 0.2 (9 epochs: 1.4535 against 1.4586; 11: 1.4402 against
+# 1.4434) and matched it at 16 (1.4234 against 1.4225), more than the Zen 3 trained in ten
+# minutes; 0 gained no more at 11 (1.4396) and is left to `--dropout 0`.
 SMALLER_DROPOUT = 0.1
 CHARS_PER_WEIGHT = 10.0  # characters per weight the budget must reach for a size to be kept
 MEASURE_SECONDS = 1.5  # timed steps per size, after the warm-up ones
