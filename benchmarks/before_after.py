@@ -1,13 +1,14 @@
 """Speed of this checkout against an earlier revision, measured side by side in one run.
 
-Usage: python benchmarks/before_after.py [--base REV] [--rounds 5] [--seconds 8]
+Usage: python benchmarks/before_after.py [--base REV] [--rounds 5] [--seconds 8] [--dropout 0.3]
 
 The base revision is checked out into a temporary git worktree. Each round times, in fresh
 processes and alternating between the two checkouts, three things through the public API that
-both revisions share: the training step (E64, 1x512 LSTM, batch 64, seq 100, the step that
-``textgen train`` runs) and sampling with the numpy engine at 1 and 64 streams, importing what
-both layouts of the package offer (the flat one, and the stage folders). It prints the
-medians and the ratio this/base; ratios near 1.00 mean "the same speed, within noise".
+both revisions share: the training step (E64, 1x512 LSTM, batch 64, seq 100, with ``textgen
+train``'s default dropout at that size unless ``--dropout`` says otherwise) and sampling with
+the numpy engine at 1 and 64 streams, importing what both layouts of the package offer (the
+flat one, and the stage folders). It prints the medians and the ratio this/base; ratios near
+1.00 mean "the same speed, within noise".
 
 This machine's environment is used as it is (including any OPENBLAS_CORETYPE); only the
 relative figure is the point here.
@@ -36,12 +37,17 @@ try:  # the stage folders
 except ImportError:  # the flat layout before them
     from textgen.training import build_train_step, make_optimizer
 
-seconds = float(sys.argv[1])
+seconds, dropout = float(sys.argv[1]), float(sys.argv[2])
 config = TrainConfig(embedding_dim=64, units=512, batch_size=64, seq_length=100)
 model = build_model(65, embedding_dim=64, units=512)
 optimizer = make_optimizer(config)
 optimizer.build(model.trainable_variables)
-step = build_train_step(model, optimizer)
+if dropout > 0:
+    from textgen.config import Noise
+
+    step = build_train_step(model, optimizer, Noise(dropout))
+else:
+    step = build_train_step(model, optimizer)
 rng = np.random.default_rng(0)
 x = tf.constant(rng.integers(0, 65, (64, 100)), tf.int32)
 y = tf.constant(rng.integers(0, 65, (64, 100)), tf.int32)
@@ -85,10 +91,10 @@ print(json.dumps(out))
 """
 
 
-def _measure(checkout: Path, script: str, seconds: float) -> dict[str, float]:
+def _measure(checkout: Path, script: str, *script_args: float) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(checkout), "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run(
-        [sys.executable, "-c", script, str(seconds)],
+        [sys.executable, "-c", script, *map(str, script_args)],
         env=env,
         capture_output=True,
         text=True,
@@ -103,6 +109,9 @@ def main() -> None:
     parser.add_argument("--base", default="HEAD~1", help="the revision to compare against")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=8.0, help="per measurement")
+    parser.add_argument(
+        "--dropout", type=float, default=0.3, help="the training step's dropout (0: none)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         base = Path(scratch) / "base"
@@ -117,9 +126,12 @@ def main() -> None:
                 order = [("base", base), ("this", REPO)]
                 if round_ % 2:
                     order.reverse()  # neither side always runs first
-                for script in (TRAIN, SAMPLE):
+                for script, script_args in (
+                    (TRAIN, (args.seconds, args.dropout)),
+                    (SAMPLE, (args.seconds,)),
+                ):
                     for label, checkout in order:
-                        for key, value in _measure(checkout, script, args.seconds).items():
+                        for key, value in _measure(checkout, script, *script_args).items():
                             results[label].setdefault(key, []).append(value)
         finally:
             subprocess.run(
@@ -127,7 +139,7 @@ def main() -> None:
                 capture_output=True,
             )
     names = {
-        "train": "training step, chars/s",
+        "train": f"training step, dropout {args.dropout:g}, chars/s",
         "sample_1": "sampling, 1 stream, chars/s",
         "sample_64": "sampling, 64 streams, chars/s",
     }

@@ -253,6 +253,19 @@ def test_dropout_is_reproducible_per_seed() -> None:
     assert not np.allclose(first, inference)
 
 
+@pytest.mark.parametrize("rate", [0.3, 0.001])
+def test_dropout_drops_its_rate_and_scales_the_rest(rate: float) -> None:
+    from textgen.training.forward import stateless_dropout
+
+    x = tf.ones([400, 50, 60])  # 1.2 million elements, time-major as training draws them
+    out = stateless_dropout(x, rate, tf.constant([5, 7], tf.int32), batch_axis=1).numpy()
+    dropped = (out == 0).mean()
+    # Within five binomial standard deviations; a rate lost to coarse random bits (0.001 with
+    # 8 of them rounds to 0) fails this.
+    assert abs(dropped - rate) < 5 * np.sqrt(rate * (1 - rate) / out.size)
+    np.testing.assert_allclose(out[out != 0], 1 / (1 - rate), rtol=1e-6)
+
+
 def test_weight_drop_runs_the_lstm_with_a_dropconnected_recurrent_kernel() -> None:
     keras.utils.set_random_seed(8)
     model = build_model(11, embedding_dim=D, units=H)
