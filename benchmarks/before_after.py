@@ -3,12 +3,13 @@
 Usage: python benchmarks/before_after.py [--base REV] [--rounds 5] [--seconds 8] [--dropout 0.3]
 
 The base revision is checked out into a temporary git worktree. Each round times, in fresh
-processes and alternating between the two checkouts, three things through the public API that
-both revisions share: the training step (E64, 1x512 LSTM, batch 64, seq 100, with ``textgen
-train``'s default dropout at that size unless ``--dropout`` says otherwise) and sampling with
-the numpy engine at 1 and 64 streams, importing what both layouts of the package offer (the
-flat one, and the stage folders). It prints the medians and the ratio this/base; ratios near
-1.00 mean "the same speed, within noise".
+processes and alternating between the two checkouts, what both revisions' public API offers:
+the training step (E64, 1x512 LSTM, batch 64, seq 100, with ``textgen train``'s default dropout
+at that size unless ``--dropout`` says otherwise) and how long its first call takes (TensorFlow
+traces it then), and sampling with the numpy engine at 1 and 64 streams, importing what both
+layouts of the package offer (the flat one, and the stage folders). It prints the medians and
+the ratio this/base; ratios near 1.00 mean "the same speed, within noise" (for the first step's
+seconds, below 1 is faster).
 
 This machine's environment is used as it is (including any OPENBLAS_CORETYPE); only the
 relative figure is the point here.
@@ -52,13 +53,16 @@ rng = np.random.default_rng(0)
 x = tf.constant(rng.integers(0, 65, (64, 100)), tf.int32)
 y = tf.constant(rng.integers(0, 65, (64, 100)), tf.int32)
 seed, lr = tf.constant([0, 0], tf.int32), tf.constant(1e-3, tf.float32)
-for _ in range(3):
+start = time.perf_counter()
+float(step(x, y, seed, lr))  # traced here
+first = time.perf_counter() - start
+for _ in range(2):
     float(step(x, y, seed, lr))
 n, start = 0, time.perf_counter()
 while time.perf_counter() - start < seconds:
     float(step(x, y, seed, lr))
     n += 1
-print(json.dumps({"train": n * 64 * 100 / (time.perf_counter() - start)}))
+print(json.dumps({"train": n * 64 * 100 / (time.perf_counter() - start), "first_step": first}))
 """
 
 SAMPLE = r"""
@@ -140,15 +144,19 @@ def main() -> None:
             )
     names = {
         "train": f"training step, dropout {args.dropout:g}, chars/s",
+        "first_step": "first training step (traced), s",
         "sample_1": "sampling, 1 stream, chars/s",
         "sample_64": "sampling, 64 streams, chars/s",
     }
     print(f"base {args.base} against this checkout, medians of {args.rounds} rounds")
-    print(f"{'measure':32s} {'base':>10s} {'this':>10s} {'this/base':>10s}")
+    print(f"{'measure':36s} {'base':>10s} {'this':>10s} {'this/base':>10s}")
     for key, name in names.items():
+        if key not in results["base"]:  # a base whose script had no such figure
+            continue
         before = statistics.median(results["base"][key])
         after = statistics.median(results["this"][key])
-        print(f"{name:32s} {before:10,.0f} {after:10,.0f} {after / before:10.2f}")
+        form = ",.0f" if before >= 100 else ".2f"
+        print(f"{name:36s} {before:10{form}} {after:10{form}} {after / before:10.2f}")
 
 
 if __name__ == "__main__":

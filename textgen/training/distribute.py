@@ -138,12 +138,13 @@ class Cluster:
 
     def compile(self, fn, signature: list):
         """``fn`` as a ``tf.function``: traced once for ``signature`` when this process has one
-        replica (its inputs are then plain tensors), else retraced as shapes come."""
-        from textgen.backend import tf
+        replica (its inputs are then plain tensors), else retraced as shapes come; without
+        autograph (``textgen.backend.compiled``)."""
+        from textgen.backend import compiled
 
         if len(self.local_replicas) == 1:
-            return tf.function(fn, input_signature=signature)
-        return tf.function(fn, reduce_retracing=True)
+            return compiled(fn, input_signature=signature)
+        return compiled(fn, reduce_retracing=True)
 
     def scope(self):
         """The strategy's scope, in which the model and optimizer are made (mirrored)."""

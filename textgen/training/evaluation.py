@@ -30,14 +30,14 @@ def build_eval_step(model, cluster=LOCAL, stock: bool = False) -> Callable:
     them and the step returns their sums; ``evaluate_ids`` adds up the workers. ``stock`` is as in
     ``textgen.training.forward.make_forward``.
     """
-    from textgen.backend import tf
+    from textgen.backend import compiled, tf
     from textgen.training.forward import make_forward
 
     forward = make_forward(model, stock=stock)
     ids = tf.TensorSpec([None, None], tf.int32)
     spec = [ids, ids, tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32)]
 
-    @tf.function(input_signature=spec)
+    @compiled(input_signature=spec)
     def eval_step(x, y, first, scored):
         logits = forward(x, training=False, seed=tf.zeros([2], tf.int32))
         losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)

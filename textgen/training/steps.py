@@ -111,7 +111,7 @@ def build_train_step(
     trains them through ``keras.layers.LSTM`` (see ``textgen.training.forward.make_forward``).
     ``weight_decay`` is as in ``decay_matrices``.
     """
-    from textgen.backend import tf
+    from textgen.backend import compiled, tf
     from textgen.training.forward import make_forward
 
     forward = make_forward(model, noise, plan, stock=stock)
@@ -120,7 +120,7 @@ def build_train_step(
     ids = tf.TensorSpec([None, None], tf.int32)
     signature = [ids, ids, tf.TensorSpec([2], tf.int32), tf.TensorSpec([], tf.float32)]
 
-    @tf.function(input_signature=signature)
+    @compiled(input_signature=signature)
     def train_step(x, y, seed, lr):
         with tf.GradientTape() as tape:
             logits = forward(x, training=True, seed=seed)  # (B, T, vocab)
