@@ -151,8 +151,6 @@ def main() -> None:
     print(f"base {args.base} against this checkout, medians of {args.rounds} rounds")
     print(f"{'measure':36s} {'base':>10s} {'this':>10s} {'this/base':>10s}")
     for key, name in names.items():
-        if key not in results["base"]:  # a base whose script had no such figure
-            continue
         before = statistics.median(results["base"][key])
         after = statistics.median(results["this"][key])
         form = ",.0f" if before >= 100 else ".2f"
