@@ -105,7 +105,7 @@ class TrainConfig:
     embedding_dropout: float = 0.0  # share of characters dropped from the embedding each step
     weight_decay: float = 0.2  # decoupled (AdamW-style) decay of the weight matrices, x lr
     learning_rate: float = 4e-3  # Adam's peak rate
-    lr_schedule: str = "cosine"  # "cosine" (decay to 10% of the peak) or "constant"
+    lr_schedule: str = "cosine"  # "cosine" (decay to half the peak) or "constant"
     clip_norm: float | None = 5.0  # global gradient-norm clip; None disables it
     weight_average: float = 0.998  # EMA decay of the weights validated and kept as best; 0: off
     validation_split: float = 0.1  # fraction held out from the END of the text

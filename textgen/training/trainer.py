@@ -80,13 +80,22 @@ class TrainingInterrupted(TextgenError):
         self.run_dir = run_dir
 
 
+# Where the cosine schedule ends, as a share of the peak rate. The weight average, which is what
+# validation scores and best.npz keeps, already smooths out the steps' noise, and decaying the
+# rate further only slowed learning: on Tiny Shakespeare in equal epochs, 16 epochs ended at
+# 1.4064 nats with a floor of 0, 1.4029 with 0.1 (the floor before), 1.3990 with 0.25, 1.3889
+# with 0.5 and 1.3847 with no decay at all; 22 epochs at 1.3910 with 0.1 against 1.3802 with 0.5;
+# 384 units in float32 (an AVX2 CPU's ten minutes), 11 epochs: 1.4429 against 1.4287. No decay
+# would leave a run without the average at its full rate to the end, hence half.
+COSINE_FLOOR = 0.5
+
+
 def learning_rate_at(config: TrainConfig, progress: float) -> float:
     """The learning rate at a fraction ``progress`` in [0, 1] of the run."""
     if config.lr_schedule == "constant":
         return config.learning_rate
-    floor = 0.1
     cosine = 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
-    return config.learning_rate * (floor + (1.0 - floor) * cosine)
+    return config.learning_rate * (COSINE_FLOOR + (1.0 - COSINE_FLOOR) * cosine)
 
 
 @contextlib.contextmanager
