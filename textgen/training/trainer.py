@@ -82,11 +82,9 @@ class TrainingInterrupted(TextgenError):
 
 # Where the cosine schedule ends, as a share of the peak rate. The weight average, which is what
 # validation scores and best.npz keeps, already smooths out the steps' noise, and decaying the
-# rate further only slowed learning: on Tiny Shakespeare in equal epochs, 16 epochs ended at
-# 1.4064 nats with a floor of 0, 1.4029 with 0.1 (the floor before), 1.3990 with 0.25, 1.3889
-# with 0.5 and 1.3847 with no decay at all; 22 epochs at 1.3910 with 0.1 against 1.3802 with 0.5;
-# 384 units in float32 (an AVX2 CPU's ten minutes), 11 epochs: 1.4429 against 1.4287. No decay
-# would leave a run without the average at its full rate to the end, hence half.
+# rate further only slowed learning (docs/speed.md, "Quality in a time budget": in equal epochs
+# a floor of 0.5 ended 0.011-0.014 nats below 0.1). No decay did a little better still, but would
+# leave a run without the average at its full rate to the end, hence half.
 COSINE_FLOOR = 0.5
 
 
