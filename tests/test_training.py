@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from conftest import TINY, make_text
 
-from textgen import CheckpointError, Sampler, TrainConfig, build_model, training
+from textgen import CheckpointError, Sampler, TextgenError, TrainConfig, build_model, training
 from textgen.checkpoint import load_checkpoint
 from textgen.model import set_weights
 from textgen.run import open_run
 from textgen.training.train import TrainingInterrupted, learning_rate_at, train
+from textgen.training.trainer import COSINE_FLOOR
 
 
 def _quiet(**kw):
@@ -26,6 +27,10 @@ def test_run_directory_is_self_contained(trained_run):
     assert config["training"]["seq_length"] == TINY["seq_length"]
     rows = list(csv.DictReader((trained_run / "history.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
+    # The default schedule with the weight average on keeps the peak rate.
+    assert [float(r["learning_rate"]) for r in rows] == pytest.approx(
+        [TrainConfig().learning_rate] * 2
+    )
     assert float(rows[1]["val_bpc"]) == pytest.approx(float(rows[1]["val_loss"]) / np.log(2), 1e-4)
     assert not [p for p in trained_run.iterdir() if p.name.endswith(".tmp")]
 
@@ -299,13 +304,15 @@ def test_a_budget_without_epochs_is_the_plan(tmp_path, corpus, monkeypatch):
     monkeypatch.setattr("textgen.config.DEFAULT_EPOCHS", 1)  # what a budget must lift
     corpus.write_text(make_text(15))
     settings = {k: v for k, v in TINY.items() if k != "epochs"}
-    result = train(corpus, run_dir=tmp_path / "run", **_quiet(**settings, max_time=10.0))
+    cosine = TrainConfig(lr_schedule="cosine")
+    run = dict(settings, max_time=10.0, lr_schedule="cosine")
+    result = train(corpus, run_dir=tmp_path / "run", **_quiet(**run))
     assert result.stopped == "max_time" and result.epochs_done > 1
     state = load_checkpoint(tmp_path / "run" / "latest.npz").state
     assert 10.0 <= state.seconds < 25.0
     rows = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
     rates = [float(r["learning_rate"]) for r in rows]
-    assert rates[-1] < learning_rate_at(TrainConfig(), 0.8)  # the schedule spans the budget
+    assert rates[-1] < learning_rate_at(cosine, 0.8)  # the schedule spans the budget
     # Both given: whichever ends first (here the epochs).
     both = train(corpus, run_dir=tmp_path / "both", **_quiet(**TINY, max_time=600.0))
     assert both.stopped == "completed" and both.epochs_done == TINY["epochs"]
@@ -325,6 +332,20 @@ def test_a_budget_run_resumes_to_the_end_of_its_budget(tmp_path, corpus):
     # A new budget on resume is that much more time.
     train(corpus, run_dir=tmp_path / "run", resume=True, **_quiet(max_time=3.0))
     assert load_checkpoint(tmp_path / "run" / "latest.npz").state.seconds >= seconds + 3.0
+
+
+def test_the_auto_schedule_is_constant_with_the_weight_average_and_cosine_without():
+    auto = TrainConfig()
+    assert auto.lr_schedule == "auto" and auto.weight_average > 0
+    assert learning_rate_at(auto, 0.0) == learning_rate_at(auto, 1.0) == auto.learning_rate
+    for config in (TrainConfig(weight_average=0), TrainConfig(lr_schedule="cosine")):
+        assert learning_rate_at(config, 0.0) == config.learning_rate
+        assert learning_rate_at(config, 0.5) < config.learning_rate
+        assert learning_rate_at(config, 1.0) == pytest.approx(COSINE_FLOOR * config.learning_rate)
+    constant = TrainConfig(lr_schedule="constant", weight_average=0)
+    assert learning_rate_at(constant, 1.0) == constant.learning_rate
+    with pytest.raises(TextgenError, match="lr schedule"):
+        TrainConfig(lr_schedule="linear").validate()
 
 
 def test_clip_norm_zero_turns_clipping_off_as_on_the_command_line(tmp_path, corpus):

@@ -22,6 +22,10 @@ DEFAULT_CORPUS = "pydocs"
 DEFAULT_EPOCHS = 20
 """Epochs a run trains when neither ``--epochs`` nor a time budget is given."""
 
+LR_SCHEDULES = ("auto", "cosine", "constant")
+"""Learning-rate schedules; ``"auto"`` is constant while the weight average is on, else cosine
+(``textgen.training.trainer.schedule_of``)."""
+
 DEFAULT_CONTEXT = 100
 """Characters read before each scored validation window unless a run says otherwise: enough
 that a 512-unit LSTM's loss no longer depends on where the window starts."""
@@ -105,7 +109,7 @@ class TrainConfig:
     embedding_dropout: float = 0.0  # share of characters dropped from the embedding each step
     weight_decay: float = 0.2  # decoupled (AdamW-style) decay of the weight matrices, x lr
     learning_rate: float = 4e-3  # Adam's peak rate
-    lr_schedule: str = "cosine"  # "cosine" (decay to half the peak) or "constant"
+    lr_schedule: str = "auto"  # one of LR_SCHEDULES; textgen.training.trainer.schedule_of
     clip_norm: float | None = 5.0  # global gradient-norm clip; None disables it
     weight_average: float = 0.998  # EMA decay of the weights validated and kept as best; 0: off
     validation_split: float = 0.1  # fraction held out from the END of the text
@@ -136,7 +140,7 @@ class TrainConfig:
             (self.seq_length >= 1, "sequence length must be at least 1"),
             (self.validation_context >= 0, "validation context must be at least 0"),
             (self.learning_rate > 0 and math.isfinite(self.learning_rate), "bad learning rate"),
-            (self.lr_schedule in ("cosine", "constant"), "lr schedule: cosine or constant"),
+            (self.lr_schedule in LR_SCHEDULES, f"lr schedule: one of {', '.join(LR_SCHEDULES)}"),
             (0.0 <= self.weight_drop < 1.0, "weight drop must be in [0, 1)"),
             (0.0 <= self.embedding_dropout < 1.0, "embedding dropout must be in [0, 1)"),
             (self.weight_decay >= 0 and math.isfinite(self.weight_decay), "bad weight decay"),

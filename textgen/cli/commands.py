@@ -28,7 +28,7 @@ import click  # noqa: E402
 from textgen import __version__  # noqa: E402
 from textgen.cells import CELLS  # noqa: E402
 from textgen.cli.group import TextgenGroup  # noqa: E402
-from textgen.config import DEFAULT_CORPUS, TrainConfig  # noqa: E402
+from textgen.config import DEFAULT_CORPUS, LR_SCHEDULES, TrainConfig  # noqa: E402
 from textgen.errors import TextgenError  # noqa: E402
 from textgen.precision import PRECISIONS  # noqa: E402
 from textgen.sample import CHUNK_STREAMS  # noqa: E402
@@ -169,8 +169,9 @@ def _default(name: str) -> str:
 )
 @click.option(
     "--lr-schedule",
-    type=click.Choice(["cosine", "constant"]),
-    help="Learning-rate schedule." + _default("lr_schedule"),
+    type=click.Choice(LR_SCHEDULES),
+    help="Learning-rate schedule: cosine decays to half the peak by the end of the run; auto is "
+    "constant while --weight-average is on, else cosine." + _default("lr_schedule"),
 )
 @click.option(
     "--clip-norm",

@@ -80,17 +80,29 @@ class TrainingInterrupted(TextgenError):
         self.run_dir = run_dir
 
 
-# Where the cosine schedule ends, as a share of the peak rate. The weight average, which is what
-# validation scores and best.npz keeps, already smooths out the steps' noise, and decaying the
-# rate further only slowed learning (docs/speed.md, "Quality in a time budget": in equal epochs
-# a floor of 0.5 ended 0.011-0.014 nats below 0.1). No decay did a little better still, but would
-# leave a run without the average at its full rate to the end, hence half.
+# Where the cosine schedule ends, as a share of the peak rate: a run without the weight average
+# keeps its raw weights, so their rate falls, but not so far that learning stalls (in equal
+# epochs, with the average, a floor of 0.5 ended 0.011-0.014 nats below 0.1; docs/speed.md).
 COSINE_FLOOR = 0.5
+
+
+def schedule_of(config: TrainConfig) -> str:
+    """The schedule a run follows: ``"auto"`` is ``"constant"`` while the weight average is on
+    and ``"cosine"`` without it.
+
+    The average is what validation scores and best.npz keeps, and it already does what a
+    decaying rate is for, smoothing out the steps' noise; with it, every step of decay measured
+    cost quality (docs/speed.md, "Quality in a time budget": no decay beat a cosine to half the
+    peak by 0.004-0.008 nats in equal epochs, at 11, 16 and 22 epochs).
+    """
+    if config.lr_schedule != "auto":
+        return config.lr_schedule
+    return "constant" if config.weight_average else "cosine"
 
 
 def learning_rate_at(config: TrainConfig, progress: float) -> float:
     """The learning rate at a fraction ``progress`` in [0, 1] of the run."""
-    if config.lr_schedule == "constant":
+    if schedule_of(config) == "constant":
         return config.learning_rate
     cosine = 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
     return config.learning_rate * (COSINE_FLOOR + (1.0 - COSINE_FLOOR) * cosine)
