@@ -300,6 +300,21 @@ def test_runs_saved_before_weight_decay_resume_without_it():
     assert RunConfig.from_json(config).training.weight_decay == 0.0
 
 
+def test_runs_saved_before_the_auto_schedule_resume_on_their_cosine(tmp_path, corpus):
+    from textgen.config import RunConfig
+
+    corpus.write_text(make_text(15))
+    settings = dict(TINY, epochs=1, lr_schedule="cosine")
+    train(corpus, run_dir=tmp_path / "run", **_quiet(**settings))
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["training"]["lr_schedule"] == "cosine"
+    del config["training"]["lr_schedule"]
+    assert RunConfig.from_json(config).training.lr_schedule == "cosine"
+    train(corpus, run_dir=tmp_path / "run", resume=True, **_quiet(epochs=2))
+    rows = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
+    assert float(rows[-1]["learning_rate"]) < TrainConfig().learning_rate  # still decaying
+
+
 def test_a_budget_without_epochs_is_the_plan(tmp_path, corpus, monkeypatch):
     monkeypatch.setattr("textgen.config.DEFAULT_EPOCHS", 1)  # what a budget must lift
     corpus.write_text(make_text(15))

@@ -292,6 +292,8 @@ class RunConfig:
             saved.setdefault("precision", "float32")
             # And without weight decay.
             saved.setdefault("weight_decay", 0.0)
+            # And on a cosine schedule, which every saved run names unless written by hand.
+            saved.setdefault("lr_schedule", "cosine")
             training = TrainConfig(**{k: v for k, v in saved.items() if k in SETTINGS})
             init_from = data.get("init_from")
             corpus = dict(data.get("corpus", {}))
