@@ -183,7 +183,8 @@ def _default(name: str) -> str:
     "--weight-average",
     type=click.FloatRange(0, 1, max_open=True),
     help="Validate, and keep as best.npz, a moving average of the weights with this decay per "
-    "step (0.998 averages about the last 500 steps); 0 turns it off." + _default("weight_average"),
+    "step (0.998 averages about the last 500 steps, after an early cap that spans the last ninth "
+    "of the steps so far); 0 turns it off." + _default("weight_average"),
 )
 @click.option(
     "--validation-split",
