@@ -23,8 +23,7 @@ DEFAULT_EPOCHS = 20
 """Epochs a run trains when neither ``--epochs`` nor a time budget is given."""
 
 LR_SCHEDULES = ("auto", "cosine", "constant")
-"""Learning-rate schedules; ``"auto"`` is constant while the weight average is on, else cosine
-(``textgen.training.trainer.schedule_of``)."""
+"""The ``--lr-schedule`` values; ``textgen.training.trainer.schedule_of`` says what each runs."""
 
 DEFAULT_CONTEXT = 100
 """Characters read before each scored validation window unless a run says otherwise: enough
